@@ -1,0 +1,407 @@
+//! openspimed's configuration.
+//!
+//! These structs are the single source of truth: defaults live in their `Default` impls,
+//! unknown keys are refused (`deny_unknown_fields`), and `openspimed.example.toml` beside
+//! this crate is checked against them by this crate's tests, so the two cannot drift.
+//! With no file at all, [`Config::default`] is the embedded default: domain `localhost`,
+//! data in `./data`, a generated self-signed certificate.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration file.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Directory for the SQLite database and generated certificates; relative paths are
+    /// taken from the working directory, as operators expect of `./data`.
+    pub data_dir: PathBuf,
+    /// Logging.
+    pub log: LogConfig,
+    /// Addresses to listen on.
+    pub listeners: ListenersConfig,
+    /// Protocol limits that protect the server from abusive peers.
+    pub limits: LimitsConfig,
+    /// Authentication policy.
+    pub auth: AuthConfig,
+    /// Virtual hosts (self-hosted domains), keyed by domain.
+    pub hosts: BTreeMap<String, HostConfig>,
+    /// Options of each module, keyed by module name; shared by every host that enables it.
+    pub modules: BTreeMap<String, toml::Table>,
+}
+
+/// `[log]`
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter: a level (`info`) or per-target levels (`info,openspimed::c2s=debug`).
+    /// The `RUST_LOG` environment variable overrides it.
+    pub level: String,
+    /// `text` for people, `json` for log collectors.
+    pub format: LogFormat,
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[listeners]`
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenersConfig {
+    /// Client-to-server listeners with STARTTLS (RFC 6120). Port 0 picks a free port; the
+    /// bound address is logged.
+    pub c2s: Vec<SocketAddr>,
+    /// Client-to-server listeners with direct TLS (XEP-0368, ALPN `xmpp-client`).
+    pub c2s_direct_tls: Vec<SocketAddr>,
+}
+
+/// `[limits]`
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest stanza a client may send, in bytes of XML; larger gets `policy-violation`.
+    pub c2s_stanza_bytes: usize,
+    /// Deepest element nesting allowed inside a stanza.
+    pub max_depth: usize,
+    /// Most attributes allowed on one element.
+    pub max_attributes: usize,
+    /// Longest element or attribute name allowed, in bytes.
+    pub max_name_length: usize,
+    /// Seconds a new connection has to finish TLS, authentication and binding.
+    pub handshake_timeout_secs: u64,
+    /// Seconds of silence (not even a whitespace keepalive) before `connection-timeout`.
+    pub c2s_idle_timeout_secs: u64,
+    /// Stanzas queued for one session before it is considered stuck and disconnected.
+    pub session_queue: usize,
+    /// Most concurrent client connections; more are refused at accept.
+    pub max_connections: usize,
+}
+
+/// `[auth]`
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// PBKDF2 iterations for new SCRAM credentials (RFC 7677 asks for at least 4096).
+    pub scram_iterations: u32,
+    /// Failed authentications tolerated per client IP and per account within the window
+    /// before further attempts get `temporary-auth-failure`.
+    pub max_failures: u32,
+    /// The failure-counting window, in seconds.
+    pub failure_window_secs: u64,
+}
+
+/// `[hosts."example.org"]`
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostConfig {
+    /// PEM certificate chain for this domain (and its service subdomains). When absent,
+    /// openspimed generates a self-signed one in `data_dir/certs` and reuses it.
+    pub certificate: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) matching `certificate`.
+    pub key: Option<PathBuf>,
+    /// Modules enabled on this host (like Prosody's `modules_enabled`).
+    pub modules: Vec<String>,
+    /// SASL mechanisms offered, strongest first. PLAIN is only ever offered over TLS.
+    pub sasl_mechanisms: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let mut hosts = BTreeMap::new();
+        hosts.insert("localhost".to_owned(), HostConfig::default());
+        Config {
+            data_dir: PathBuf::from("./data"),
+            log: LogConfig::default(),
+            listeners: ListenersConfig::default(),
+            limits: LimitsConfig::default(),
+            auth: AuthConfig::default(),
+            hosts,
+            modules: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".to_owned(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+impl Default for ListenersConfig {
+    fn default() -> Self {
+        ListenersConfig {
+            c2s: vec![SocketAddr::from(([0, 0, 0, 0], 5222))],
+            c2s_direct_tls: vec![SocketAddr::from(([0, 0, 0, 0], 5223))],
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            c2s_stanza_bytes: 256 * 1024,
+            max_depth: 32,
+            max_attributes: 64,
+            max_name_length: 256,
+            handshake_timeout_secs: 30,
+            c2s_idle_timeout_secs: 900,
+            session_queue: 1024,
+            max_connections: 100_000,
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            scram_iterations: 4096,
+            max_failures: 5,
+            failure_window_secs: 60,
+        }
+    }
+}
+
+/// The SASL mechanisms openspimed implements, strongest first.
+pub const SASL_MECHANISMS: &[&str] = &[
+    "SCRAM-SHA-256-PLUS",
+    "SCRAM-SHA-256",
+    "SCRAM-SHA-1-PLUS",
+    "SCRAM-SHA-1",
+    "PLAIN",
+];
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        HostConfig {
+            certificate: None,
+            key: None,
+            modules: vec!["disco".into(), "ping".into(), "version".into()],
+            sasl_mechanisms: SASL_MECHANISMS.iter().map(|s| (*s).to_owned()).collect(),
+        }
+    }
+}
+
+/// Why a configuration could not be used. Every problem is listed, one per line.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown keys or wrong types.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// toml's message, flattened to one line.
+        message: String,
+    },
+    /// The values are individually valid but do not make a working server.
+    #[error("{}", .0.join("\n"))]
+    Invalid(Vec<String>),
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config = Config::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })?;
+        let mut config = config;
+        // Relative certificate paths are relative to the configuration file.
+        let base = path.parent().unwrap_or(Path::new("."));
+        for host in config.hosts.values_mut() {
+            for p in [&mut host.certificate, &mut host.key].into_iter().flatten() {
+                if p.is_relative() {
+                    *p = base.join(&*p);
+                }
+            }
+        }
+        let problems = config.problems(&[]);
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    /// Parses TOML text (no validation beyond types and known keys).
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string().replace('\n', " ").trim().to_owned())
+    }
+
+    /// Everything wrong with this configuration, one line each. `known_modules` (when not
+    /// empty) is the list of modules compiled in.
+    pub fn problems(&self, known_modules: &[&str]) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.hosts.is_empty() {
+            out.push("no [hosts] configured: add at least one domain".to_owned());
+        }
+        if self.listeners.c2s.is_empty() && self.listeners.c2s_direct_tls.is_empty() {
+            out.push("no client listeners configured in [listeners]".to_owned());
+        }
+        if self.limits.c2s_stanza_bytes < 10_000 {
+            out.push(format!(
+                "limits.c2s_stanza_bytes = {} is below RFC 6120's minimum of 10000",
+                self.limits.c2s_stanza_bytes
+            ));
+        }
+        if self.limits.max_depth < 4 {
+            out.push("limits.max_depth must be at least 4".to_owned());
+        }
+        if self.limits.session_queue == 0 {
+            out.push("limits.session_queue must be at least 1".to_owned());
+        }
+        if self.auth.scram_iterations < 4096 {
+            out.push(format!(
+                "auth.scram_iterations = {} is below RFC 7677's minimum of 4096",
+                self.auth.scram_iterations
+            ));
+        }
+        for (domain, host) in &self.hosts {
+            if !is_valid_domain(domain) {
+                out.push(format!("hosts.\"{domain}\": not a valid domain name"));
+            }
+            if host.certificate.is_some() != host.key.is_some() {
+                out.push(format!(
+                    "hosts.\"{domain}\": set both certificate and key, or neither (to generate one)"
+                ));
+            }
+            for m in &host.sasl_mechanisms {
+                if !SASL_MECHANISMS.contains(&m.as_str()) {
+                    out.push(format!(
+                        "hosts.\"{domain}\": unknown SASL mechanism {m:?} (known: {})",
+                        SASL_MECHANISMS.join(", ")
+                    ));
+                }
+            }
+            if host.sasl_mechanisms.is_empty() {
+                out.push(format!("hosts.\"{domain}\": sasl_mechanisms is empty"));
+            }
+            if !known_modules.is_empty() {
+                for m in &host.modules {
+                    if !known_modules.contains(&m.as_str()) {
+                        out.push(format!(
+                            "hosts.\"{domain}\": unknown module {m:?} (available: {})",
+                            known_modules.join(", ")
+                        ));
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// A DNS domain as a JID domainpart may hold it (RFC 7622 §3.2, ASCII subset).
+fn is_valid_domain(d: &str) -> bool {
+    !d.is_empty()
+        && d.len() <= 253
+        && d.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../openspimed.example.toml");
+
+    fn keys(prefix: &str, v: &toml::Value, out: &mut Vec<String>) {
+        if let toml::Value::Table(t) = v {
+            for (k, child) in t {
+                // Host and module tables are keyed by operator-chosen names.
+                let seg = if prefix == "hosts" || prefix == "modules" {
+                    "*".to_owned()
+                } else {
+                    k.clone()
+                };
+                let path = if prefix.is_empty() {
+                    seg
+                } else {
+                    format!("{prefix}.{seg}")
+                };
+                out.push(path.clone());
+                keys(&path, child, out);
+            }
+        }
+    }
+
+    #[test]
+    fn example_parses_with_every_key_known() {
+        let cfg = Config::from_toml(EXAMPLE).expect("example must parse");
+        assert!(cfg.problems(&[]).is_empty(), "{:?}", cfg.problems(&[]));
+    }
+
+    #[test]
+    fn example_documents_every_key_of_the_structs() {
+        // Every key the structs have (defaults plus the optional host keys) must appear in
+        // the example, so a new field cannot ship undocumented.
+        let mut full = Config::default();
+        if let Some(h) = full.hosts.get_mut("localhost") {
+            h.certificate = Some("x".into());
+            h.key = Some("x".into());
+        }
+        let structs = toml::Value::try_from(&full).expect("serializable");
+        let mut want = Vec::new();
+        keys("", &structs, &mut want);
+        let example: toml::Value = toml::from_str(EXAMPLE).expect("toml");
+        let mut have = Vec::new();
+        keys("", &example, &mut have);
+        for k in want {
+            assert!(have.contains(&k), "openspimed.example.toml lacks key {k}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_reported() {
+        let err = Config::from_toml("[limits]\nstanza_size = 3\n").unwrap_err();
+        assert!(err.contains("unknown field"), "{err}");
+        let cfg = Config::from_toml(
+            "[hosts.\"bad domain\"]\nsasl_mechanisms = [\"CRAM-MD5\"]\ncertificate = \"a.pem\"\n",
+        )
+        .unwrap();
+        let p = cfg.problems(&["ping"]);
+        assert!(p.iter().any(|l| l.contains("not a valid domain")), "{p:?}");
+        assert!(p.iter().any(|l| l.contains("CRAM-MD5")), "{p:?}");
+        assert!(p.iter().any(|l| l.contains("both certificate and key")), "{p:?}");
+        assert!(p.iter().any(|l| l.contains("unknown module \"disco\"")), "{p:?}");
+    }
+
+    #[test]
+    fn embedded_default_serves_localhost() {
+        let cfg = Config::default();
+        assert_eq!(cfg.hosts.keys().collect::<Vec<_>>(), ["localhost"]);
+        assert_eq!(cfg.data_dir, PathBuf::from("./data"));
+        assert!(cfg.problems(&[]).is_empty());
+    }
+}

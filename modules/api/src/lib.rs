@@ -1,0 +1,19 @@
+//! The contract between openspimed and its modules.
+//!
+//! A module ([`Module`]) declares what it handles ([`Route`]), gets stanzas as [`Element`]
+//! trees with authenticated addresses, and answers with an [`Outcome`]. It reaches the
+//! server only through [`Context`]. Nothing here touches sockets.
+
+pub mod element;
+pub mod error;
+pub mod module;
+pub mod ns;
+pub mod stanza;
+
+pub use async_trait::async_trait;
+pub use element::{Element, Node, ParseError, TreeBuilder};
+pub use error::{Condition, ErrorType, StanzaError};
+pub use jid;
+pub use module::{Context, Identity, Module, ModuleError, ModuleFactory, Outcome, Route, ServerHandle};
+pub use stanza::{iq_payload, iq_result};
+pub use toml;

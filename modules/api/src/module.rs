@@ -1,0 +1,108 @@
+//! What a module is, what it declares, and the context it runs in.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::element::Element;
+use crate::error::StanzaError;
+
+/// What a module wants delivered to it. The router owns the table built from these.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// `iq` get/set addressed to the virtual host itself (or without `to`) whose payload is
+    /// in this namespace: `(ns::PING)` makes the module answer pings to the server.
+    ServerIq(&'static str),
+    /// Every stanza addressed to this exact JID (e.g. `services@example.org/cert`).
+    Jid(String),
+    /// Every stanza addressed to this domain or any JID in it (e.g. `pubsub.example.org`).
+    Domain(String),
+}
+
+/// A disco identity (XEP-0030 §3.1).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// Category from the XSF registry (`server`, `pubsub`, `component`, …).
+    pub category: String,
+    /// Type within the category (`im`, `service`, …).
+    pub kind: String,
+    /// Human-readable name, optional.
+    pub name: Option<String>,
+}
+
+/// What a handler decided about a stanza.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Send this reply (routed like any stanza).
+    Reply(Element),
+    /// Answer with this error (the core builds the error stanza).
+    Error(StanzaError),
+    /// Taken care of; nothing to send.
+    Handled,
+}
+
+/// Failure inside a module that the sender must not see the details of.
+#[derive(Debug, thiserror::Error)]
+pub enum ModuleError {
+    /// The module's configuration is invalid (reported at start and by `check`).
+    #[error("invalid configuration for module {module}: {reason}")]
+    Config {
+        /// Module name.
+        module: &'static str,
+        /// What is wrong, in one line.
+        reason: String,
+    },
+    /// Storage or another dependency failed; answered as `internal-server-error`.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// The server as a module sees it: routing and what it knows about hosts.
+pub trait ServerHandle: Send + Sync {
+    /// Routes a stanza (its `from` must be an address the module owns).
+    fn send(&self, stanza: Element);
+    /// Disco features of a virtual host: the union of its modules' features.
+    fn host_features(&self, host: &str) -> Vec<String>;
+    /// Disco identities of a virtual host.
+    fn host_identities(&self, host: &str) -> Vec<Identity>;
+    /// Addresses of the services hosted under a virtual host (disco#items of the server).
+    fn host_items(&self, host: &str) -> Vec<String>;
+    /// Software name and version, for XEP-0092.
+    fn software(&self) -> (&'static str, &'static str);
+}
+
+/// Handed to a module on every call: which host it serves and how to reach the server.
+#[derive(Clone)]
+pub struct Context {
+    /// The virtual host this instance of the module serves.
+    pub host: Arc<str>,
+    /// The server's services.
+    pub server: Arc<dyn ServerHandle>,
+}
+
+/// A plug-in. One instance per virtual host that enables it.
+#[async_trait]
+pub trait Module: Send + Sync + 'static {
+    /// Name used in configuration, logs and metrics.
+    fn name(&self) -> &'static str;
+    /// What the module handles.
+    fn routes(&self) -> Vec<Route>;
+    /// Disco features this module adds to its host.
+    fn features(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// Disco identities this module adds to its host.
+    fn identities(&self) -> Vec<Identity> {
+        Vec::new()
+    }
+    /// Handles one stanza routed to it. `from` is already authenticated and stamped.
+    async fn handle(&self, cx: &Context, stanza: Element) -> Result<Outcome, ModuleError>;
+}
+
+/// Builds a module for one host from its configuration table.
+pub trait ModuleFactory: Send + Sync {
+    /// The name under which operators enable it (`modules = ["ping"]`).
+    fn name(&self) -> &'static str;
+    /// Builds the instance for `host` from `[modules.NAME]` (an empty table when absent).
+    fn build(&self, host: &str, options: &toml::Table) -> Result<Arc<dyn Module>, ModuleError>;
+}
