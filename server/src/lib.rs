@@ -1,1 +1,30 @@
-//! x
+//! openspimed: an XMPP server that hosts the OpenSpime network.
+//!
+//! # Layout
+//! - [`xml`]: sans-IO stream parsing (rxml), restricted XML and limits;
+//! - [`c2s`]: client connections: STARTTLS or direct TLS, SASL, binding, the session loop;
+//! - [`tls`]: rustls configurations, certificate per virtual host by SNI;
+//! - [`sasl`]: SCRAM (with `tls-exporter` channel binding) and PLAIN over rsasl,
+//!   credentials as SCRAM keys only, failure throttling;
+//! - [`router`]: where a stanza goes (modules, sessions, errors) and the session registry;
+//! - [`storage`]: narrow storage traits and their SQLite implementation;
+//! - [`error`]: the one place internal failures become stream or stanza errors;
+//! - [`server`]: start-up (storage, certificates, modules, listeners) and shutdown;
+//! - [`cli`]: the command line (`run`, `check`, account administration).
+//!
+//! # The path of a stanza
+//! socket → [`c2s`] `Conn` → [`xml::StreamParser`] → element → `c2s::inbound` (checks,
+//! `from` stamped) → [`router::Router::route`] → module handler or a session's outbox →
+//! that session's `Conn` → socket.
+
+pub mod c2s;
+pub mod cli;
+pub mod error;
+pub mod router;
+pub mod sasl;
+pub mod server;
+pub mod storage;
+pub mod tls;
+pub mod xml;
+
+pub use server::{RunningServer, StartError, start};

@@ -1,1 +1,5 @@
-fn main() {}
+//! The `openspimed` binary: the composition root is `openspimed::cli::main`.
+
+fn main() -> std::process::ExitCode {
+    openspimed::cli::main()
+}

@@ -1,0 +1,816 @@
+//! Client-to-server sessions: stream negotiation (RFC 6120 §4–7) and the session loop.
+//!
+//! Negotiation goes through its states in order, each a function: plain stream →
+//! STARTTLS (skipped on direct TLS) → SASL → resource binding → established. Only
+//! [`Conn`] touches the socket; parsing is [`StreamParser`]'s, routing the router's.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use openspimed_module_api::jid::FullJid;
+use openspimed_module_api::{Condition, Element, StanzaError, iq_result, ns};
+use rand::RngCore;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+
+use crate::error::{StreamError, StreamErrorCondition as C};
+use crate::router::{Host, Outgoing};
+use crate::sasl::{self, AuthFailure, Exchange, Step};
+use crate::server::Shared;
+use crate::xml::{StreamEvent, StreamHeader, StreamParser};
+
+/// How a connection ends: with a stream error we must send, or just closed.
+#[derive(Debug)]
+enum Fail {
+    /// Send this stream error, close the stream and the socket.
+    Stream(StreamError),
+    /// The peer went away (EOF, I/O error, `</stream:stream>` answered).
+    Closed,
+}
+
+impl From<StreamError> for Fail {
+    fn from(e: StreamError) -> Self {
+        Fail::Stream(e)
+    }
+}
+
+fn stream_err(c: C, text: &str) -> Fail {
+    Fail::Stream(StreamError::with_text(c, text))
+}
+
+/// Read buffer per connection; small because most sessions are idle most of the time.
+const READ_BUF: usize = 4096;
+
+/// One XML stream over one transport: the only code that reads and writes the socket.
+struct Conn<S> {
+    /// The transport (TCP before STARTTLS, TLS after).
+    io: S,
+    /// Bytes read but not yet parsed: `rbuf[start..end]`.
+    rbuf: Box<[u8]>,
+    /// Start of unparsed bytes.
+    start: usize,
+    /// End of valid bytes.
+    end: usize,
+    /// Parser for the current stream (replaced on restart).
+    parser: StreamParser,
+    /// Serialization buffer, reused.
+    wbuf: Vec<u8>,
+    /// Whether our stream header went out (a stream error must follow a header).
+    header_sent: bool,
+    /// The domain we answer as.
+    domain: String,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    fn new(io: S, shared: &Shared) -> Self {
+        Conn {
+            io,
+            rbuf: vec![0u8; READ_BUF].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            parser: StreamParser::new(shared.limits),
+            wbuf: Vec::with_capacity(512),
+            header_sent: false,
+            domain: shared.default_host.clone(),
+        }
+    }
+
+    /// Starts a new stream after STARTTLS or SASL (RFC 6120 §4.3.3): a fresh parser, and
+    /// nothing the client sent before counts.
+    fn restart(&mut self, shared: &Shared) {
+        self.parser = StreamParser::new(shared.limits);
+        self.start = 0;
+        self.end = 0;
+        self.header_sent = false;
+    }
+
+    /// The next stream event, or why the stream ends. Cancel-safe: the only await is the
+    /// socket read.
+    async fn next_event(&mut self) -> Result<StreamEvent, Fail> {
+        loop {
+            let mut pending = &self.rbuf[self.start..self.end];
+            let res = self.parser.next(&mut pending);
+            self.start = self.end - pending.len();
+            match res {
+                Ok(Some(ev)) => return Ok(ev),
+                Ok(None) => {
+                    self.start = 0;
+                    self.end = 0;
+                }
+                Err(e) => return Err(Fail::Stream(StreamError::with_text(e.condition, e.text))),
+            }
+            let n = self.io.read(&mut self.rbuf).await.map_err(|_| Fail::Closed)?;
+            if n == 0 {
+                return Err(Fail::Closed);
+            }
+            self.end = n;
+        }
+    }
+
+    /// [`Conn::next_event`] bounded by a deadline and the server's shutdown.
+    async fn next_event_within(
+        &mut self,
+        shared: &Shared,
+        limit: Duration,
+    ) -> Result<StreamEvent, Fail> {
+        tokio::select! {
+            biased;
+            _ = shared.shutdown.cancelled() => Err(stream_err(C::SystemShutdown, "server shutting down")),
+            r = tokio::time::timeout(limit, self.next_event()) => match r {
+                Ok(r) => r,
+                Err(_) => Err(stream_err(C::ConnectionTimeout, "no activity")),
+            },
+        }
+    }
+
+    /// Sends our stream header for `domain` (RFC 6120 §4.7).
+    async fn send_header(&mut self, header: &StreamHeader) -> Result<(), Fail> {
+        let mut id = [0u8; 12];
+        rand::rng().fill_bytes(&mut id);
+        let mut out = format!(
+            "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
+             xmlns:stream='http://etherx.jabber.org/streams' id='{}' from='{}' version='1.0' xml:lang='en'",
+            B64.encode(id),
+            self.domain
+        );
+        if let Some(from) = &header.from {
+            // Echo the client's address back as `to` (RFC 6120 §4.7.2), escaped.
+            let mut esc = Vec::new();
+            Element::new("x", "").with_attr("to", from.clone()).write_to(&mut esc, "");
+            let esc = String::from_utf8_lossy(&esc);
+            if let Some(attr) = esc.strip_prefix("<x").and_then(|s| s.strip_suffix("/>")) {
+                out.push_str(attr);
+            }
+        }
+        out.push('>');
+        self.header_sent = true;
+        self.write_raw(out.as_bytes()).await
+    }
+
+    async fn write_raw(&mut self, bytes: &[u8]) -> Result<(), Fail> {
+        self.io.write_all(bytes).await.map_err(|_| Fail::Closed)?;
+        self.io.flush().await.map_err(|_| Fail::Closed)
+    }
+
+    /// Serializes elements into the write buffer without sending.
+    fn queue(&mut self, el: &Element) {
+        el.write_to(&mut self.wbuf, ns::CLIENT);
+    }
+
+    /// Sends what [`Conn::queue`] buffered.
+    async fn flush_queued(&mut self) -> Result<(), Fail> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        let res = self.io.write_all(&self.wbuf).await;
+        self.wbuf.clear();
+        if self.wbuf.capacity() > 64 * 1024 {
+            self.wbuf = Vec::with_capacity(512);
+        }
+        res.map_err(|_| Fail::Closed)?;
+        self.io.flush().await.map_err(|_| Fail::Closed)
+    }
+
+    async fn send(&mut self, el: &Element) -> Result<(), Fail> {
+        self.queue(el);
+        self.flush_queued().await
+    }
+
+    /// Ends the stream: stream error if any (after a header, as RFC 6120 §4.9.1.1 wants),
+    /// closing tag, then the socket.
+    async fn close(mut self, why: Fail) {
+        let mut out = Vec::new();
+        if let Fail::Stream(err) = &why {
+            if !self.header_sent {
+                let _ = self.send_header(&StreamHeader::default()).await;
+            }
+            tracing::debug!(condition = err.condition.as_str(), text = ?err.text, "stream error");
+            out.extend_from_slice(&err.to_bytes());
+        }
+        if self.header_sent {
+            out.extend_from_slice(b"</stream:stream>");
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            let _ = self.io.write_all(&out).await;
+            let _ = self.io.flush().await;
+            let _ = self.io.shutdown().await;
+        })
+        .await;
+    }
+}
+
+/// Serves one accepted TCP connection until it ends.
+pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, direct_tls: bool) {
+    let handshake = Duration::from_secs(shared.config.limits.handshake_timeout_secs);
+    let tls = if direct_tls {
+        let acceptor = TlsAcceptor::from(shared.tls.direct.clone());
+        match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => return,
+        }
+    } else {
+        match negotiate_starttls(&shared, tcp, handshake).await {
+            Some(s) => s,
+            None => return,
+        }
+    };
+    let conn = Conn::new(tls, &shared);
+    let deadline = tokio::time::Instant::now() + handshake;
+    secure_stream(shared, conn, peer, deadline).await;
+}
+
+/// Validates a stream header and picks the virtual host (RFC 6120 §4.7, §4.9.3).
+fn pick_host(shared: &Shared, header: &StreamHeader) -> Result<Arc<Host>, Fail> {
+    match header.version.as_deref() {
+        Some(v) if v.split('.').next() == Some("1") => {}
+        _ => {
+            return Err(stream_err(
+                C::UnsupportedVersion,
+                "XMPP 1.0 (version='1.0') is required",
+            ));
+        }
+    }
+    let domain = match &header.to {
+        Some(to) => to.to_ascii_lowercase(),
+        None => shared.default_host.clone(),
+    };
+    shared
+        .router
+        .host(&domain)
+        .ok_or_else(|| stream_err(C::HostUnknown, "this server does not serve that domain"))
+}
+
+/// Plain stream up to `<proceed/>` and the TLS handshake (RFC 6120 §5).
+async fn negotiate_starttls(
+    shared: &Arc<Shared>,
+    tcp: TcpStream,
+    handshake: Duration,
+) -> Option<TlsStream<TcpStream>> {
+    let mut conn = Conn::new(tcp, shared);
+    let result: Result<(), Fail> = async {
+        let header = match conn.next_event_within(shared, handshake).await? {
+            StreamEvent::Header(h) => h,
+            _ => return Err(stream_err(C::NotWellFormed, "expected a stream header")),
+        };
+        let host = pick_host(shared, &header);
+        if let Ok(h) = &host {
+            conn.domain = h.domain.clone();
+        }
+        conn.send_header(&header).await?;
+        host?;
+        conn.write_raw(
+            b"<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls></stream:features>",
+        )
+        .await?;
+        loop {
+            match conn.next_event_within(shared, handshake).await? {
+                StreamEvent::Element(el) if el.is("starttls", ns::TLS) => {
+                    conn.write_raw(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+                        .await?;
+                    return Ok(());
+                }
+                StreamEvent::Element(el) if el.ns() == ns::SASL => {
+                    // RFC 6120 §5.3.1: TLS is mandatory-to-negotiate here.
+                    conn.write_raw(
+                        b"<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><encryption-required/></failure>",
+                    )
+                    .await?;
+                    return Err(stream_err(
+                        C::PolicyViolation,
+                        "TLS is required before authentication",
+                    ));
+                }
+                StreamEvent::Element(el) if is_stanza(&el) => {
+                    return Err(stream_err(C::NotAuthorized, "negotiate TLS and authenticate first"));
+                }
+                StreamEvent::Element(_) => {
+                    return Err(stream_err(C::PolicyViolation, "STARTTLS is required"));
+                }
+                StreamEvent::Header(_) => {
+                    return Err(stream_err(C::NotWellFormed, "unexpected stream header"));
+                }
+                StreamEvent::Close => return Err(Fail::Closed),
+            }
+        }
+    }
+    .await;
+    match result {
+        Ok(()) => {
+            let acceptor = TlsAcceptor::from(shared.tls.starttls.clone());
+            // Bytes the client sent after <starttls/> before the handshake are discarded
+            // (RFC 6120 §5.4.3.3): only the raw socket moves on.
+            match tokio::time::timeout(handshake, acceptor.accept(conn.io)).await {
+                Ok(Ok(s)) => Some(s),
+                _ => None,
+            }
+        }
+        Err(f) => {
+            conn.close(f).await;
+            None
+        }
+    }
+}
+
+fn is_stanza(el: &Element) -> bool {
+    matches!(el.name(), "message" | "presence" | "iq")
+}
+
+fn tls_exporter(io: &TlsStream<TcpStream>) -> Option<Vec<u8>> {
+    let (_, session) = io.get_ref();
+    if session.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3) {
+        return None;
+    }
+    session
+        .export_keying_material(vec![0u8; 32], b"EXPORTER-Channel-Binding", None)
+        .ok()
+}
+
+/// After TLS: SASL, binding, then the session loop.
+async fn secure_stream(
+    shared: Arc<Shared>,
+    mut conn: Conn<TlsStream<TcpStream>>,
+    peer: SocketAddr,
+    deadline: tokio::time::Instant,
+) {
+    let cb_data = tls_exporter(&conn.io);
+    let remaining = |d: tokio::time::Instant| d.saturating_duration_since(tokio::time::Instant::now());
+    let auth = authenticate(&shared, &mut conn, peer, cb_data, deadline).await;
+    let (host, user) = match auth {
+        Ok(v) => v,
+        Err(f) => return conn.close(f).await,
+    };
+    conn.restart(&shared);
+    let bound = async {
+        let header = match conn.next_event_within(&shared, remaining(deadline)).await? {
+            StreamEvent::Header(h) => h,
+            _ => return Err(stream_err(C::NotWellFormed, "expected a stream header")),
+        };
+        conn.send_header(&header).await?;
+        if header.to.as_deref().map(str::to_ascii_lowercase).as_deref() != Some(host.domain.as_str())
+            && header.to.is_some()
+        {
+            return Err(stream_err(C::HostUnknown, "the stream must stay on the same domain"));
+        }
+        conn.write_raw(
+            b"<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>\
+              <session xmlns='urn:ietf:params:xml:ns:xmpp-session'><optional/></session></stream:features>",
+        )
+        .await?;
+        bind_resource(&shared, &mut conn, &host, &user, remaining(deadline)).await
+    }
+    .await;
+    match bound {
+        Ok(session) => established(shared, conn, session).await,
+        Err(f) => conn.close(f).await,
+    }
+}
+
+/// SASL negotiation (RFC 6120 §6). Returns the host and the authenticated localpart.
+async fn authenticate(
+    shared: &Arc<Shared>,
+    conn: &mut Conn<TlsStream<TcpStream>>,
+    peer: SocketAddr,
+    cb_data: Option<Vec<u8>>,
+    deadline: tokio::time::Instant,
+) -> Result<(Arc<Host>, String), Fail> {
+    let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
+    let header = match conn.next_event_within(shared, left()).await? {
+        StreamEvent::Header(h) => h,
+        _ => return Err(stream_err(C::NotWellFormed, "expected a stream header")),
+    };
+    let host = pick_host(shared, &header);
+    if let Ok(h) = &host {
+        conn.domain = h.domain.clone();
+    }
+    conn.send_header(&header).await?;
+    let host = host?;
+    let offered: Vec<&str> = host
+        .mechanisms
+        .iter()
+        .map(String::as_str)
+        .filter(|m| cb_data.is_some() || !m.ends_with("-PLUS"))
+        .collect();
+    let mut features = String::from(
+        "<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>",
+    );
+    for m in &offered {
+        features.push_str(&format!("<mechanism>{m}</mechanism>"));
+    }
+    features.push_str("</mechanisms>");
+    if cb_data.is_some() {
+        // XEP-0440: which channel-binding types the server can use.
+        features.push_str(
+            "<sasl-channel-binding xmlns='urn:xmpp:sasl-cb:0'><channel-binding type='tls-exporter'/></sasl-channel-binding>",
+        );
+    }
+    features.push_str("</stream:features>");
+    conn.write_raw(features.as_bytes()).await?;
+
+    // RFC 6120 §6.4.5: a few retries, then the connection goes.
+    let mut attempts = 0;
+    loop {
+        let el = match conn.next_event_within(shared, left()).await? {
+            StreamEvent::Element(el) => el,
+            StreamEvent::Close => return Err(Fail::Closed),
+            StreamEvent::Header(_) => {
+                return Err(stream_err(C::NotWellFormed, "unexpected stream header"));
+            }
+        };
+        if is_stanza(&el) {
+            return Err(stream_err(C::NotAuthorized, "authenticate first"));
+        }
+        if !el.is("auth", ns::SASL) {
+            return Err(stream_err(C::PolicyViolation, "expected <auth/>"));
+        }
+        attempts += 1;
+        match sasl_exchange(shared, conn, &host, &offered, el, peer, cb_data.clone(), left()).await? {
+            Some(user) => return Ok((host, user)),
+            None if attempts >= 3 => {
+                return Err(stream_err(C::PolicyViolation, "too many failed authentication attempts"));
+            }
+            None => continue,
+        }
+    }
+}
+
+async fn send_failure(conn: &mut Conn<TlsStream<TcpStream>>, condition: &str) -> Result<(), Fail> {
+    conn.write_raw(
+        format!("<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><{condition}/></failure>")
+            .as_bytes(),
+    )
+    .await
+}
+
+/// One `<auth/>` exchange: `Some(user)` on success, `None` after a `<failure/>`.
+#[allow(clippy::too_many_arguments)]
+async fn sasl_exchange(
+    shared: &Arc<Shared>,
+    conn: &mut Conn<TlsStream<TcpStream>>,
+    host: &Arc<Host>,
+    offered: &[&str],
+    auth: Element,
+    peer: SocketAddr,
+    cb_data: Option<Vec<u8>>,
+    limit: Duration,
+) -> Result<Option<String>, Fail> {
+    let mechanism = auth.attr("mechanism").unwrap_or("");
+    if !offered.contains(&mechanism) {
+        send_failure(conn, "invalid-mechanism").await?;
+        return Ok(None);
+    }
+    let mechanism = mechanism.to_owned();
+    let Ok(mut input) = sasl::decode_b64(&auth.text()) else {
+        send_failure(conn, "incorrect-encoding").await?;
+        return Ok(None);
+    };
+    if input.is_empty() {
+        // No initial response: ask for it with an empty challenge (RFC 6120 §6.4.2).
+        conn.write_raw(b"<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>=</challenge>")
+            .await?;
+        match read_sasl_response(shared, conn, limit).await? {
+            Some(data) => input = data,
+            None => return Ok(None),
+        }
+    }
+    let Some(raw_user) = sasl::username_from_initial(&mechanism, &input) else {
+        send_failure(conn, "malformed-request").await?;
+        return Ok(None);
+    };
+    let user = sasl::normalize_user(&raw_user);
+    let account = format!("{user}@{}", host.domain);
+    if shared.throttle.is_blocked(peer.ip(), &account) {
+        send_failure(conn, AuthFailure::Temporary.condition()).await?;
+        return Ok(None);
+    }
+    let creds = if user.is_empty() {
+        None
+    } else {
+        match shared.accounts.credentials(&user, &host.domain).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(%e, "cannot read credentials");
+                send_failure(conn, "temporary-auth-failure").await?;
+                return Ok(None);
+            }
+        }
+    };
+    let plain = mechanism == "PLAIN";
+    let mut exchange = match Exchange::start(&mechanism, &user, &host.domain, creds, cb_data) {
+        Ok(e) => e,
+        Err(f) => {
+            send_failure(conn, f.condition()).await?;
+            return Ok(None);
+        }
+    };
+    loop {
+        // PLAIN runs PBKDF2 over the password: keep it off the async workers.
+        let step = if plain {
+            let data = std::mem::take(&mut input);
+            match tokio::task::spawn_blocking(move || {
+                let s = exchange.step(&data);
+                (exchange, s)
+            })
+            .await
+            {
+                Ok((ex, s)) => {
+                    exchange = ex;
+                    s
+                }
+                Err(_) => {
+                    send_failure(conn, AuthFailure::Temporary.condition()).await?;
+                    return Ok(None);
+                }
+            }
+        } else {
+            exchange.step(&input)
+        };
+        match step {
+            Step::Challenge(data) => {
+                conn.write_raw(
+                    format!(
+                        "<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</challenge>",
+                        B64.encode(data)
+                    )
+                    .as_bytes(),
+                )
+                .await?;
+                match read_sasl_response(shared, conn, limit).await? {
+                    Some(data) => input = data,
+                    None => return Ok(None),
+                }
+            }
+            Step::Success { user, data } => {
+                shared.throttle.succeeded(&account);
+                let body = if data.is_empty() {
+                    String::new()
+                } else {
+                    B64.encode(data)
+                };
+                conn.write_raw(
+                    format!("<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{body}</success>")
+                        .as_bytes(),
+                )
+                .await?;
+                tracing::info!(%peer, account = %format!("{user}@{}", host.domain), mechanism, "authenticated");
+                return Ok(Some(user));
+            }
+            Step::Failure(f) => {
+                shared.throttle.failed(peer.ip(), &account);
+                tracing::info!(%peer, mechanism, condition = f.condition(), "authentication failed");
+                send_failure(conn, f.condition()).await?;
+                return Ok(None);
+            }
+        }
+    }
+}
+
+/// Waits for `<response/>` (data) or `<abort/>` (None, after answering `<aborted/>`).
+async fn read_sasl_response(
+    shared: &Arc<Shared>,
+    conn: &mut Conn<TlsStream<TcpStream>>,
+    limit: Duration,
+) -> Result<Option<Vec<u8>>, Fail> {
+    match conn.next_event_within(shared, limit).await? {
+        StreamEvent::Element(el) if el.is("response", ns::SASL) => {
+            match sasl::decode_b64(&el.text()) {
+                Ok(d) => Ok(Some(d)),
+                Err(_) => {
+                    send_failure(conn, "incorrect-encoding").await?;
+                    Ok(None)
+                }
+            }
+        }
+        StreamEvent::Element(el) if el.is("abort", ns::SASL) => {
+            send_failure(conn, "aborted").await?;
+            Ok(None)
+        }
+        StreamEvent::Close => Err(Fail::Closed),
+        _ => Err(stream_err(C::PolicyViolation, "expected <response/> or <abort/>")),
+    }
+}
+
+/// A bound session's identity and outbox.
+struct Session {
+    /// `user@domain`.
+    bare: String,
+    /// The full JID as a string, stamped as `from` on everything the client sends.
+    full: String,
+    /// Registry id.
+    id: u64,
+    /// Stanzas for this session.
+    rx: mpsc::Receiver<Outgoing>,
+    /// The host.
+    host: Arc<Host>,
+}
+
+/// Waits for the bind iq (RFC 6120 §7) and registers the session.
+async fn bind_resource(
+    shared: &Arc<Shared>,
+    conn: &mut Conn<TlsStream<TcpStream>>,
+    host: &Arc<Host>,
+    user: &str,
+    limit: Duration,
+) -> Result<Session, Fail> {
+    let bare = format!("{user}@{}", host.domain);
+    loop {
+        let iq = match conn.next_event_within(shared, limit).await? {
+            StreamEvent::Element(el) => el,
+            StreamEvent::Close => return Err(Fail::Closed),
+            StreamEvent::Header(_) => {
+                return Err(stream_err(C::NotWellFormed, "unexpected stream header"));
+            }
+        };
+        let bind = iq.get_child("bind", ns::BIND);
+        let is_bind = iq.is("iq", ns::CLIENT) && iq.attr("type") == Some("set") && bind.is_some();
+        if !is_bind {
+            if iq.is("iq", ns::CLIENT) && matches!(iq.attr("type"), Some("get" | "set")) {
+                // RFC 6120 §7.2: stanzas before binding are not allowed.
+                let err = StanzaError::new(Condition::NotAllowed).with_text("bind a resource first");
+                if let Some(reply) = err.reply_to(&iq) {
+                    conn.send(&reply).await?;
+                }
+                continue;
+            }
+            return Err(stream_err(C::NotAuthorized, "bind a resource first"));
+        }
+        let requested = bind
+            .and_then(|b| b.get_child("resource", ns::BIND))
+            .map(|r| r.text().trim().to_owned())
+            .filter(|r| !r.is_empty());
+        let resource = match requested {
+            Some(r) => r,
+            None => loop {
+                let mut raw = [0u8; 9];
+                rand::rng().fill_bytes(&mut raw);
+                let r = format!("openspimed-{}", B64.encode(raw).replace(['+', '/'], "x"));
+                if !shared.router.registry.resource_taken(&bare, &r) {
+                    break r;
+                }
+            },
+        };
+        let full = match FullJid::new(&format!("{bare}/{resource}")) {
+            Ok(j) => j,
+            Err(_) => {
+                let err = StanzaError::new(Condition::BadRequest).with_text("invalid resource");
+                if let Some(reply) = err.reply_to(&iq) {
+                    conn.send(&reply).await?;
+                }
+                continue;
+            }
+        };
+        let id = shared.session_id();
+        let (tx, rx) = mpsc::channel(shared.config.limits.session_queue);
+        let full_str = full.to_string();
+        if let Some(old) = shared
+            .router
+            .registry
+            .bind(&bare, full.resource().as_str(), id, tx)
+        {
+            // RFC 6120 §7.7.2.2: the new session wins.
+            let _ = old.try_send(Outgoing::Kick(StreamError::with_text(
+                C::Conflict,
+                "replaced by a new session with the same resource",
+            )));
+        }
+        let mut reply = iq_result(&iq);
+        reply.remove_attr("from");
+        reply.set_attr("to", full_str.clone());
+        reply.push_child(
+            Element::new("bind", ns::BIND).with_child(Element::new("jid", ns::BIND).with_text(full_str.clone())),
+        );
+        if let Err(f) = conn.send(&reply).await {
+            shared.router.registry.unbind(&bare, id);
+            return Err(f);
+        }
+        tracing::debug!(jid = %full_str, "resource bound");
+        return Ok(Session {
+            bare,
+            full: full_str,
+            id,
+            rx,
+            host: host.clone(),
+        });
+    }
+}
+
+/// The session loop: stanzas from the client, stanzas for the client, shutdown.
+async fn established(shared: Arc<Shared>, mut conn: Conn<TlsStream<TcpStream>>, mut s: Session) {
+    let idle = Duration::from_secs(shared.config.limits.c2s_idle_timeout_secs.max(1));
+    let why = loop {
+        tokio::select! {
+            biased;
+            _ = shared.shutdown.cancelled() => {
+                break stream_err(C::SystemShutdown, "server shutting down");
+            }
+            out = s.rx.recv() => {
+                match out {
+                    Some(Outgoing::Stanza(el)) => {
+                        conn.queue(&el);
+                        // Drain what else is ready: one write for a burst.
+                        let mut kick = None;
+                        for _ in 0..64 {
+                            match s.rx.try_recv() {
+                                Ok(Outgoing::Stanza(el)) => conn.queue(&el),
+                                Ok(Outgoing::Kick(e)) => { kick = Some(e); break; }
+                                Err(_) => break,
+                            }
+                        }
+                        if let Err(f) = conn.flush_queued().await {
+                            break f;
+                        }
+                        if let Some(e) = kick {
+                            break Fail::Stream(e);
+                        }
+                    }
+                    Some(Outgoing::Kick(e)) => break Fail::Stream(e),
+                    None => break Fail::Closed,
+                }
+            }
+            ev = tokio::time::timeout(idle, conn.next_event()) => {
+                let ev = match ev {
+                    Ok(Ok(ev)) => ev,
+                    Ok(Err(f)) => break f,
+                    Err(_) => break stream_err(C::ConnectionTimeout, "idle for too long"),
+                };
+                match ev {
+                    StreamEvent::Element(el) => {
+                        if let Err(f) = inbound(&shared, &mut conn, &s, el).await {
+                            break f;
+                        }
+                    }
+                    StreamEvent::Close => break Fail::Closed,
+                    StreamEvent::Header(_) => break stream_err(C::NotWellFormed, "unexpected stream header"),
+                }
+            }
+        }
+    };
+    shared.router.registry.unbind(&s.bare, s.id);
+    tracing::debug!(jid = %s.full, "session ended");
+    conn.close(why).await;
+}
+
+/// One element from an established client (RFC 6120 §8, §10).
+async fn inbound(
+    shared: &Arc<Shared>,
+    conn: &mut Conn<TlsStream<TcpStream>>,
+    s: &Session,
+    mut el: Element,
+) -> Result<(), Fail> {
+    if !is_stanza(&el) {
+        return Err(stream_err(C::UnsupportedStanzaType, "only message, presence and iq"));
+    }
+    if el.ns() != ns::CLIENT {
+        return Err(stream_err(C::InvalidNamespace, "stanzas must be in jabber:client"));
+    }
+    // RFC 6120 §8.1.2.1: the server stamps the full JID; a client-supplied from is replaced.
+    el.set_attr("from", s.full.clone());
+    match el.name() {
+        "iq" => {
+            let valid_type = matches!(el.attr("type"), Some("get" | "set" | "result" | "error"));
+            let request = matches!(el.attr("type"), Some("get" | "set"));
+            if el.attr("id").is_none() || !valid_type || (request && el.children().count() != 1) {
+                let err = StanzaError::new(Condition::BadRequest)
+                    .with_text("an iq needs an id, a type, and one payload for get/set");
+                if let Some(mut reply) = err.reply_to(&el) {
+                    reply.remove_attr("from");
+                    return conn.send(&reply).await;
+                }
+                return Ok(());
+            }
+            // The legacy session iq (RFC 3921 §3) is a no-op the 2008 client needs.
+            let to_self = el.attr("to").is_none_or(|t| t.eq_ignore_ascii_case(&s.host.domain));
+            if to_self && el.attr("type") == Some("set") && el.get_child("session", ns::SESSION).is_some() {
+                let mut reply = iq_result(&el);
+                reply.remove_attr("from");
+                return conn.send(&reply).await;
+            }
+        }
+        "presence" if el.attr("to").is_none() => {
+            // Broadcast presence sets availability and priority for bare-JID delivery.
+            let priority = match el.attr("type") {
+                None => Some(
+                    el.get_child("priority", ns::CLIENT)
+                        .and_then(|p| p.text().trim().parse::<i8>().ok())
+                        .unwrap_or(0),
+                ),
+                Some("unavailable") => None,
+                _ => return Ok(()),
+            };
+            shared.router.registry.set_priority(&s.bare, s.id, priority);
+            return Ok(());
+        }
+        _ => {}
+    }
+    shared.router.route(el).await;
+    Ok(())
+}

@@ -1,0 +1,315 @@
+//! The `openspimed` command line: `run`, `check` and the account admin commands.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use openspimed_config::{Config, LogFormat};
+use openspimed_module_api::jid::BareJid;
+
+use crate::storage::AccountStore;
+use crate::storage::sqlite::SqliteStore;
+
+/// openspimed: an XMPP server that hosts the OpenSpime network.
+#[derive(Parser, Debug)]
+#[command(name = "openspimed", version, about)]
+pub struct Cli {
+    /// Configuration file. Without it, the embedded default serves `localhost` with data in
+    /// ./data and a generated self-signed certificate.
+    #[arg(long, short, global = true, env = "OPENSPIMED_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the server until SIGTERM or SIGINT.
+    Run,
+    /// Check the configuration and certificates and say what is wrong.
+    Check,
+    /// Create an account.
+    Adduser {
+        /// The account's JID (user@domain).
+        jid: String,
+        /// The password; prompted for (or read from standard input) when absent.
+        #[arg(long, env = "OPENSPIMED_PASSWORD")]
+        password: Option<String>,
+    },
+    /// Change an account's password.
+    Passwd {
+        /// The account's JID (user@domain).
+        jid: String,
+        /// The new password; prompted for when absent.
+        #[arg(long, env = "OPENSPIMED_PASSWORD")]
+        password: Option<String>,
+    },
+    /// Delete an account.
+    Deluser {
+        /// The account's JID (user@domain).
+        jid: String,
+    },
+    /// List the accounts of a domain.
+    Listusers {
+        /// The domain.
+        domain: String,
+    },
+}
+
+fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    for line in msg.to_string().lines() {
+        eprintln!("openspimed: error: {line}");
+    }
+    ExitCode::FAILURE
+}
+
+fn load(cli: &Cli) -> Result<Config, ExitCode> {
+    match &cli.config {
+        None => Ok(Config::default()),
+        Some(p) => Config::load(p).map_err(fail),
+    }
+}
+
+/// Runs the command line; the binary's `main` is just this.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match load(&cli) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(format!("cannot start the runtime: {e}")),
+    };
+    match cli.command {
+        Command::Run => rt.block_on(run(config)),
+        Command::Check => check(&config),
+        Command::Adduser { jid, password } => rt.block_on(set_password(&config, &jid, password, true)),
+        Command::Passwd { jid, password } => rt.block_on(set_password(&config, &jid, password, false)),
+        Command::Deluser { jid } => rt.block_on(deluser(&config, &jid)),
+        Command::Listusers { domain } => rt.block_on(listusers(&config, &domain)),
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match config.log.format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+async fn run(config: Config) -> ExitCode {
+    init_logging(&config);
+    let server = match crate::server::start(config).await {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let token = server.shutdown_token();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        token.cancel();
+    });
+    server.wait(Duration::from_secs(5)).await;
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// `openspimed check`: configuration, modules and certificates, like `prosodyctl check`.
+fn check(config: &Config) -> ExitCode {
+    let mut errors = config.problems(&crate::server::builtin_module_names());
+    let mut notes = Vec::new();
+    let provider = crate::tls::provider();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    for (domain, host) in &config.hosts {
+        let (cert, key) = match (&host.certificate, &host.key) {
+            (Some(c), Some(k)) => (c.clone(), k.clone()),
+            (None, None) => {
+                let (c, k) = openspimed_certs::dev_certificate_paths(&config.data_dir.join("certs"), domain);
+                if !c.exists() {
+                    notes.push(format!(
+                        "hosts.\"{domain}\": no certificate configured; a self-signed one will be generated in {}",
+                        c.display()
+                    ));
+                    continue;
+                }
+                (c, k)
+            }
+            _ => continue, // already reported by problems()
+        };
+        if let Err(e) = openspimed_certs::load_pair(&cert, &key, &provider) {
+            errors.push(format!("hosts.\"{domain}\": {e}"));
+            continue;
+        }
+        match openspimed_certs::inspect(&cert) {
+            Ok(info) => {
+                if !info.covers(domain) {
+                    errors.push(format!(
+                        "hosts.\"{domain}\": certificate {} is not valid for {domain} (it names: {})",
+                        cert.display(),
+                        info.dns_names.join(", ")
+                    ));
+                }
+                let days = (info.not_after_unix - now) / 86_400;
+                if info.not_after_unix <= now {
+                    errors.push(format!("hosts.\"{domain}\": certificate {} has expired", cert.display()));
+                } else if days < 14 {
+                    notes.push(format!("hosts.\"{domain}\": certificate expires in {days} days"));
+                }
+            }
+            Err(e) => errors.push(format!("hosts.\"{domain}\": {e}")),
+        }
+    }
+    for n in &notes {
+        println!("note: {n}");
+    }
+    if errors.is_empty() {
+        println!("configuration OK: {} host(s): {}", config.hosts.len(), config.hosts.keys().cloned().collect::<Vec<_>>().join(", "));
+        ExitCode::SUCCESS
+    } else {
+        fail(errors.join("\n"))
+    }
+}
+
+fn parse_account(config: &Config, jid: &str) -> Result<(String, String), String> {
+    let bare = BareJid::new(jid).map_err(|e| format!("{jid:?} is not a valid JID: {e}"))?;
+    let Some(node) = bare.node() else {
+        return Err(format!("{jid:?} has no user part (expected user@domain)"));
+    };
+    let domain = bare.domain().as_str().to_owned();
+    if !config.hosts.contains_key(&domain) {
+        return Err(format!("{domain} is not a host of this server (see [hosts] in the configuration)"));
+    }
+    Ok((node.as_str().to_owned(), domain))
+}
+
+fn open_store(config: &Config) -> Result<SqliteStore, ExitCode> {
+    SqliteStore::open(&config.data_dir.join("openspimed.sqlite")).map_err(fail)
+}
+
+fn read_password() -> Result<String, String> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprint!("Password: ");
+        let _ = std::io::stderr().flush();
+    }
+    let mut line = String::new();
+    stdin
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| format!("cannot read the password: {e}"))?;
+    let pw = line.trim_end_matches(['\r', '\n']).to_owned();
+    if pw.is_empty() {
+        return Err("the password must not be empty".into());
+    }
+    Ok(pw)
+}
+
+async fn set_password(config: &Config, jid: &str, password: Option<String>, create: bool) -> ExitCode {
+    let (user, domain) = match parse_account(config, jid) {
+        Ok(v) => v,
+        Err(e) => return fail(e),
+    };
+    let password = match password {
+        Some(p) if !p.is_empty() => p,
+        Some(_) => return fail("the password must not be empty"),
+        None => match read_password() {
+            Ok(p) => p,
+            Err(e) => return fail(e),
+        },
+    };
+    let store = match open_store(config) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let creds = crate::sasl::derive_credentials(&password, config.auth.scram_iterations);
+    let result = if create {
+        store.create_account(&user, &domain, &creds).await
+    } else {
+        store.set_credentials(&user, &domain, &creds).await
+    };
+    match (result, create) {
+        (Ok(true), true) => {
+            println!("created {user}@{domain}");
+            ExitCode::SUCCESS
+        }
+        (Ok(false), true) => fail(format!("{user}@{domain} already exists (use passwd to change its password)")),
+        (Ok(true), false) => {
+            println!("password changed for {user}@{domain}");
+            ExitCode::SUCCESS
+        }
+        (Ok(false), false) => fail(format!("{user}@{domain} does not exist")),
+        (Err(e), _) => fail(e),
+    }
+}
+
+async fn deluser(config: &Config, jid: &str) -> ExitCode {
+    let (user, domain) = match parse_account(config, jid) {
+        Ok(v) => v,
+        Err(e) => return fail(e),
+    };
+    let store = match open_store(config) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    match store.delete_account(&user, &domain).await {
+        Ok(true) => {
+            println!("deleted {user}@{domain}");
+            ExitCode::SUCCESS
+        }
+        Ok(false) => fail(format!("{user}@{domain} does not exist")),
+        Err(e) => fail(e),
+    }
+}
+
+async fn listusers(config: &Config, domain: &str) -> ExitCode {
+    let domain = domain.to_ascii_lowercase();
+    if !config.hosts.contains_key(&domain) {
+        return fail(format!("{domain} is not a host of this server"));
+    }
+    let store = match open_store(config) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    match store.list_accounts(&domain).await {
+        Ok(users) => {
+            for u in users {
+                println!("{u}@{domain}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}

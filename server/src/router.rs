@@ -1,0 +1,450 @@
+//! Where every stanza goes (RFC 6120 §10, RFC 6121 §8 for the parts that need no roster).
+//!
+//! [`Router::route`] classifies the `to` address — a hosted service (module route), a
+//! virtual host itself, a local account (bare or full JID), or a remote domain — and hands
+//! the stanza to a module, a session's outbox, or bounces it with the RFC's error.
+//! Sessions are found through [`Registry`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, Weak};
+
+use dashmap::DashMap;
+use openspimed_module_api::jid::Jid;
+use openspimed_module_api::{
+    Condition, Context, Element, Identity, Module, Outcome, Route, ServerHandle, StanzaError,
+};
+use tokio::sync::mpsc;
+
+use crate::error::{StreamError, module_failure, storage_failure};
+use crate::storage::AccountStore;
+
+/// What a session's writer receives.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// A stanza to write.
+    Stanza(Element),
+    /// End the session with this stream error (e.g. `conflict` when replaced).
+    Kick(StreamError),
+}
+
+/// One bound resource in the registry.
+#[derive(Clone, Debug)]
+struct SessionEntry {
+    /// The resourcepart.
+    resource: String,
+    /// Unique per session, so a late unbind cannot remove a newer session's entry.
+    id: u64,
+    /// The session's outbox.
+    tx: mpsc::Sender<Outgoing>,
+    /// Presence priority once available (RFC 6121 §4.7.2.3); `None` until initial presence.
+    priority: Option<i8>,
+}
+
+/// Connected sessions by bare JID.
+#[derive(Default)]
+pub struct Registry {
+    /// `user@domain` → its bound resources.
+    by_bare: DashMap<String, Vec<SessionEntry>>,
+}
+
+impl Registry {
+    /// Binds a resource. Returns the outbox of a session it replaces (RFC 6120 §7.7.2.2:
+    /// the new session wins; the old one must be told `conflict`).
+    pub fn bind(
+        &self,
+        bare: &str,
+        resource: &str,
+        id: u64,
+        tx: mpsc::Sender<Outgoing>,
+    ) -> Option<mpsc::Sender<Outgoing>> {
+        let mut entry = self.by_bare.entry(bare.to_owned()).or_default();
+        let old = entry
+            .iter()
+            .position(|s| s.resource == resource)
+            .map(|i| entry.remove(i).tx);
+        entry.push(SessionEntry {
+            resource: resource.to_owned(),
+            id,
+            tx,
+            priority: None,
+        });
+        old
+    }
+
+    /// Removes a session, unless it was already replaced.
+    pub fn unbind(&self, bare: &str, id: u64) {
+        if let Some(mut e) = self.by_bare.get_mut(bare) {
+            e.retain(|s| s.id != id);
+            if e.is_empty() {
+                drop(e);
+                self.by_bare.remove_if(bare, |_, v| v.is_empty());
+            }
+        }
+    }
+
+    /// Whether a resource name is in use for this account.
+    pub fn resource_taken(&self, bare: &str, resource: &str) -> bool {
+        self.by_bare
+            .get(bare)
+            .is_some_and(|e| e.iter().any(|s| s.resource == resource))
+    }
+
+    /// Records a session's availability and priority from its broadcast presence.
+    pub fn set_priority(&self, bare: &str, id: u64, priority: Option<i8>) {
+        if let Some(mut e) = self.by_bare.get_mut(bare) {
+            for s in e.iter_mut().filter(|s| s.id == id) {
+                s.priority = priority;
+            }
+        }
+    }
+
+    fn full(&self, bare: &str, resource: &str) -> Option<mpsc::Sender<Outgoing>> {
+        self.by_bare.get(bare).and_then(|e| {
+            e.iter()
+                .find(|s| s.resource == resource)
+                .map(|s| s.tx.clone())
+        })
+    }
+
+    /// Outboxes of the available resources with the highest non-negative priority
+    /// (RFC 6121 §8.5.2.1.1).
+    fn best(&self, bare: &str) -> Vec<mpsc::Sender<Outgoing>> {
+        let Some(e) = self.by_bare.get(bare) else {
+            return Vec::new();
+        };
+        let Some(top) = e.iter().filter_map(|s| s.priority).filter(|p| *p >= 0).max() else {
+            return Vec::new();
+        };
+        e.iter()
+            .filter(|s| s.priority == Some(top))
+            .map(|s| s.tx.clone())
+            .collect()
+    }
+
+    /// Number of bound sessions.
+    pub fn session_count(&self) -> usize {
+        self.by_bare.iter().map(|e| e.len()).sum()
+    }
+}
+
+/// A virtual host and its modules.
+pub struct Host {
+    /// The domain.
+    pub domain: String,
+    /// Enabled modules.
+    pub modules: Vec<Arc<dyn Module>>,
+    /// Payload namespace → module, for iqs to the host itself.
+    pub iq_handlers: HashMap<&'static str, Arc<dyn Module>>,
+    /// SASL mechanisms offered on this host, in order.
+    pub mechanisms: Vec<String>,
+    /// The context handed to this host's modules.
+    pub cx: Context,
+}
+
+/// The routing table and session registry.
+pub struct Router {
+    /// Virtual hosts by domain; set once at start (modules need the router to be built).
+    hosts: OnceLock<HashMap<String, Arc<Host>>>,
+    /// Exact-JID module routes (`services@example.org/cert`).
+    jid_routes: OnceLock<HashMap<String, (Arc<Host>, Arc<dyn Module>)>>,
+    /// Whole-domain module routes (`pubsub.example.org`).
+    domain_routes: OnceLock<HashMap<String, (Arc<Host>, Arc<dyn Module>)>>,
+    /// Bound sessions.
+    pub registry: Registry,
+    /// To tell "no such account" from "account offline".
+    accounts: Arc<dyn AccountStore>,
+}
+
+impl Router {
+    /// An empty router; call [`Router::install`] with the hosts before routing.
+    pub fn new(accounts: Arc<dyn AccountStore>) -> Arc<Router> {
+        Arc::new(Router {
+            hosts: OnceLock::new(),
+            jid_routes: OnceLock::new(),
+            domain_routes: OnceLock::new(),
+            registry: Registry::default(),
+            accounts,
+        })
+    }
+
+    /// The handle modules get: it does not keep the router alive.
+    pub fn handle(self: &Arc<Self>) -> Arc<dyn ServerHandle> {
+        Arc::new(RouterRef(Arc::downgrade(self)))
+    }
+
+    /// Installs the hosts and derives the module routing tables.
+    pub fn install(&self, hosts: Vec<Host>) {
+        let mut by_domain = HashMap::new();
+        let mut jids = HashMap::new();
+        let mut domains = HashMap::new();
+        for host in hosts {
+            let host = Arc::new(host);
+            for m in &host.modules {
+                for r in m.routes() {
+                    match r {
+                        Route::Jid(j) => {
+                            jids.insert(j, (host.clone(), m.clone()));
+                        }
+                        Route::Domain(d) => {
+                            domains.insert(d.to_ascii_lowercase(), (host.clone(), m.clone()));
+                        }
+                        Route::ServerIq(_) => {}
+                    }
+                }
+            }
+            by_domain.insert(host.domain.clone(), host);
+        }
+        let _ = self.hosts.set(by_domain);
+        let _ = self.jid_routes.set(jids);
+        let _ = self.domain_routes.set(domains);
+    }
+
+    /// A virtual host by domain.
+    pub fn host(&self, domain: &str) -> Option<Arc<Host>> {
+        self.hosts.get().and_then(|h| h.get(domain).cloned())
+    }
+
+    /// Routes a stanza whose `from` is already authenticated.
+    pub async fn route(&self, stanza: Element) {
+        let to = match stanza.attr("to") {
+            None => None,
+            Some(t) => match Jid::new(t) {
+                Ok(j) => Some(j),
+                Err(_) => {
+                    return self
+                        .bounce(&stanza, StanzaError::new(Condition::JidMalformed))
+                        .await;
+                }
+            },
+        };
+        let Some(to) = to else {
+            return self.route_to_own_account(stanza).await;
+        };
+        let to_str = to.to_string();
+        if let Some((host, module)) = self.jid_routes.get().and_then(|m| m.get(&to_str)) {
+            return self.call(module, &host.cx, stanza).await;
+        }
+        let domain = to.domain().as_str();
+        if let Some((host, module)) = self.domain_routes.get().and_then(|m| m.get(domain)) {
+            return self.call(module, &host.cx, stanza).await;
+        }
+        let Some(host) = self.host(domain) else {
+            // No federation yet: every other domain is unreachable.
+            return self
+                .bounce(&stanza, StanzaError::new(Condition::RemoteServerNotFound))
+                .await;
+        };
+        match to.node() {
+            None => self.to_host(&host, stanza).await,
+            Some(node) => {
+                let bare = format!("{}@{}", node.as_str(), domain);
+                self.to_account(&bare, to.resource().map(|r| r.as_str()), stanza)
+                    .await
+            }
+        }
+    }
+
+    /// A stanza without `to` is for the sender's own account (RFC 6120 §10.3.3); the
+    /// server answers iqs on the account's behalf.
+    async fn route_to_own_account(&self, stanza: Element) {
+        let from = stanza.attr("from").and_then(|f| Jid::new(f).ok());
+        let Some(host) = from.and_then(|f| self.host(f.domain().as_str())) else {
+            return;
+        };
+        match stanza.name() {
+            "iq" => self.to_host(&host, stanza).await,
+            // Presence without `to` was already taken by the session (availability).
+            _ => {}
+        }
+    }
+
+    /// Stanzas to a virtual host's own address.
+    async fn to_host(&self, host: &Arc<Host>, stanza: Element) {
+        if stanza.name() != "iq" {
+            // Messages and presence to the server itself have no handler yet: ignored,
+            // as RFC 6120 §10.3.3 allows for messages to the server.
+            return;
+        }
+        match stanza.attr("type") {
+            Some("get") | Some("set") => {}
+            // Results and errors for the server: nothing is waiting for them.
+            _ => return,
+        }
+        let module = stanza
+            .first_child()
+            .and_then(|p| host.iq_handlers.get(p.ns()))
+            .cloned();
+        match module {
+            Some(m) => self.call(&m, &host.cx, stanza).await,
+            None => {
+                self.bounce(&stanza, StanzaError::new(Condition::ServiceUnavailable))
+                    .await
+            }
+        }
+    }
+
+    /// Stanzas to a local account (RFC 6121 §8.5).
+    async fn to_account(&self, bare: &str, resource: Option<&str>, stanza: Element) {
+        let kind = stanza.name();
+        if let Some(res) = resource {
+            if let Some(tx) = self.registry.full(bare, res) {
+                return self.push(&tx, stanza).await;
+            }
+            // RFC 6121 §8.5.3.2: no such resource.
+            return match kind {
+                "message" => self.message_to_bare(bare, stanza).await,
+                "iq" => {
+                    self.bounce(&stanza, StanzaError::new(Condition::ServiceUnavailable))
+                        .await
+                }
+                _ => {}
+            };
+        }
+        match kind {
+            "message" => self.message_to_bare(bare, stanza).await,
+            // The server answers iqs to a bare JID on the account's behalf; none are
+            // implemented yet for accounts (RFC 6121 §8.5.2.1.3).
+            "iq" => match stanza.attr("type") {
+                Some("get") | Some("set") => {
+                    self.bounce(&stanza, StanzaError::new(Condition::ServiceUnavailable))
+                        .await
+                }
+                _ => {}
+            },
+            // Subscriptions and presence broadcast need rosters (IM core).
+            _ => {}
+        }
+    }
+
+    /// RFC 6121 §8.5.2: a message to a bare JID.
+    async fn message_to_bare(&self, bare: &str, stanza: Element) {
+        let mtype = stanza.attr("type").unwrap_or("normal");
+        if mtype == "groupchat" {
+            return self
+                .bounce(&stanza, StanzaError::new(Condition::ServiceUnavailable))
+                .await;
+        }
+        let targets = self.registry.best(bare);
+        if let Some((last, rest)) = targets.split_last() {
+            for tx in rest {
+                self.push(tx, stanza.clone()).await;
+            }
+            return self.push(last, stanza).await;
+        }
+        if mtype == "headline" || mtype == "error" {
+            return;
+        }
+        // No available resource. Offline storage belongs to the IM core; until then the
+        // sender learns the message was not delivered.
+        let (user, domain) = bare.split_once('@').unwrap_or((bare, ""));
+        if let Err(e) = self.accounts.account_exists(user, domain).await {
+            let err = storage_failure("checking an account", &e);
+            return self.bounce(&stanza, err).await;
+        }
+        self.bounce(&stanza, StanzaError::new(Condition::ServiceUnavailable))
+            .await
+    }
+
+    async fn push(&self, tx: &mpsc::Sender<Outgoing>, stanza: Element) {
+        match tx.try_send(Outgoing::Stanza(stanza)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(Outgoing::Stanza(s))) => {
+                tracing::warn!("a session's queue is full; bouncing a stanza");
+                let err = StanzaError::new(Condition::ResourceConstraint);
+                Box::pin(self.bounce(&s, err)).await;
+            }
+            // The session ended between lookup and send: as if it was never there.
+            Err(_) => {}
+        }
+    }
+
+    async fn call(&self, module: &Arc<dyn Module>, cx: &Context, stanza: Element) {
+        let envelope = shallow(&stanza);
+        let outcome = match module.handle(cx, stanza).await {
+            Ok(o) => o,
+            Err(e) => Outcome::Error(module_failure(module.name(), &e)),
+        };
+        match outcome {
+            Outcome::Reply(reply) => Box::pin(self.route(reply)).await,
+            Outcome::Error(err) => self.bounce(&envelope, err).await,
+            Outcome::Handled => {}
+        }
+    }
+
+    /// Answers `stanza` with `err` (never an error to an error, RFC 6120 §8.3.1).
+    pub async fn bounce(&self, stanza: &Element, err: StanzaError) {
+        if let Some(reply) = err.reply_to(stanza) {
+            Box::pin(self.route(reply)).await;
+        }
+    }
+}
+
+/// A copy of a stanza's name and attributes, to address an error after the module took
+/// the stanza.
+fn shallow(stanza: &Element) -> Element {
+    let mut e = Element::new(stanza.name(), stanza.ns_handle().clone());
+    for (k, v) in stanza.attrs() {
+        e.set_attr(k, v);
+    }
+    e
+}
+
+/// What modules hold: a weak reference, so modules never keep a stopped server alive.
+struct RouterRef(Weak<Router>);
+
+impl ServerHandle for RouterRef {
+    fn send(&self, stanza: Element) {
+        if let Some(router) = self.0.upgrade() {
+            tokio::spawn(async move { router.route(stanza).await });
+        }
+    }
+
+    fn host_features(&self, host: &str) -> Vec<String> {
+        let Some(r) = self.0.upgrade() else {
+            return Vec::new();
+        };
+        r.host(host)
+            .map(|h| h.modules.iter().flat_map(|m| m.features()).collect())
+            .unwrap_or_default()
+    }
+
+    fn host_identities(&self, host: &str) -> Vec<Identity> {
+        let Some(r) = self.0.upgrade() else {
+            return Vec::new();
+        };
+        let mut out = vec![Identity {
+            category: "server".into(),
+            kind: "im".into(),
+            name: Some("openspimed".into()),
+        }];
+        if let Some(h) = r.host(host) {
+            out.extend(h.modules.iter().flat_map(|m| m.identities()));
+        }
+        out
+    }
+
+    fn host_items(&self, host: &str) -> Vec<String> {
+        let Some(r) = self.0.upgrade() else {
+            return Vec::new();
+        };
+        let Some(h) = r.host(host) else {
+            return Vec::new();
+        };
+        let mut out: Vec<String> = h
+            .modules
+            .iter()
+            .flat_map(|m| m.routes())
+            .filter_map(|route| match route {
+                Route::Jid(j) | Route::Domain(j) => Some(j),
+                Route::ServerIq(_) => None,
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    fn software(&self) -> (&'static str, &'static str) {
+        ("openspimed", env!("CARGO_PKG_VERSION"))
+    }
+}

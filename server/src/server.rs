@@ -1,0 +1,270 @@
+//! Start-up and shutdown: storage, certificates, modules, router, listeners.
+//!
+//! [`start`] binds every configured listener (port 0 works; the bound addresses are
+//! returned and logged) and returns a [`RunningServer`]; shutdown is a value
+//! ([`CancellationToken`]) every session loop selects on.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use openspimed_config::Config;
+use openspimed_module_api::{Context, ModuleFactory, Route};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::c2s;
+use crate::router::{Host, Router};
+use crate::sasl::AuthThrottle;
+use crate::storage::AccountStore;
+use crate::storage::sqlite::SqliteStore;
+use crate::tls::TlsSetup;
+use crate::xml::Limits;
+
+/// The modules compiled into this binary.
+pub fn builtin_modules() -> Vec<Box<dyn ModuleFactory>> {
+    vec![
+        Box::new(openspimed_mod_disco::Factory),
+        Box::new(openspimed_mod_ping::Factory),
+        Box::new(openspimed_mod_version::Factory),
+    ]
+}
+
+/// Names of the compiled-in modules, for configuration checks.
+pub fn builtin_module_names() -> Vec<&'static str> {
+    builtin_modules().iter().map(|f| f.name()).collect()
+}
+
+/// Why the server could not start. Each variant reads as one line for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Configuration problems (one per line).
+    #[error("{}", .0.join("\n"))]
+    Config(Vec<String>),
+    /// Certificate problems (one per line).
+    #[error("{}", .0.join("\n"))]
+    Certificates(Vec<String>),
+    /// The database could not be opened.
+    #[error("storage: {0}")]
+    Storage(#[from] crate::storage::StorageError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The configured address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A module refused its configuration.
+    #[error("{0}")]
+    Module(#[from] openspimed_module_api::ModuleError),
+}
+
+/// State shared by every connection.
+pub struct Shared {
+    /// The configuration the server started with.
+    pub config: Config,
+    /// XML limits for client streams.
+    pub limits: Limits,
+    /// Routing and sessions.
+    pub router: Arc<Router>,
+    /// Accounts, for authentication.
+    pub accounts: Arc<dyn AccountStore>,
+    /// Failed-authentication throttle.
+    pub throttle: AuthThrottle,
+    /// TLS configurations.
+    pub tls: TlsSetup,
+    /// Cancelled once to stop everything.
+    pub shutdown: CancellationToken,
+    /// Open client connections (for `max_connections`).
+    pub connections: AtomicUsize,
+    /// Source of unique session ids.
+    pub next_session_id: AtomicU64,
+    /// Host used when a client's stream header has no `to`.
+    pub default_host: String,
+}
+
+impl Shared {
+    /// A fresh unique session id.
+    pub fn session_id(&self) -> u64 {
+        self.next_session_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// A started server.
+pub struct RunningServer {
+    /// Bound STARTTLS c2s addresses, in configuration order.
+    pub c2s_addrs: Vec<SocketAddr>,
+    /// Bound direct-TLS c2s addresses.
+    pub direct_tls_addrs: Vec<SocketAddr>,
+    /// Shared state (accounts, router) for the admin API and tests.
+    pub shared: Arc<Shared>,
+    /// Every listener and connection task, to wait for at shutdown.
+    tracker: TaskTracker,
+}
+
+impl RunningServer {
+    /// The token that stops the server when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shared.shutdown.clone()
+    }
+
+    /// Sends `system-shutdown` to every session and waits (at most `grace`) for them.
+    pub async fn shutdown(self, grace: Duration) {
+        self.shared.shutdown.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(grace, self.tracker.wait()).await.is_err() {
+            tracing::warn!("some connections did not close within {grace:?}");
+        }
+    }
+
+    /// Waits until the server has been told to stop and has stopped.
+    pub async fn wait(self, grace: Duration) {
+        self.shared.shutdown.cancelled().await;
+        self.shutdown(grace).await;
+    }
+}
+
+/// Starts the server described by `config`.
+pub async fn start(config: Config) -> Result<RunningServer, StartError> {
+    let factories = builtin_modules();
+    let names: Vec<&str> = factories.iter().map(|f| f.name()).collect();
+    let problems = config.problems(&names);
+    if !problems.is_empty() {
+        return Err(StartError::Config(problems));
+    }
+    let tls = crate::tls::build(&config).map_err(StartError::Certificates)?;
+    let store = SqliteStore::open(&config.data_dir.join("openspimed.sqlite"))?;
+    let accounts: Arc<dyn AccountStore> = Arc::new(store);
+    let router = Router::new(accounts.clone());
+
+    let handle = router.handle();
+    let mut hosts = Vec::new();
+    for (domain, hc) in &config.hosts {
+        let cx = Context {
+            host: Arc::from(domain.as_str()),
+            server: handle.clone(),
+        };
+        let mut modules = Vec::new();
+        let mut iq_handlers = HashMap::new();
+        let empty = openspimed_module_api::toml::Table::new();
+        for name in &hc.modules {
+            let Some(f) = factories.iter().find(|f| f.name() == name) else {
+                continue;
+            };
+            let m = f.build(domain, config.modules.get(name).unwrap_or(&empty))?;
+            for r in m.routes() {
+                if let Route::ServerIq(ns) = r {
+                    iq_handlers.insert(ns, m.clone());
+                }
+            }
+            modules.push(m);
+        }
+        hosts.push(Host {
+            domain: domain.clone(),
+            modules,
+            iq_handlers,
+            mechanisms: hc.sasl_mechanisms.clone(),
+            cx,
+        });
+    }
+    router.install(hosts);
+
+    let limits = Limits {
+        stanza_bytes: config.limits.c2s_stanza_bytes,
+        max_depth: config.limits.max_depth,
+        max_attributes: config.limits.max_attributes,
+        max_name_length: config.limits.max_name_length,
+    };
+    let mut c2s_listeners = Vec::new();
+    for addr in &config.listeners.c2s {
+        c2s_listeners.push(bind(*addr).await?);
+    }
+    let mut direct_listeners = Vec::new();
+    for addr in &config.listeners.c2s_direct_tls {
+        direct_listeners.push(bind(*addr).await?);
+    }
+    let default_host = config.hosts.keys().next().cloned().unwrap_or_default();
+    let shared = Arc::new(Shared {
+        throttle: AuthThrottle::new(
+            config.auth.max_failures,
+            Duration::from_secs(config.auth.failure_window_secs),
+        ),
+        config,
+        limits,
+        router,
+        accounts,
+        tls,
+        shutdown: CancellationToken::new(),
+        connections: AtomicUsize::new(0),
+        next_session_id: AtomicU64::new(1),
+        default_host,
+    });
+    let tracker = TaskTracker::new();
+    let mut c2s_addrs = Vec::new();
+    let mut direct_tls_addrs = Vec::new();
+    for (listeners, direct, addrs) in [
+        (c2s_listeners, false, &mut c2s_addrs),
+        (direct_listeners, true, &mut direct_tls_addrs),
+    ] {
+        for l in listeners {
+            let local = l.local_addr().map_err(|source| StartError::Bind {
+                addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+                source,
+            })?;
+            tracing::info!(
+                addr = %local,
+                kind = if direct { "c2s direct TLS" } else { "c2s STARTTLS" },
+                "listening"
+            );
+            addrs.push(local);
+            tracker.spawn(accept_loop(l, direct, shared.clone(), tracker.clone()));
+        }
+    }
+    Ok(RunningServer {
+        c2s_addrs,
+        direct_tls_addrs,
+        shared,
+        tracker,
+    })
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
+async fn accept_loop(listener: TcpListener, direct: bool, shared: Arc<Shared>, tracker: TaskTracker) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(%e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let open = shared.connections.fetch_add(1, Ordering::Relaxed);
+        if open >= shared.config.limits.max_connections {
+            shared.connections.fetch_sub(1, Ordering::Relaxed);
+            tracing::warn!(%peer, "connection refused: max_connections reached");
+            drop(tcp);
+            continue;
+        }
+        let _ = tcp.set_nodelay(true);
+        let shared2 = shared.clone();
+        tracker.spawn(async move {
+            c2s::serve(shared2.clone(), tcp, peer, direct).await;
+            shared2.connections.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}

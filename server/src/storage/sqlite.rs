@@ -1,0 +1,296 @@
+//! The SQLite backend: WAL, `synchronous=FULL` (a commit is on disk before it is
+//! acknowledged), schema migrations by `user_version`.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{AccountStore, Credentials, ScramKeys, StorageError};
+
+/// Schema migrations, applied in order; index + 1 is the `user_version` after each.
+const MIGRATIONS: &[&str] = &[
+    // 1: accounts with SCRAM keys for SHA-1 and SHA-256.
+    "CREATE TABLE accounts (
+        domain TEXT NOT NULL,
+        username TEXT NOT NULL,
+        sha1_salt BLOB NOT NULL, sha1_iterations INTEGER NOT NULL,
+        sha1_stored_key BLOB NOT NULL, sha1_server_key BLOB NOT NULL,
+        sha256_salt BLOB NOT NULL, sha256_iterations INTEGER NOT NULL,
+        sha256_stored_key BLOB NOT NULL, sha256_server_key BLOB NOT NULL,
+        created_unix INTEGER NOT NULL,
+        PRIMARY KEY (domain, username)
+    ) WITHOUT ROWID;",
+];
+
+/// SQLite storage shared by all traits. Calls run on tokio's blocking pool.
+#[derive(Clone)]
+pub struct SqliteStore {
+    /// One connection: SQLite serializes writers anyway, and WAL keeps readers cheap.
+    conn: Arc<Mutex<Connection>>,
+}
+
+fn backend(e: impl std::fmt::Display) -> StorageError {
+    StorageError::Backend(e.to_string())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and migrates it.
+    pub fn open(path: &Path) -> Result<SqliteStore, StorageError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StorageError::Backend(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        let conn = Connection::open(path)
+            .map_err(|e| StorageError::Backend(format!("cannot open {}: {e}", path.display())))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(backend)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(backend)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(backend)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(backend)?;
+        migrate(&conn)?;
+        Ok(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    async fn with<T, F>(&self, f: F) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StorageError> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn
+                .lock()
+                .map_err(|_| StorageError::Backend("connection mutex poisoned".into()))?;
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| StorageError::Backend(format!("storage task failed: {e}")))?
+    }
+}
+
+fn migrate(conn: &Connection) -> Result<(), StorageError> {
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(backend)?;
+    let version = usize::try_from(version).unwrap_or(0);
+    if version > MIGRATIONS.len() {
+        return Err(StorageError::Corrupt(format!(
+            "database schema version {version} is newer than this openspimed ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        conn.execute_batch(&format!(
+            "BEGIN; {sql} PRAGMA user_version = {}; COMMIT;",
+            i + 1
+        ))
+        .map_err(backend)?;
+    }
+    Ok(())
+}
+
+fn keys_from_row(row: &rusqlite::Row<'_>, base: usize) -> rusqlite::Result<ScramKeys> {
+    Ok(ScramKeys {
+        salt: row.get(base)?,
+        iterations: row.get(base + 1)?,
+        stored_key: row.get(base + 2)?,
+        server_key: row.get(base + 3)?,
+    })
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+#[async_trait]
+impl AccountStore for SqliteStore {
+    async fn create_account(
+        &self,
+        user: &str,
+        domain: &str,
+        creds: &Credentials,
+    ) -> Result<bool, StorageError> {
+        let (user, domain, c) = (user.to_owned(), domain.to_owned(), creds.clone());
+        self.with(move |conn| {
+            let n = conn
+                .execute(
+                    "INSERT OR IGNORE INTO accounts VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                    params![
+                        domain,
+                        user,
+                        c.sha1.salt,
+                        c.sha1.iterations,
+                        c.sha1.stored_key,
+                        c.sha1.server_key,
+                        c.sha256.salt,
+                        c.sha256.iterations,
+                        c.sha256.stored_key,
+                        c.sha256.server_key,
+                        now_unix()
+                    ],
+                )
+                .map_err(backend)?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn set_credentials(
+        &self,
+        user: &str,
+        domain: &str,
+        creds: &Credentials,
+    ) -> Result<bool, StorageError> {
+        let (user, domain, c) = (user.to_owned(), domain.to_owned(), creds.clone());
+        self.with(move |conn| {
+            let n = conn
+                .execute(
+                    "UPDATE accounts SET sha1_salt = ?3, sha1_iterations = ?4, sha1_stored_key = ?5,
+                       sha1_server_key = ?6, sha256_salt = ?7, sha256_iterations = ?8,
+                       sha256_stored_key = ?9, sha256_server_key = ?10
+                     WHERE domain = ?1 AND username = ?2",
+                    params![
+                        domain,
+                        user,
+                        c.sha1.salt,
+                        c.sha1.iterations,
+                        c.sha1.stored_key,
+                        c.sha1.server_key,
+                        c.sha256.salt,
+                        c.sha256.iterations,
+                        c.sha256.stored_key,
+                        c.sha256.server_key
+                    ],
+                )
+                .map_err(backend)?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn credentials(
+        &self,
+        user: &str,
+        domain: &str,
+    ) -> Result<Option<Credentials>, StorageError> {
+        let (user, domain) = (user.to_owned(), domain.to_owned());
+        self.with(move |conn| {
+            conn.query_row(
+                "SELECT sha1_salt, sha1_iterations, sha1_stored_key, sha1_server_key,
+                        sha256_salt, sha256_iterations, sha256_stored_key, sha256_server_key
+                 FROM accounts WHERE domain = ?1 AND username = ?2",
+                params![domain, user],
+                |row| {
+                    Ok(Credentials {
+                        sha1: keys_from_row(row, 0)?,
+                        sha256: keys_from_row(row, 4)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn account_exists(&self, user: &str, domain: &str) -> Result<bool, StorageError> {
+        let (user, domain) = (user.to_owned(), domain.to_owned());
+        self.with(move |conn| {
+            conn.query_row(
+                "SELECT 1 FROM accounts WHERE domain = ?1 AND username = ?2",
+                params![domain, user],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|o| o.is_some())
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn delete_account(&self, user: &str, domain: &str) -> Result<bool, StorageError> {
+        let (user, domain) = (user.to_owned(), domain.to_owned());
+        self.with(move |conn| {
+            let n = conn
+                .execute(
+                    "DELETE FROM accounts WHERE domain = ?1 AND username = ?2",
+                    params![domain, user],
+                )
+                .map_err(backend)?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn list_accounts(&self, domain: &str) -> Result<Vec<String>, StorageError> {
+        let domain = domain.to_owned();
+        self.with(move |conn| {
+            let mut stmt = conn
+                .prepare("SELECT username FROM accounts WHERE domain = ?1 ORDER BY username")
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map(params![domain], |r| r.get::<_, String>(0))
+                .map_err(backend)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn creds(tag: u8) -> Credentials {
+        let k = |n: u8| ScramKeys {
+            salt: vec![tag, n],
+            iterations: 4096,
+            stored_key: vec![tag; 20],
+            server_key: vec![n; 20],
+        };
+        Credentials {
+            sha1: k(1),
+            sha256: k(2),
+        }
+    }
+
+    #[tokio::test]
+    async fn account_lifecycle_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        {
+            let s = SqliteStore::open(&path).unwrap();
+            assert!(s.create_account("alice", "a.example", &creds(1)).await.unwrap());
+            assert!(!s.create_account("alice", "a.example", &creds(2)).await.unwrap());
+            assert!(s.create_account("bob", "a.example", &creds(3)).await.unwrap());
+            assert!(s.set_credentials("bob", "a.example", &creds(4)).await.unwrap());
+            assert!(!s.set_credentials("carol", "a.example", &creds(4)).await.unwrap());
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        assert_eq!(
+            s.credentials("alice", "a.example").await.unwrap(),
+            Some(creds(1))
+        );
+        assert_eq!(s.credentials("bob", "a.example").await.unwrap(), Some(creds(4)));
+        assert_eq!(s.credentials("alice", "b.example").await.unwrap(), None);
+        assert_eq!(
+            s.list_accounts("a.example").await.unwrap(),
+            ["alice", "bob"]
+        );
+        assert!(s.delete_account("alice", "a.example").await.unwrap());
+        assert!(!s.delete_account("alice", "a.example").await.unwrap());
+        assert!(!s.account_exists("alice", "a.example").await.unwrap());
+        assert!(s.account_exists("bob", "a.example").await.unwrap());
+    }
+}
