@@ -1,1 +1,356 @@
-//! x
+//! Test harness: a real openspimed on 127.0.0.1:0 with a temp data dir and a test CA, and a
+//! small raw XMPP client for what third-party clients will not send (malformed input,
+//! protocol violations).
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use openspimed::RunningServer;
+use openspimed::storage::AccountStore;
+use openspimed::xml::{Limits, StreamEvent, StreamParser};
+use openspimed_config::Config;
+use openspimed_module_api::{Element, ns};
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use rustls_pki_types::pem::PemObject;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+/// How long any single wait in a test may take before the test fails (not a sleep).
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// A running server with everything a test needs to reach it.
+pub struct TestServer {
+    /// The server (None once stopped).
+    pub server: Option<RunningServer>,
+    /// The data directory (removed on drop).
+    pub dir: tempfile::TempDir,
+    /// PEM of the CA that issued the server certificate.
+    pub ca_pem: String,
+    /// The served domain.
+    pub domain: String,
+    /// STARTTLS address.
+    pub c2s: SocketAddr,
+    /// Direct-TLS address.
+    pub direct: SocketAddr,
+}
+
+impl TestServer {
+    /// Starts a server for `localhost` with default settings.
+    pub async fn start() -> TestServer {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a server for `localhost` after `tweak` adjusted the configuration.
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = openspimed_certs::DevCa::new("openspimed test CA").expect("CA");
+        let (cert, key) = ca.issue(&["localhost", "*.localhost"]).expect("leaf");
+        let cert_path = dir.path().join("localhost.crt");
+        let key_path = dir.path().join("localhost.key");
+        std::fs::write(&cert_path, cert).expect("write cert");
+        std::fs::write(&key_path, key).expect("write key");
+        let mut config = Config::default();
+        config.data_dir = dir.path().join("data");
+        config.listeners.c2s = vec!["127.0.0.1:0".parse().expect("addr")];
+        config.listeners.c2s_direct_tls = vec!["127.0.0.1:0".parse().expect("addr")];
+        if let Some(h) = config.hosts.get_mut("localhost") {
+            h.certificate = Some(cert_path);
+            h.key = Some(key_path);
+        }
+        tweak(&mut config);
+        let server = openspimed::start(config).await.expect("server starts");
+        TestServer {
+            c2s: server.c2s_addrs[0],
+            direct: server.direct_tls_addrs[0],
+            server: Some(server),
+            dir,
+            ca_pem: ca.cert_pem,
+            domain: "localhost".into(),
+        }
+    }
+
+    /// The account store of the running server.
+    pub fn accounts(&self) -> Arc<dyn AccountStore> {
+        self.server
+            .as_ref()
+            .expect("running")
+            .shared
+            .accounts
+            .clone()
+    }
+
+    /// Creates an account (the same path as `openspimed adduser`).
+    pub async fn add_user(&self, user: &str, password: &str) {
+        let creds = openspimed::sasl::derive_credentials(password, 4096);
+        let created = self
+            .accounts()
+            .create_account(user, &self.domain, &creds)
+            .await
+            .expect("store");
+        assert!(created, "{user} already existed");
+    }
+
+    /// A TLS client configuration trusting only the test CA.
+    pub fn tls_config(&self, alpn: Option<&[u8]>) -> Arc<ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_pki_types::CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
+            roots.add(c.expect("CA pem")).expect("CA");
+        }
+        let mut cfg = ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        if let Some(p) = alpn {
+            cfg.alpn_protocols = vec![p.to_vec()];
+        }
+        Arc::new(cfg)
+    }
+
+    /// Stops the server gracefully.
+    pub async fn stop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown(Duration::from_secs(5)).await;
+        }
+    }
+}
+
+/// What the raw client reads.
+#[derive(Debug)]
+pub enum Got {
+    /// The server's stream header.
+    Header,
+    /// A top-level element.
+    Element(Element),
+    /// `</stream:stream>`.
+    Close,
+    /// The socket closed.
+    Eof,
+}
+
+/// A minimal XMPP client over any transport, parsing with openspimed's own sans-IO parser.
+pub struct Raw<S> {
+    /// The transport.
+    pub io: S,
+    /// Stream parser (replaced on restart).
+    parser: StreamParser,
+    /// Unparsed bytes.
+    pending: Vec<u8>,
+}
+
+impl Raw<TcpStream> {
+    /// Connects to the STARTTLS port.
+    pub async fn connect(addr: SocketAddr) -> Raw<TcpStream> {
+        let io = TcpStream::connect(addr).await.expect("connect");
+        Raw::new(io)
+    }
+
+    /// Negotiates STARTTLS (after [`Raw::open`]) and returns the TLS client.
+    pub async fn starttls(mut self, cfg: Arc<ClientConfig>) -> Raw<TlsStream<TcpStream>> {
+        self.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+            .await;
+        let proceed = self.element().await;
+        assert!(proceed.is("proceed", ns::TLS), "{proceed}");
+        let tls = TlsConnector::from(cfg)
+            .connect(
+                ServerName::try_from("localhost").expect("name"),
+                self.io,
+            )
+            .await
+            .expect("TLS handshake");
+        Raw::new(tls)
+    }
+}
+
+impl Raw<TlsStream<TcpStream>> {
+    /// Connects to the direct-TLS port with ALPN `xmpp-client`.
+    pub async fn connect_direct(server: &TestServer) -> Raw<TlsStream<TcpStream>> {
+        let tcp = TcpStream::connect(server.direct).await.expect("connect");
+        let tls = TlsConnector::from(server.tls_config(Some(b"xmpp-client")))
+            .connect(ServerName::try_from("localhost").expect("name"), tcp)
+            .await
+            .expect("TLS handshake");
+        Raw::new(tls)
+    }
+
+    /// STARTTLS, PLAIN login and binding in one go; returns the client and its full JID.
+    pub async fn login(
+        server: &TestServer,
+        user: &str,
+        password: &str,
+        resource: &str,
+    ) -> (Raw<TlsStream<TcpStream>>, String) {
+        let mut raw = Raw::connect(server.c2s).await;
+        raw.open("localhost").await;
+        let mut raw = raw.starttls(server.tls_config(None)).await;
+        raw.open("localhost").await;
+        let result = raw.auth_plain(user, password).await;
+        assert!(result.is("success", ns::SASL), "login failed: {result}");
+        raw.restart();
+        raw.open("localhost").await;
+        let jid = raw.bind(resource).await;
+        (raw, jid)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Raw<S> {
+    /// Wraps a connected transport.
+    pub fn new(io: S) -> Self {
+        Raw {
+            io,
+            parser: StreamParser::new(Limits::default()),
+            pending: Vec::new(),
+        }
+    }
+
+    /// Sends raw text.
+    pub async fn send(&mut self, text: &str) {
+        self.io.write_all(text.as_bytes()).await.expect("write");
+        self.io.flush().await.expect("flush");
+    }
+
+    /// Sends raw text, tolerating a closed connection (for abuse tests).
+    pub async fn send_lossy(&mut self, text: &[u8]) {
+        let _ = self.io.write_all(text).await;
+        let _ = self.io.flush().await;
+    }
+
+    /// Forgets the parser state after a stream restart.
+    pub fn restart(&mut self) {
+        self.parser = StreamParser::new(Limits::default());
+        self.pending.clear();
+    }
+
+    /// Reads the next unit, failing the test after [`WAIT`].
+    pub async fn next(&mut self) -> Got {
+        tokio::time::timeout(WAIT, self.next_inner())
+            .await
+            .expect("server answered in time")
+    }
+
+    async fn next_inner(&mut self) -> Got {
+        loop {
+            let mut buf = &self.pending[..];
+            let r = self.parser.next(&mut buf);
+            let used = self.pending.len() - buf.len();
+            self.pending.drain(..used);
+            match r {
+                Ok(Some(StreamEvent::Header(_))) => return Got::Header,
+                Ok(Some(StreamEvent::Element(e))) => return Got::Element(e),
+                Ok(Some(StreamEvent::Close)) => return Got::Close,
+                Ok(None) => {}
+                Err(e) => panic!("server sent bad XML: {e}"),
+            }
+            let mut chunk = [0u8; 8192];
+            match self.io.read(&mut chunk).await {
+                Ok(0) | Err(_) => return Got::Eof,
+                Ok(n) => self.pending.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// The next element, failing on anything else.
+    pub async fn element(&mut self) -> Element {
+        match self.next().await {
+            Got::Element(e) => e,
+            other => panic!("expected an element, got {other:?}"),
+        }
+    }
+
+    /// Sends a stream header and reads the answer header and features.
+    pub async fn open(&mut self, to: &str) -> Element {
+        self.send(&format!(
+            "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
+             xmlns:stream='http://etherx.jabber.org/streams' to='{to}' version='1.0'>"
+        ))
+        .await;
+        match self.next().await {
+            Got::Header => {}
+            other => panic!("expected a stream header, got {other:?}"),
+        }
+        let features = self.element().await;
+        assert!(features.is("features", ns::STREAM), "{features}");
+        features
+    }
+
+    /// Reads until a stream error and then the end of the stream; returns its condition.
+    pub async fn stream_error(&mut self) -> String {
+        loop {
+            match self.next().await {
+                Got::Element(e) if e.is("error", ns::STREAM) => {
+                    let cond = e
+                        .children()
+                        .find(|c| c.ns() == ns::XMPP_STREAMS && c.name() != "text")
+                        .map(|c| c.name().to_owned())
+                        .unwrap_or_default();
+                    // The server must then close the stream and the socket.
+                    loop {
+                        match self.next().await {
+                            Got::Close | Got::Eof => return cond,
+                            Got::Header => {}
+                            Got::Element(e) => panic!("element after stream error: {e}"),
+                        }
+                    }
+                }
+                Got::Eof => panic!("connection closed without a stream error"),
+                _ => {}
+            }
+        }
+    }
+
+    /// SASL PLAIN; returns `<success/>` or `<failure/>`.
+    pub async fn auth_plain(&mut self, user: &str, password: &str) -> Element {
+        let data = B64.encode(format!("\0{user}\0{password}"));
+        self.send(&format!(
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{data}</auth>"
+        ))
+        .await;
+        self.element().await
+    }
+
+    /// Binds a resource; returns the full JID.
+    pub async fn bind(&mut self, resource: &str) -> String {
+        self.send(&format!(
+            "<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>\
+             <resource>{resource}</resource></bind></iq>"
+        ))
+        .await;
+        let reply = self.element().await;
+        assert_eq!(reply.attr("type"), Some("result"), "{reply}");
+        reply
+            .get_child("bind", ns::BIND)
+            .and_then(|b| b.get_child("jid", ns::BIND))
+            .map(|j| j.text())
+            .expect("bound jid")
+    }
+
+    /// Waits for the next stanza with this name, skipping others.
+    pub async fn stanza(&mut self, name: &str) -> Element {
+        loop {
+            let e = self.element().await;
+            if e.name() == name {
+                return e;
+            }
+        }
+    }
+}
+
+/// The condition of a stanza error, e.g. `service-unavailable`.
+pub fn error_condition(stanza: &Element) -> Option<String> {
+    stanza
+        .children()
+        .find(|c| c.name() == "error")?
+        .children()
+        .find(|c| c.ns() == ns::XMPP_STANZAS && c.name() != "text")
+        .map(|c| c.name().to_owned())
+}
