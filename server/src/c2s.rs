@@ -505,7 +505,8 @@ async fn sasl_exchange(
         }
     };
     let plain = mechanism == "PLAIN";
-    let mut exchange = match Exchange::start(&mechanism, &user, &host.domain, creds, cb_data) {
+    let plus_offered = offered.iter().any(|m| m.ends_with("-PLUS"));
+    let mut exchange = match Exchange::start(&mechanism, &user, &host.domain, creds, cb_data, plus_offered) {
         Ok(e) => e,
         Err(f) => {
             send_failure(conn, f.condition()).await?;

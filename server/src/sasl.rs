@@ -288,15 +288,18 @@ pub struct Exchange {
 
 impl Exchange {
     /// Starts an exchange for `mechanism` with the prefetched credentials of `user`.
-    /// `cb_data` is the connection's `tls-exporter` value (TLS 1.3 only).
+    /// `cb_data` is the connection's `tls-exporter` value (TLS 1.3 only); `plus_offered`
+    /// says whether a `-PLUS` mechanism was advertised, which decides how SCRAM treats a
+    /// client's "y" flag (RFC 5802 §6: a downgrade only if we offered channel binding).
     pub fn start(
         mechanism: &str,
         user: &str,
         domain: &str,
         creds: Option<Credentials>,
         cb_data: Option<Vec<u8>>,
+        plus_offered: bool,
     ) -> Result<Exchange, AuthFailure> {
-        let registry = if cb_data.is_some() {
+        let registry = if plus_offered && cb_data.is_some() {
             Registry::with_mechanisms(WITH_PLUS)
         } else {
             Registry::with_mechanisms(WITHOUT_PLUS)
@@ -422,7 +425,7 @@ mod tests {
         let who = username_from_initial(mech, &out).unwrap();
         let who = normalize_user(&who);
         let creds = (who == "alice").then_some(creds);
-        let mut ex = Exchange::start(mech, &who, "localhost", creds, None).unwrap();
+        let mut ex = Exchange::start(mech, &who, "localhost", creds, None, false).unwrap();
         let mut input = out;
         loop {
             match ex.step(&input) {
