@@ -355,7 +355,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = dev_certificate(dir.path(), "localhost", &provider()).unwrap();
         let b = dev_certificate(dir.path(), "localhost", &provider()).unwrap();
-        assert_eq!(a.cert, b.cert, "second start must reuse the first certificate");
+        assert_eq!(
+            a.cert, b.cert,
+            "second start must reuse the first certificate"
+        );
         let (crt, _) = dev_certificate_paths(dir.path(), "localhost");
         let info = inspect(&crt).unwrap();
         assert!(info.covers("localhost"));

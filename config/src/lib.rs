@@ -393,8 +393,14 @@ mod tests {
         let p = cfg.problems(&["ping"]);
         assert!(p.iter().any(|l| l.contains("not a valid domain")), "{p:?}");
         assert!(p.iter().any(|l| l.contains("CRAM-MD5")), "{p:?}");
-        assert!(p.iter().any(|l| l.contains("both certificate and key")), "{p:?}");
-        assert!(p.iter().any(|l| l.contains("unknown module \"disco\"")), "{p:?}");
+        assert!(
+            p.iter().any(|l| l.contains("both certificate and key")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter().any(|l| l.contains("unknown module \"disco\"")),
+            "{p:?}"
+        );
     }
 
     #[test]

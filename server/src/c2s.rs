@@ -105,7 +105,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 }
                 Err(e) => return Err(Fail::Stream(StreamError::with_text(e.condition, e.text))),
             }
-            let n = self.io.read(&mut self.rbuf).await.map_err(|_| Fail::Closed)?;
+            let n = self
+                .io
+                .read(&mut self.rbuf)
+                .await
+                .map_err(|_| Fail::Closed)?;
             if n == 0 {
                 return Err(Fail::Closed);
             }
@@ -142,7 +146,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         if let Some(from) = &header.from {
             // Echo the client's address back as `to` (RFC 6120 §4.7.2), escaped.
             let mut esc = Vec::new();
-            Element::new("x", "").with_attr("to", from.clone()).write_to(&mut esc, "");
+            Element::new("x", "")
+                .with_attr("to", from.clone())
+                .write_to(&mut esc, "");
             let esc = String::from_utf8_lossy(&esc);
             if let Some(attr) = esc.strip_prefix("<x").and_then(|s| s.strip_suffix("/>")) {
                 out.push_str(attr);
@@ -272,35 +278,32 @@ async fn negotiate_starttls(
             b"<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls></stream:features>",
         )
         .await?;
-        loop {
-            match conn.next_event_within(shared, handshake).await? {
-                StreamEvent::Element(el) if el.is("starttls", ns::TLS) => {
-                    conn.write_raw(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
-                        .await?;
-                    return Ok(());
-                }
-                StreamEvent::Element(el) if el.ns() == ns::SASL => {
-                    // RFC 6120 §5.3.1: TLS is mandatory-to-negotiate here.
-                    conn.write_raw(
-                        b"<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><encryption-required/></failure>",
-                    )
-                    .await?;
-                    return Err(stream_err(
-                        C::PolicyViolation,
-                        "TLS is required before authentication",
-                    ));
-                }
-                StreamEvent::Element(el) if is_stanza(&el) => {
-                    return Err(stream_err(C::NotAuthorized, "negotiate TLS and authenticate first"));
-                }
-                StreamEvent::Element(_) => {
-                    return Err(stream_err(C::PolicyViolation, "STARTTLS is required"));
-                }
-                StreamEvent::Header(_) => {
-                    return Err(stream_err(C::NotWellFormed, "unexpected stream header"));
-                }
-                StreamEvent::Close => return Err(Fail::Closed),
+        match conn.next_event_within(shared, handshake).await? {
+            StreamEvent::Element(el) if el.is("starttls", ns::TLS) => {
+                conn.write_raw(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+                    .await
             }
+            StreamEvent::Element(el) if el.ns() == ns::SASL => {
+                // RFC 6120 §5.3.1: TLS is mandatory-to-negotiate here.
+                conn.write_raw(
+                    b"<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><encryption-required/></failure>",
+                )
+                .await?;
+                Err(stream_err(
+                    C::PolicyViolation,
+                    "TLS is required before authentication",
+                ))
+            }
+            StreamEvent::Element(el) if is_stanza(&el) => {
+                Err(stream_err(C::NotAuthorized, "negotiate TLS and authenticate first"))
+            }
+            StreamEvent::Element(_) => {
+                Err(stream_err(C::PolicyViolation, "STARTTLS is required"))
+            }
+            StreamEvent::Header(_) => {
+                Err(stream_err(C::NotWellFormed, "unexpected stream header"))
+            }
+            StreamEvent::Close => Err(Fail::Closed),
         }
     }
     .await;
@@ -343,7 +346,8 @@ async fn secure_stream(
     deadline: tokio::time::Instant,
 ) {
     let cb_data = tls_exporter(&conn.io);
-    let remaining = |d: tokio::time::Instant| d.saturating_duration_since(tokio::time::Instant::now());
+    let remaining =
+        |d: tokio::time::Instant| d.saturating_duration_since(tokio::time::Instant::now());
     let auth = authenticate(&shared, &mut conn, peer, cb_data, deadline).await;
     let (host, user) = match auth {
         Ok(v) => v,
@@ -400,9 +404,8 @@ async fn authenticate(
         .map(String::as_str)
         .filter(|m| cb_data.is_some() || !m.ends_with("-PLUS"))
         .collect();
-    let mut features = String::from(
-        "<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>",
-    );
+    let mut features =
+        String::from("<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>");
     for m in &offered {
         features.push_str(&format!("<mechanism>{m}</mechanism>"));
     }
@@ -433,10 +436,24 @@ async fn authenticate(
             return Err(stream_err(C::PolicyViolation, "expected <auth/>"));
         }
         attempts += 1;
-        match sasl_exchange(shared, conn, &host, &offered, el, peer, cb_data.clone(), left()).await? {
+        match sasl_exchange(
+            shared,
+            conn,
+            &host,
+            &offered,
+            el,
+            peer,
+            cb_data.clone(),
+            left(),
+        )
+        .await?
+        {
             Some(user) => return Ok((host, user)),
             None if attempts >= 3 => {
-                return Err(stream_err(C::PolicyViolation, "too many failed authentication attempts"));
+                return Err(stream_err(
+                    C::PolicyViolation,
+                    "too many failed authentication attempts",
+                ));
             }
             None => continue,
         }
@@ -506,7 +523,14 @@ async fn sasl_exchange(
     };
     let plain = mechanism == "PLAIN";
     let plus_offered = offered.iter().any(|m| m.ends_with("-PLUS"));
-    let mut exchange = match Exchange::start(&mechanism, &user, &host.domain, creds, cb_data, plus_offered) {
+    let mut exchange = match Exchange::start(
+        &mechanism,
+        &user,
+        &host.domain,
+        creds,
+        cb_data,
+        plus_offered,
+    ) {
         Ok(e) => e,
         Err(f) => {
             send_failure(conn, f.condition()).await?;
@@ -596,7 +620,10 @@ async fn read_sasl_response(
             Ok(None)
         }
         StreamEvent::Close => Err(Fail::Closed),
-        _ => Err(stream_err(C::PolicyViolation, "expected <response/> or <abort/>")),
+        _ => Err(stream_err(
+            C::PolicyViolation,
+            "expected <response/> or <abort/>",
+        )),
     }
 }
 
@@ -636,7 +663,8 @@ async fn bind_resource(
         if !is_bind {
             if iq.is("iq", ns::CLIENT) && matches!(iq.attr("type"), Some("get" | "set")) {
                 // RFC 6120 §7.2: stanzas before binding are not allowed.
-                let err = StanzaError::new(Condition::NotAllowed).with_text("bind a resource first");
+                let err =
+                    StanzaError::new(Condition::NotAllowed).with_text("bind a resource first");
                 if let Some(reply) = err.reply_to(&iq) {
                     conn.send(&reply).await?;
                 }
@@ -687,7 +715,8 @@ async fn bind_resource(
         reply.remove_attr("from");
         reply.set_attr("to", full_str.clone());
         reply.push_child(
-            Element::new("bind", ns::BIND).with_child(Element::new("jid", ns::BIND).with_text(full_str.clone())),
+            Element::new("bind", ns::BIND)
+                .with_child(Element::new("jid", ns::BIND).with_text(full_str.clone())),
         );
         if let Err(f) = conn.send(&reply).await {
             shared.router.registry.unbind(&bare, id);
@@ -768,10 +797,16 @@ async fn inbound(
     mut el: Element,
 ) -> Result<(), Fail> {
     if !is_stanza(&el) {
-        return Err(stream_err(C::UnsupportedStanzaType, "only message, presence and iq"));
+        return Err(stream_err(
+            C::UnsupportedStanzaType,
+            "only message, presence and iq",
+        ));
     }
     if el.ns() != ns::CLIENT {
-        return Err(stream_err(C::InvalidNamespace, "stanzas must be in jabber:client"));
+        return Err(stream_err(
+            C::InvalidNamespace,
+            "stanzas must be in jabber:client",
+        ));
     }
     // RFC 6120 §8.1.2.1: the server stamps the full JID; a client-supplied from is replaced.
     el.set_attr("from", s.full.clone());
@@ -789,8 +824,13 @@ async fn inbound(
                 return Ok(());
             }
             // The legacy session iq (RFC 3921 §3) is a no-op the 2008 client needs.
-            let to_self = el.attr("to").is_none_or(|t| t.eq_ignore_ascii_case(&s.host.domain));
-            if to_self && el.attr("type") == Some("set") && el.get_child("session", ns::SESSION).is_some() {
+            let to_self = el
+                .attr("to")
+                .is_none_or(|t| t.eq_ignore_ascii_case(&s.host.domain));
+            if to_self
+                && el.attr("type") == Some("set")
+                && el.get_child("session", ns::SESSION).is_some()
+            {
                 let mut reply = iq_result(&el);
                 reply.remove_attr("from");
                 return conn.send(&reply).await;

@@ -81,15 +81,22 @@ pub fn main() -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => return fail(format!("cannot start the runtime: {e}")),
     };
     match cli.command {
         Command::Run => rt.block_on(run(config)),
         Command::Check => check(&config),
-        Command::Adduser { jid, password } => rt.block_on(set_password(&config, &jid, password, true)),
-        Command::Passwd { jid, password } => rt.block_on(set_password(&config, &jid, password, false)),
+        Command::Adduser { jid, password } => {
+            rt.block_on(set_password(&config, &jid, password, true))
+        }
+        Command::Passwd { jid, password } => {
+            rt.block_on(set_password(&config, &jid, password, false))
+        }
         Command::Deluser { jid } => rt.block_on(deluser(&config, &jid)),
         Command::Listusers { domain } => rt.block_on(listusers(&config, &domain)),
     }
@@ -99,7 +106,10 @@ fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
     let _ = match config.log.format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
@@ -126,7 +136,10 @@ async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
             (Ok(mut term), Ok(mut int)) => {
                 tokio::select! {
                     _ = term.recv() => {}
@@ -157,7 +170,8 @@ fn check(config: &Config) -> ExitCode {
         let (cert, key) = match (&host.certificate, &host.key) {
             (Some(c), Some(k)) => (c.clone(), k.clone()),
             (None, None) => {
-                let (c, k) = openspimed_certs::dev_certificate_paths(&config.data_dir.join("certs"), domain);
+                let (c, k) =
+                    openspimed_certs::dev_certificate_paths(&config.data_dir.join("certs"), domain);
                 if !c.exists() {
                     notes.push(format!(
                         "hosts.\"{domain}\": no certificate configured; a self-signed one will be generated in {}",
@@ -184,9 +198,14 @@ fn check(config: &Config) -> ExitCode {
                 }
                 let days = (info.not_after_unix - now) / 86_400;
                 if info.not_after_unix <= now {
-                    errors.push(format!("hosts.\"{domain}\": certificate {} has expired", cert.display()));
+                    errors.push(format!(
+                        "hosts.\"{domain}\": certificate {} has expired",
+                        cert.display()
+                    ));
                 } else if days < 14 {
-                    notes.push(format!("hosts.\"{domain}\": certificate expires in {days} days"));
+                    notes.push(format!(
+                        "hosts.\"{domain}\": certificate expires in {days} days"
+                    ));
                 }
             }
             Err(e) => errors.push(format!("hosts.\"{domain}\": {e}")),
@@ -196,7 +215,11 @@ fn check(config: &Config) -> ExitCode {
         println!("note: {n}");
     }
     if errors.is_empty() {
-        println!("configuration OK: {} host(s): {}", config.hosts.len(), config.hosts.keys().cloned().collect::<Vec<_>>().join(", "));
+        println!(
+            "configuration OK: {} host(s): {}",
+            config.hosts.len(),
+            config.hosts.keys().cloned().collect::<Vec<_>>().join(", ")
+        );
         ExitCode::SUCCESS
     } else {
         fail(errors.join("\n"))
@@ -210,7 +233,9 @@ fn parse_account(config: &Config, jid: &str) -> Result<(String, String), String>
     };
     let domain = bare.domain().as_str().to_owned();
     if !config.hosts.contains_key(&domain) {
-        return Err(format!("{domain} is not a host of this server (see [hosts] in the configuration)"));
+        return Err(format!(
+            "{domain} is not a host of this server (see [hosts] in the configuration)"
+        ));
     }
     Ok((node.as_str().to_owned(), domain))
 }
@@ -237,7 +262,12 @@ fn read_password() -> Result<String, String> {
     Ok(pw)
 }
 
-async fn set_password(config: &Config, jid: &str, password: Option<String>, create: bool) -> ExitCode {
+async fn set_password(
+    config: &Config,
+    jid: &str,
+    password: Option<String>,
+    create: bool,
+) -> ExitCode {
     let (user, domain) = match parse_account(config, jid) {
         Ok(v) => v,
         Err(e) => return fail(e),
@@ -265,7 +295,9 @@ async fn set_password(config: &Config, jid: &str, password: Option<String>, crea
             println!("created {user}@{domain}");
             ExitCode::SUCCESS
         }
-        (Ok(false), true) => fail(format!("{user}@{domain} already exists (use passwd to change its password)")),
+        (Ok(false), true) => fail(format!(
+            "{user}@{domain} already exists (use passwd to change its password)"
+        )),
         (Ok(true), false) => {
             println!("password changed for {user}@{domain}");
             ExitCode::SUCCESS

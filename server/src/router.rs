@@ -112,7 +112,12 @@ impl Registry {
         let Some(e) = self.by_bare.get(bare) else {
             return Vec::new();
         };
-        let Some(top) = e.iter().filter_map(|s| s.priority).filter(|p| *p >= 0).max() else {
+        let Some(top) = e
+            .iter()
+            .filter_map(|s| s.priority)
+            .filter(|p| *p >= 0)
+            .max()
+        else {
             return Vec::new();
         };
         e.iter()
@@ -141,14 +146,17 @@ pub struct Host {
     pub cx: Context,
 }
 
+/// A module that owns an address, with the host it belongs to.
+type ModuleRoute = (Arc<Host>, Arc<dyn Module>);
+
 /// The routing table and session registry.
 pub struct Router {
     /// Virtual hosts by domain; set once at start (modules need the router to be built).
     hosts: OnceLock<HashMap<String, Arc<Host>>>,
     /// Exact-JID module routes (`services@example.org/cert`).
-    jid_routes: OnceLock<HashMap<String, (Arc<Host>, Arc<dyn Module>)>>,
+    jid_routes: OnceLock<HashMap<String, ModuleRoute>>,
     /// Whole-domain module routes (`pubsub.example.org`).
-    domain_routes: OnceLock<HashMap<String, (Arc<Host>, Arc<dyn Module>)>>,
+    domain_routes: OnceLock<HashMap<String, ModuleRoute>>,
     /// Bound sessions.
     pub registry: Registry,
     /// To tell "no such account" from "account offline".
@@ -251,10 +259,10 @@ impl Router {
         let Some(host) = from.and_then(|f| self.host(f.domain().as_str())) else {
             return;
         };
-        match stanza.name() {
-            "iq" => self.to_host(&host, stanza).await,
-            // Presence without `to` was already taken by the session (availability).
-            _ => {}
+        // Presence without `to` was already taken by the session (availability); messages
+        // to one's own account without `to` have nowhere else to go.
+        if stanza.name() == "iq" {
+            self.to_host(&host, stanza).await
         }
     }
 

@@ -241,10 +241,7 @@ impl SessionCallback for ExchangeCallback {
 /// Normalizes a SASL username to a JID localpart (RFC 7622 §3.3, via the jid crate).
 pub fn normalize_user(user: &str) -> String {
     match openspimed_module_api::jid::BareJid::new(&format!("{user}@x.invalid")) {
-        Ok(j) => j
-            .node()
-            .map(|n| n.as_str().to_owned())
-            .unwrap_or_default(),
+        Ok(j) => j.node().map(|n| n.as_str().to_owned()).unwrap_or_default(),
         Err(_) => String::new(),
     }
 }
@@ -499,7 +496,10 @@ mod tests {
         t.failed(ip, "a@x");
         assert!(t.is_blocked(ip, "a@x"));
         let other: IpAddr = "127.0.0.2".parse().unwrap();
-        assert!(t.is_blocked(other, "a@x"), "the account is throttled from anywhere");
+        assert!(
+            t.is_blocked(other, "a@x"),
+            "the account is throttled from anywhere"
+        );
         t.succeeded("a@x");
         assert!(!t.is_blocked(other, "a@x"));
     }

@@ -116,7 +116,10 @@ impl RunningServer {
     pub async fn shutdown(self, grace: Duration) {
         self.shared.shutdown.cancel();
         self.tracker.close();
-        if tokio::time::timeout(grace, self.tracker.wait()).await.is_err() {
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("some connections did not close within {grace:?}");
         }
     }
@@ -238,7 +241,12 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
         .map_err(|source| StartError::Bind { addr, source })
 }
 
-async fn accept_loop(listener: TcpListener, direct: bool, shared: Arc<Shared>, tracker: TaskTracker) {
+async fn accept_loop(
+    listener: TcpListener,
+    direct: bool,
+    shared: Arc<Shared>,
+    tracker: TaskTracker,
+) {
     loop {
         let accepted = tokio::select! {
             _ = shared.shutdown.cancelled() => return,

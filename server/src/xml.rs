@@ -348,7 +348,10 @@ mod tests {
             stanza_bytes: 2048,
             ..Limits::default()
         };
-        let big = format!("{HEADER}<message><body>{}</body></message>", "x".repeat(4096));
+        let big = format!(
+            "{HEADER}<message><body>{}</body></message>",
+            "x".repeat(4096)
+        );
         assert_eq!(
             condition_of(&big, small),
             StreamErrorCondition::PolicyViolation
@@ -374,7 +377,9 @@ mod tests {
             StreamErrorCondition::PolicyViolation
         );
         // Many small stanzas in a row are fine: the limit is per stanza.
-        let many: String = (0..200).map(|_| "<message><body>hi</body></message>").collect();
+        let many: String = (0..200)
+            .map(|_| "<message><body>hi</body></message>")
+            .collect();
         let evs = events(format!("{HEADER}{many}").as_bytes(), small).unwrap();
         assert_eq!(evs.len(), 201);
     }

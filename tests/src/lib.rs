@@ -57,8 +57,10 @@ impl TestServer {
         let key_path = dir.path().join("localhost.key");
         std::fs::write(&cert_path, cert).expect("write cert");
         std::fs::write(&key_path, key).expect("write key");
-        let mut config = Config::default();
-        config.data_dir = dir.path().join("data");
+        let mut config = Config {
+            data_dir: dir.path().join("data"),
+            ..Config::default()
+        };
         config.listeners.c2s = vec!["127.0.0.1:0".parse().expect("addr")];
         config.listeners.c2s_direct_tls = vec!["127.0.0.1:0".parse().expect("addr")];
         if let Some(h) = config.hosts.get_mut("localhost") {
@@ -104,13 +106,12 @@ impl TestServer {
         for c in rustls_pki_types::CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
             roots.add(c.expect("CA pem")).expect("CA");
         }
-        let mut cfg = ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        let mut cfg =
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .with_root_certificates(roots)
+                .with_no_client_auth();
         if let Some(p) = alpn {
             cfg.alpn_protocols = vec![p.to_vec()];
         }
@@ -162,10 +163,7 @@ impl Raw<TcpStream> {
         let proceed = self.element().await;
         assert!(proceed.is("proceed", ns::TLS), "{proceed}");
         let tls = TlsConnector::from(cfg)
-            .connect(
-                ServerName::try_from("localhost").expect("name"),
-                self.io,
-            )
+            .connect(ServerName::try_from("localhost").expect("name"), self.io)
             .await
             .expect("TLS handshake");
         Raw::new(tls)

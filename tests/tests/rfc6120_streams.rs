@@ -1,6 +1,8 @@
 //! RFC 6120 over real sockets: stream errors for bad input, TLS before authentication,
 //! SASL failures, `from` stamping, resource conflicts, shutdown.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use openspimed_module_api::ns;
 use openspimed_tests::{Got, Raw, TestServer, error_condition};
 
@@ -28,13 +30,20 @@ async fn malformed_and_restricted_xml_end_the_stream_and_nothing_else() {
     let mut server = TestServer::start().await;
     server.add_user("alice", "pw").await;
 
-    let cond = plain_stream_error(&server, format!("{HEADER}<message><body></message>").as_bytes()).await;
+    let cond = plain_stream_error(
+        &server,
+        format!("{HEADER}<message><body></message>").as_bytes(),
+    )
+    .await;
     assert_eq!(cond, "not-well-formed");
 
     let bomb = "<?xml version='1.0'?><!DOCTYPE lolz [<!ENTITY lol 'lol'><!ENTITY lol2 '&lol;&lol;&lol;'>]>\
                 <stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>";
     let cond = plain_stream_error(&server, bomb.as_bytes()).await;
-    assert!(cond == "restricted-xml" || cond == "not-well-formed", "{cond}");
+    assert!(
+        cond == "restricted-xml" || cond == "not-well-formed",
+        "{cond}"
+    );
 
     let cond = plain_stream_error(&server, format!("{HEADER}<!-- a comment -->").as_bytes()).await;
     assert_eq!(cond, "restricted-xml");
@@ -42,7 +51,11 @@ async fn malformed_and_restricted_xml_end_the_stream_and_nothing_else() {
     let cond = plain_stream_error(&server, format!("{HEADER}<?php echo 1; ?>").as_bytes()).await;
     assert_eq!(cond, "restricted-xml");
 
-    let cond = plain_stream_error(&server, format!("{HEADER}<message>&lol;</message>").as_bytes()).await;
+    let cond = plain_stream_error(
+        &server,
+        format!("{HEADER}<message>&lol;</message>").as_bytes(),
+    )
+    .await;
     assert_eq!(cond, "not-well-formed");
 
     let cond = plain_stream_error(&server, b"\xff\xfe<stream:stream>").await;
@@ -50,7 +63,8 @@ async fn malformed_and_restricted_xml_end_the_stream_and_nothing_else() {
 
     // Bad input after TLS and authentication gets the same treatment.
     let (mut c, _) = Raw::login(&server, "alice", "pw", "r1").await;
-    c.send_lossy(b"<message to='alice@localhost'><body>&#0;</body></message>").await;
+    c.send_lossy(b"<message to='alice@localhost'><body>&#0;</body></message>")
+        .await;
     assert_eq!(c.stream_error().await, "not-well-formed");
 
     still_serves(&server, "alice").await;
@@ -63,13 +77,22 @@ async fn header_problems_get_their_stream_errors() {
     server.add_user("alice", "pw").await;
     let wrong_host = "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
         xmlns:stream='http://etherx.jabber.org/streams' to='elsewhere.example' version='1.0'>";
-    assert_eq!(plain_stream_error(&server, wrong_host.as_bytes()).await, "host-unknown");
+    assert_eq!(
+        plain_stream_error(&server, wrong_host.as_bytes()).await,
+        "host-unknown"
+    );
     let old = "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
         xmlns:stream='http://etherx.jabber.org/streams' to='localhost'>";
-    assert_eq!(plain_stream_error(&server, old.as_bytes()).await, "unsupported-version");
+    assert_eq!(
+        plain_stream_error(&server, old.as_bytes()).await,
+        "unsupported-version"
+    );
     let wrong_ns = "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
         xmlns:stream='urn:not-streams' to='localhost' version='1.0'>";
-    assert_eq!(plain_stream_error(&server, wrong_ns.as_bytes()).await, "invalid-namespace");
+    assert_eq!(
+        plain_stream_error(&server, wrong_ns.as_bytes()).await,
+        "invalid-namespace"
+    );
     still_serves(&server, "alice").await;
     server.stop().await;
 }
@@ -93,8 +116,13 @@ async fn authentication_before_tls_is_refused() {
     server.add_user("alice", "pw").await;
     let mut c = Raw::connect(server.c2s).await;
     let features = c.open("localhost").await;
-    let starttls = features.get_child("starttls", ns::TLS).expect("STARTTLS offered");
-    assert!(starttls.get_child("required", ns::TLS).is_some(), "TLS must be required");
+    let starttls = features
+        .get_child("starttls", ns::TLS)
+        .expect("STARTTLS offered");
+    assert!(
+        starttls.get_child("required", ns::TLS).is_some(),
+        "TLS must be required"
+    );
     assert!(
         features.get_child("mechanisms", ns::SASL).is_none(),
         "no SASL before TLS: {features}"
@@ -104,13 +132,17 @@ async fn authentication_before_tls_is_refused() {
         .await;
     let failure = c.element().await;
     assert!(failure.is("failure", ns::SASL), "{failure}");
-    assert!(failure.get_child("encryption-required", ns::SASL).is_some(), "{failure}");
+    assert!(
+        failure.get_child("encryption-required", ns::SASL).is_some(),
+        "{failure}"
+    );
     assert_eq!(c.stream_error().await, "policy-violation");
 
     // Stanzas before TLS are refused too.
     let mut c = Raw::connect(server.c2s).await;
     c.open("localhost").await;
-    c.send("<message to='alice@localhost'><body>hi</body></message>").await;
+    c.send("<message to='alice@localhost'><body>hi</body></message>")
+        .await;
     assert_eq!(c.stream_error().await, "not-authorized");
     server.stop().await;
 }
@@ -138,7 +170,10 @@ async fn wrong_password_is_not_authorized_and_repeated_failures_are_throttled() 
     assert!(f.get_child("not-authorized", ns::SASL).is_some(), "{f}");
     // Two failures from this address: the third attempt, even with the right password, waits.
     let f = c.auth_plain("alice", "pw").await;
-    assert!(f.get_child("temporary-auth-failure", ns::SASL).is_some(), "{f}");
+    assert!(
+        f.get_child("temporary-auth-failure", ns::SASL).is_some(),
+        "{f}"
+    );
     // Three attempts on one stream is the limit.
     assert_eq!(c.stream_error().await, "policy-violation");
     server.stop().await;
@@ -164,25 +199,40 @@ async fn spoofed_from_is_overwritten_and_unknown_iq_gets_service_unavailable() {
     let err = a.stanza("iq").await;
     assert_eq!(err.attr("type"), Some("error"));
     assert_eq!(err.attr("id"), Some("u1"));
-    assert_eq!(error_condition(&err).as_deref(), Some("service-unavailable"));
+    assert_eq!(
+        error_condition(&err).as_deref(),
+        Some("service-unavailable")
+    );
 
     // An iq to an account's resource that is not connected.
     a.send("<iq type='get' id='u2' to='bob@localhost/nowhere'><ping xmlns='urn:xmpp:ping'/></iq>")
         .await;
     let err = a.stanza("iq").await;
-    assert_eq!(error_condition(&err).as_deref(), Some("service-unavailable"), "{err}");
+    assert_eq!(
+        error_condition(&err).as_deref(),
+        Some("service-unavailable"),
+        "{err}"
+    );
 
     // An iq with two payloads is a bad request; one without id too.
     a.send("<iq type='get' id='u3' to='localhost'><ping xmlns='urn:xmpp:ping'/><ping xmlns='urn:xmpp:ping'/></iq>")
         .await;
     let err = a.stanza("iq").await;
-    assert_eq!(error_condition(&err).as_deref(), Some("bad-request"), "{err}");
+    assert_eq!(
+        error_condition(&err).as_deref(),
+        Some("bad-request"),
+        "{err}"
+    );
 
     // A domain this server does not serve (no federation yet).
     a.send("<message to='someone@remote.example' id='r1'><body>x</body></message>")
         .await;
     let err = a.stanza("message").await;
-    assert_eq!(error_condition(&err).as_deref(), Some("remote-server-not-found"), "{err}");
+    assert_eq!(
+        error_condition(&err).as_deref(),
+        Some("remote-server-not-found"),
+        "{err}"
+    );
     server.stop().await;
 }
 
@@ -196,7 +246,9 @@ async fn same_resource_twice_kicks_the_first_with_conflict() {
     assert_eq!(first.stream_error().await, "conflict");
     // The new session is the one that receives.
     second
-        .send(&format!("<message to='{jid2}' id='self'><body>me</body></message>"))
+        .send(&format!(
+            "<message to='{jid2}' id='self'><body>me</body></message>"
+        ))
         .await;
     let m = second.stanza("message").await;
     assert_eq!(m.attr("id"), Some("self"));
@@ -219,7 +271,12 @@ async fn shutdown_sends_system_shutdown_to_every_session() {
 async fn legacy_session_and_plain_with_authzid_and_folded_base64_work() {
     // What the 2008 OpenSpime client does (wire profile §10).
     let mut server = TestServer::start().await;
-    server.add_user("spime", "pw-of-a-length-that-makes-base64-fold-across-lines-0123456789").await;
+    server
+        .add_user(
+            "spime",
+            "pw-of-a-length-that-makes-base64-fold-across-lines-0123456789",
+        )
+        .await;
     let mut c = Raw::connect(server.c2s).await;
     c.open("localhost").await;
     let mut c = c.starttls(server.tls_config(None)).await;
@@ -243,7 +300,9 @@ async fn legacy_session_and_plain_with_authzid_and_folded_base64_work() {
     c.restart();
     let features = c.open("localhost").await;
     assert!(features.get_child("bind", ns::BIND).is_some());
-    let session = features.get_child("session", ns::SESSION).expect("session feature");
+    let session = features
+        .get_child("session", ns::SESSION)
+        .expect("session feature");
     assert!(session.get_child("optional", ns::SESSION).is_some());
     c.bind("spime").await;
     c.send("<iq type='set' id='sess' to='localhost'><session xmlns='urn:ietf:params:xml:ns:xmpp-session'/></iq>")
@@ -260,18 +319,27 @@ async fn direct_tls_with_alpn_reaches_sasl() {
     server.add_user("alice", "pw").await;
     let mut c = Raw::connect_direct(&server).await;
     let features = c.open("localhost").await;
-    assert!(features.get_child("mechanisms", ns::SASL).is_some(), "{features}");
+    assert!(
+        features.get_child("mechanisms", ns::SASL).is_some(),
+        "{features}"
+    );
     assert!(features.get_child("starttls", ns::TLS).is_none());
     let ok = c.auth_plain("alice", "pw").await;
     assert!(ok.is("success", ns::SASL));
     c.restart();
     c.open("localhost").await;
     let jid = c.bind("").await;
-    assert!(jid.starts_with("alice@localhost/"), "server-generated resource: {jid}");
+    assert!(
+        jid.starts_with("alice@localhost/"),
+        "server-generated resource: {jid}"
+    );
     drop(c);
     // A closed connection is not mistaken for a stream error.
     let mut c = Raw::connect_direct(&server).await;
     c.send("</stream:stream>").await;
-    assert!(matches!(c.next().await, Got::Eof | Got::Header | Got::Close | Got::Element(_)));
+    assert!(matches!(
+        c.next().await,
+        Got::Eof | Got::Header | Got::Close | Got::Element(_)
+    ));
     server.stop().await;
 }

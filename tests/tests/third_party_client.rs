@@ -1,6 +1,8 @@
 //! A third-party client (tokio-xmpp) against a real server over real TLS: every SASL
 //! mechanism, STARTTLS and direct TLS, message routing, and the first modules.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -215,11 +217,17 @@ async fn two_clients_exchange_messages_by_full_and_bare_jid() {
     alice.send_stanza(m.into()).await.expect("send");
     let got = next_message(&mut bob).await;
     assert_eq!(got.from, Some(alice_jid.clone()), "{got:?}");
-    assert_eq!(got.bodies.values().next().map(String::as_str), Some("to your phone"), "{got:?}");
+    assert_eq!(
+        got.bodies.values().next().map(String::as_str),
+        Some("to your phone"),
+        "{got:?}"
+    );
 
     // Bare-JID delivery needs an available resource: bob sends presence, and a ping after
     // it proves the server has processed it (stanzas of one session are handled in order).
-    bob.send_stanza(Presence::available().into()).await.expect("presence");
+    bob.send_stanza(Presence::available().into())
+        .await
+        .expect("presence");
     ping_server(&mut bob).await;
     let m = Message::chat(Some(Jid::new("bob@localhost").unwrap()))
         .with_body(Lang::new(), "to you".into());
@@ -228,7 +236,10 @@ async fn two_clients_exchange_messages_by_full_and_bare_jid() {
     // Delivered to the available resource with `to` left as addressed (RFC 6121 §8.5.2.1.1).
     assert_eq!(got.to, Some(Jid::new("bob@localhost").unwrap()));
     assert_eq!(got.from, Some(alice_jid.clone()));
-    assert_eq!(got.bodies.values().next().map(String::as_str), Some("to you"));
+    assert_eq!(
+        got.bodies.values().next().map(String::as_str),
+        Some("to you")
+    );
 
     // And back, so both directions are covered.
     let m = Message::chat(Some(alice_jid.clone())).with_body(Lang::new(), "back".into());
@@ -283,10 +294,7 @@ async fn disco_version_and_unknown_namespace() {
     let IqResponse::Result(Some(v)) = resp else {
         panic!("{resp:?}")
     };
-    let name = v
-        .children()
-        .find(|c| c.name() == "name")
-        .map(|n| n.text());
+    let name = v.children().find(|c| c.name() == "name").map(|n| n.text());
     assert_eq!(name.as_deref(), Some("openspimed"));
     assert!(
         v.children().all(|c| c.name() != "os"),

@@ -196,16 +196,17 @@ mod tests {
         let err = reply.get_child("error", "jabber:client").unwrap();
         assert_eq!(err.attr("type"), Some("modify"));
         let names: Vec<_> = err.children().map(|c| c.name().to_owned()).collect();
-        assert_eq!(names, ["bad-request", "inconsistent-data-with-scope", "text"]);
+        assert_eq!(
+            names,
+            ["bad-request", "inconsistent-data-with-scope", "text"]
+        );
     }
 
     #[test]
     fn errors_and_results_are_never_answered() {
         let e = StanzaError::new(Condition::ServiceUnavailable);
-        for t in ["error"] {
-            let m = Element::new("message", "jabber:client").with_attr("type", t);
-            assert!(e.reply_to(&m).is_none());
-        }
+        let m = Element::new("message", "jabber:client").with_attr("type", "error");
+        assert!(e.reply_to(&m).is_none());
         let r = Element::new("iq", "jabber:client").with_attr("type", "result");
         assert!(e.reply_to(&r).is_none());
         let m = Element::new("message", "jabber:client").with_attr("type", "chat");

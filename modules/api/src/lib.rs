@@ -14,6 +14,8 @@ pub use async_trait::async_trait;
 pub use element::{Element, Node, ParseError, TreeBuilder};
 pub use error::{Condition, ErrorType, StanzaError};
 pub use jid;
-pub use module::{Context, Identity, Module, ModuleError, ModuleFactory, Outcome, Route, ServerHandle};
+pub use module::{
+    Context, Identity, Module, ModuleError, ModuleFactory, Outcome, Route, ServerHandle,
+};
 pub use stanza::{iq_payload, iq_result};
 pub use toml;

@@ -271,18 +271,41 @@ mod tests {
         let path = dir.path().join("db.sqlite");
         {
             let s = SqliteStore::open(&path).unwrap();
-            assert!(s.create_account("alice", "a.example", &creds(1)).await.unwrap());
-            assert!(!s.create_account("alice", "a.example", &creds(2)).await.unwrap());
-            assert!(s.create_account("bob", "a.example", &creds(3)).await.unwrap());
-            assert!(s.set_credentials("bob", "a.example", &creds(4)).await.unwrap());
-            assert!(!s.set_credentials("carol", "a.example", &creds(4)).await.unwrap());
+            assert!(
+                s.create_account("alice", "a.example", &creds(1))
+                    .await
+                    .unwrap()
+            );
+            assert!(
+                !s.create_account("alice", "a.example", &creds(2))
+                    .await
+                    .unwrap()
+            );
+            assert!(
+                s.create_account("bob", "a.example", &creds(3))
+                    .await
+                    .unwrap()
+            );
+            assert!(
+                s.set_credentials("bob", "a.example", &creds(4))
+                    .await
+                    .unwrap()
+            );
+            assert!(
+                !s.set_credentials("carol", "a.example", &creds(4))
+                    .await
+                    .unwrap()
+            );
         }
         let s = SqliteStore::open(&path).unwrap();
         assert_eq!(
             s.credentials("alice", "a.example").await.unwrap(),
             Some(creds(1))
         );
-        assert_eq!(s.credentials("bob", "a.example").await.unwrap(), Some(creds(4)));
+        assert_eq!(
+            s.credentials("bob", "a.example").await.unwrap(),
+            Some(creds(4))
+        );
         assert_eq!(s.credentials("alice", "b.example").await.unwrap(), None);
         assert_eq!(
             s.list_accounts("a.example").await.unwrap(),

@@ -1,0 +1,265 @@
+//! The `openspimed` binary as an operator uses it: `check`, `run`, account commands.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_openspimed"));
+    c.env_remove("OPENSPIMED_CONFIG").env_remove("RUST_LOG");
+    c
+}
+
+fn run(args: &[&str], dir: &Path) -> Output {
+    bin().args(args).current_dir(dir).output().expect("runs")
+}
+
+fn stderr_lines(o: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&o.stderr)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn write_config(dir: &Path, host_extra: &str) -> std::path::PathBuf {
+    let path = dir.join("openspimed.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "data_dir = \"{}\"\n[listeners]\nc2s = [\"127.0.0.1:0\"]\nc2s_direct_tls = [\"127.0.0.1:0\"]\n\
+             [hosts.\"example.test\"]\n{host_extra}\n",
+            dir.join("data").display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn missing_certificate_is_one_line_from_check_and_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        "certificate = \"missing.crt\"\nkey = \"missing.key\"",
+    );
+    let cfg = cfg.to_str().unwrap();
+    for cmd in ["check", "run"] {
+        let o = run(&["--config", cfg, cmd], dir.path());
+        assert!(!o.status.success(), "{cmd} must fail");
+        let lines = stderr_lines(&o);
+        assert_eq!(lines.len(), 1, "{cmd}: one line: {lines:?}");
+        assert!(lines[0].contains("missing.crt"), "{cmd}: {lines:?}");
+        assert!(lines[0].contains("example.test"), "{cmd}: {lines:?}");
+    }
+}
+
+#[test]
+fn bad_config_lines_name_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[limits]\nstanza_size = 10\n").unwrap();
+    let o = run(&["--config", path.to_str().unwrap(), "check"], dir.path());
+    assert!(!o.status.success());
+    let lines = stderr_lines(&o);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("stanza_size"), "{lines:?}");
+
+    let cfg = write_config(dir.path(), "modules = [\"ping\", \"nosuchmodule\"]");
+    let o = run(&["--config", cfg.to_str().unwrap(), "check"], dir.path());
+    assert!(!o.status.success());
+    let lines = stderr_lines(&o);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("nosuchmodule"), "{lines:?}");
+
+    let o = run(&["--config", "/nonexistent/x.toml", "check"], dir.path());
+    assert!(!o.status.success());
+    assert!(stderr_lines(&o)[0].contains("/nonexistent/x.toml"));
+}
+
+#[test]
+fn certificate_for_another_domain_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = openspimed_certs::self_signed_pem("other.test").unwrap();
+    std::fs::write(dir.path().join("c.pem"), cert).unwrap();
+    std::fs::write(dir.path().join("k.pem"), key).unwrap();
+    let cfg = write_config(dir.path(), "certificate = \"c.pem\"\nkey = \"k.pem\"");
+    let o = run(&["--config", cfg.to_str().unwrap(), "check"], dir.path());
+    assert!(!o.status.success());
+    let lines = stderr_lines(&o);
+    assert!(lines[0].contains("not valid for example.test"), "{lines:?}");
+}
+
+#[test]
+fn account_commands_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "");
+    let cfg = cfg.to_str().unwrap();
+    let o = run(&["--config", cfg, "check"], dir.path());
+    assert!(o.status.success(), "{:?}", stderr_lines(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("configuration OK"));
+
+    let o = run(
+        &[
+            "--config",
+            cfg,
+            "adduser",
+            "Alice@example.test",
+            "--password",
+            "pw",
+        ],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{:?}", stderr_lines(&o));
+    // The password can come from standard input instead of the command line.
+    let mut child = bin()
+        .args(["--config", cfg, "adduser", "bob@example.test"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"secret\n").unwrap();
+    assert!(child.wait_with_output().unwrap().status.success());
+
+    let o = run(
+        &[
+            "--config",
+            cfg,
+            "adduser",
+            "alice@example.test",
+            "--password",
+            "x",
+        ],
+        dir.path(),
+    );
+    assert!(!o.status.success(), "duplicate account must fail");
+    assert!(stderr_lines(&o)[0].contains("already exists"));
+    let o = run(
+        &[
+            "--config",
+            cfg,
+            "adduser",
+            "carol@elsewhere.test",
+            "--password",
+            "x",
+        ],
+        dir.path(),
+    );
+    assert!(!o.status.success());
+    assert!(stderr_lines(&o)[0].contains("not a host"));
+
+    let o = run(&["--config", cfg, "listusers", "example.test"], dir.path());
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "alice@example.test\nbob@example.test\n"
+    );
+    let o = run(
+        &[
+            "--config",
+            cfg,
+            "passwd",
+            "alice@example.test",
+            "--password",
+            "new",
+        ],
+        dir.path(),
+    );
+    assert!(o.status.success());
+    let o = run(
+        &[
+            "--config",
+            cfg,
+            "passwd",
+            "nobody@example.test",
+            "--password",
+            "new",
+        ],
+        dir.path(),
+    );
+    assert!(!o.status.success());
+    let o = run(
+        &["--config", cfg, "deluser", "bob@example.test"],
+        dir.path(),
+    );
+    assert!(o.status.success());
+    let o = run(
+        &["--config", cfg, "deluser", "bob@example.test"],
+        dir.path(),
+    );
+    assert!(!o.status.success());
+    let o = run(&["--config", cfg, "listusers", "example.test"], dir.path());
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "alice@example.test\n");
+}
+
+/// Reads the server's log until both listeners are reported; returns their addresses.
+fn bound_addresses(stderr: &mut impl BufRead) -> Vec<SocketAddr> {
+    let mut addrs = Vec::new();
+    let mut line = String::new();
+    while addrs.len() < 2 {
+        line.clear();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            panic!("server exited before listening");
+        }
+        if line.contains("listening") {
+            let addr = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("addr="))
+                .expect("addr in log line");
+            addrs.push(addr.parse().unwrap());
+        }
+    }
+    addrs
+}
+
+#[test]
+fn run_logs_bound_ports_serves_tls_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "");
+    let mut child = bin()
+        .args(["--config", cfg.to_str().unwrap(), "run"])
+        .current_dir(dir.path())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let addrs = bound_addresses(&mut stderr);
+    // The generated self-signed certificate is kept for the next start.
+    assert!(dir.path().join("data/certs/example.test.crt").exists());
+
+    let mut s = TcpStream::connect(addrs[0]).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(
+        b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
+          xmlns:stream='http://etherx.jabber.org/streams' to='example.test' version='1.0'>",
+    )
+    .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&got).contains("</stream:features>") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "server closed early");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&got).contains("<starttls"));
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // The open stream is told why it ends.
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(rest.contains("system-shutdown"), "{rest}");
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "{exit:?}");
+    let mut log = String::new();
+    let _ = stderr.read_to_string(&mut log);
+    assert!(log.contains("shutting down"), "{log}");
+}
