@@ -102,6 +102,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 Ok(None) => {
                     self.start = 0;
                     self.end = 0;
+                    // Between stanzas nothing is half-parsed: give scratch memory back
+                    // while the connection waits (most sessions are idle most of the time).
+                    self.parser.release_temporaries();
                 }
                 Err(e) => return Err(Fail::Stream(StreamError::with_text(e.condition, e.text))),
             }
@@ -181,6 +184,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
         res.map_err(|_| Fail::Closed)?;
         self.io.flush().await.map_err(|_| Fail::Closed)
+    }
+
+    /// Returns write-buffer memory after negotiation (the session loop grows it on demand).
+    fn shrink(&mut self) {
+        self.wbuf = Vec::new();
     }
 
     async fn send(&mut self, el: &Element) -> Result<(), Fail> {
@@ -735,6 +743,7 @@ async fn bind_resource(
 
 /// The session loop: stanzas from the client, stanzas for the client, shutdown.
 async fn established(shared: Arc<Shared>, mut conn: Conn<TlsStream<TcpStream>>, mut s: Session) {
+    conn.shrink();
     let idle = Duration::from_secs(shared.config.limits.c2s_idle_timeout_secs.max(1));
     let why = loop {
         tokio::select! {

@@ -21,8 +21,9 @@ use crate::storage::AccountStore;
 /// What a session's writer receives.
 #[derive(Debug)]
 pub enum Outgoing {
-    /// A stanza to write.
-    Stanza(Element),
+    /// A stanza to write. Boxed so that each queue slot is small: a queue's first block of
+    /// slots is allocated per session, idle or not.
+    Stanza(Box<Element>),
     /// End the session with this stream error (e.g. `conflict` when replaced).
     Kick(StreamError),
 }
@@ -354,7 +355,7 @@ impl Router {
     }
 
     async fn push(&self, tx: &mpsc::Sender<Outgoing>, stanza: Element) {
-        match tx.try_send(Outgoing::Stanza(stanza)) {
+        match tx.try_send(Outgoing::Stanza(Box::new(stanza))) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(Outgoing::Stanza(s))) => {
                 tracing::warn!("a session's queue is full; bouncing a stanza");

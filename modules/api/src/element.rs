@@ -363,11 +363,11 @@ impl TreeBuilder {
             Event::XmlDeclaration(..) => Ok(None),
             Event::StartElement(_, (ns, name), attrs) => {
                 let ns = self.intern(&ns);
-                let mut el = Element::new(name.as_str(), ns);
+                let mut el = Element::new(String::from(name), ns);
                 el.attrs.reserve_exact(attrs.len());
                 for ((ans, aname), value) in attrs.into_iter() {
                     let key = if ans.is_none() {
-                        aname.to_string()
+                        String::from(aname)
                     } else if &*ans == crate::ns::XML {
                         format!("xml:{}", aname.as_str())
                     } else {
