@@ -326,8 +326,13 @@ pub fn inspect(cert: &Path) -> Result<CertInfo, CertError> {
         .next()
         .ok_or_else(|| invalid("no CERTIFICATE block found".into()))?
         .map_err(|e| invalid(format!("not a PEM certificate ({e})")))?;
-    let (_, x509) = x509_parser::parse_x509_certificate(&der)
-        .map_err(|e| invalid(format!("not an X.509 certificate ({e})")))?;
+    inspect_der(&der).map_err(invalid)
+}
+
+/// Reads names and expiry from a DER certificate (e.g. the one a TLS peer presented).
+pub fn inspect_der(der: &[u8]) -> Result<CertInfo, String> {
+    let (_, x509) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| format!("not an X.509 certificate ({e})"))?;
     let mut dns_names = Vec::new();
     if let Ok(Some(san)) = x509.subject_alternative_name() {
         for gn in &san.value.general_names {

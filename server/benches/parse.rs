@@ -28,10 +28,14 @@ const STANZAS: &[&str] = &[
 ];
 
 fn main() {
-    run("tag-dense mix (chat, ping, presence with caps, OpenSpime data report)", STANZAS);
+    run(
+        "tag-dense mix (chat, ping, presence with caps, OpenSpime data report)",
+        STANZAS,
+    );
     let body = "Lorem ipsum dolor sit amet, consectetur adipiscing elit. ".repeat(16);
     let b64 = "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo0NTY3ODkwYWJjZGVmZ2hpamtsbW5vcA==".repeat(12);
-    let chat = format!("<message to='bob@example.org' id='m2' type='chat'><body>{body}</body></message>");
+    let chat =
+        format!("<message to='bob@example.org' id='m2' type='chat'><body>{body}</body></message>");
     let enc = format!(
         "<iq to='775B-F2C2-2B3765F4@scopenode.openspime.com/co2' type='set' id='r2'>\
          <openspime xmlns='openspime:protocol:core' version='0.9'><originator cert='cert.example'>\

@@ -50,6 +50,12 @@ impl TestServer {
 
     /// Starts a server for `localhost` after `tweak` adjusted the configuration.
     pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
+        Self::start_hosts(&[], tweak).await
+    }
+
+    /// Starts a server for `localhost` and the `extra` virtual hosts, each with its own
+    /// certificate from the test CA.
+    pub async fn start_hosts(extra: &[&str], tweak: impl FnOnce(&mut Config)) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let ca = openspimed_certs::DevCa::new("openspimed test CA").expect("CA");
         let (cert, key) = ca.issue(&["localhost", "*.localhost"]).expect("leaf");
@@ -66,6 +72,22 @@ impl TestServer {
         if let Some(h) = config.hosts.get_mut("localhost") {
             h.certificate = Some(cert_path);
             h.key = Some(key_path);
+        }
+        for host in extra {
+            let wildcard = format!("*.{host}");
+            let (cert, key) = ca.issue(&[host, &wildcard]).expect("leaf");
+            let cert_path = dir.path().join(format!("{host}.crt"));
+            let key_path = dir.path().join(format!("{host}.key"));
+            std::fs::write(&cert_path, cert).expect("write cert");
+            std::fs::write(&key_path, key).expect("write key");
+            config.hosts.insert(
+                (*host).to_owned(),
+                openspimed_config::HostConfig {
+                    certificate: Some(cert_path),
+                    key: Some(key_path),
+                    ..Default::default()
+                },
+            );
         }
         tweak(&mut config);
         let server = openspimed::start(config).await.expect("server starts");

@@ -343,3 +343,84 @@ async fn direct_tls_with_alpn_reaches_sasl() {
     ));
     server.stop().await;
 }
+
+/// The DNS names of the certificate the server presents for `sni`.
+async fn presented_names(server: &TestServer, sni: &str) -> Vec<String> {
+    let tcp = tokio::net::TcpStream::connect(server.direct).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(server.tls_config(Some(b"xmpp-client")))
+        .connect(
+            rustls_pki_types::ServerName::try_from(sni.to_owned()).unwrap(),
+            tcp,
+        )
+        .await
+        .expect("handshake succeeds: the certificate matches the name");
+    let (_, conn) = tls.get_ref();
+    let leaf = conn.peer_certificates().unwrap()[0].clone();
+    openspimed_certs::inspect_der(&leaf).unwrap().dns_names
+}
+
+#[tokio::test]
+async fn certificate_is_picked_by_sni_per_virtual_host() {
+    let mut server = TestServer::start_hosts(&["second.test"], |_| {}).await;
+    assert!(
+        presented_names(&server, "second.test")
+            .await
+            .contains(&"second.test".to_owned())
+    );
+    assert!(
+        presented_names(&server, "localhost")
+            .await
+            .contains(&"localhost".to_owned())
+    );
+    // A service subdomain of a host gets that host's certificate (here *.second.test).
+    assert!(
+        presented_names(&server, "pubsub.second.test")
+            .await
+            .contains(&"*.second.test".to_owned())
+    );
+
+    // Accounts are per virtual host.
+    let creds = openspimed::sasl::derive_credentials("pw", 4096);
+    server
+        .accounts()
+        .create_account("carol", "second.test", &creds)
+        .await
+        .unwrap();
+    let mut c = Raw::connect(server.c2s).await;
+    c.open("second.test").await;
+    let tcp = c.io;
+    c = Raw::new(tcp);
+    c.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        .await;
+    // The parser state is fresh, so skip reading the (already consumed) header: just wait
+    // for <proceed/> bytes by reading raw.
+    let mut buf = [0u8; 256];
+    let n = tokio::io::AsyncReadExt::read(&mut c.io, &mut buf)
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("proceed"));
+    let tls = tokio_rustls::TlsConnector::from(server.tls_config(None))
+        .connect(
+            rustls_pki_types::ServerName::try_from("second.test").unwrap(),
+            c.io,
+        )
+        .await
+        .unwrap();
+    let mut c = Raw::new(tls);
+    c.open("second.test").await;
+    let ok = c.auth_plain("carol", "pw").await;
+    assert!(ok.is("success", ns::SASL), "{ok}");
+    c.restart();
+    c.open("second.test").await;
+    assert_eq!(c.bind("x").await, "carol@second.test/x");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn silent_connection_gets_connection_timeout() {
+    // Waiting for the server's timer is the behaviour under test, so the test takes 1 s.
+    let mut server = TestServer::start_with(|c| c.limits.handshake_timeout_secs = 1).await;
+    let mut c = Raw::connect(server.c2s).await;
+    assert_eq!(c.stream_error().await, "connection-timeout");
+    server.stop().await;
+}

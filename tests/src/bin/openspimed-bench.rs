@@ -213,7 +213,8 @@ async fn messages(sessions: usize, seconds: u64, window: u64) -> serde_like::Jso
     for i in 0..sessions {
         clients.push(login(&server, &format!("u{i}"), "bench").await);
     }
-    let received: Arc<Vec<AtomicU64>> = Arc::new((0..sessions).map(|_| AtomicU64::new(0)).collect());
+    let received: Arc<Vec<AtomicU64>> =
+        Arc::new((0..sessions).map(|_| AtomicU64::new(0)).collect());
     let latencies = Arc::new(std::sync::Mutex::new(Vec::<u64>::new()));
     let epoch = Instant::now();
     let stop_at = epoch + Duration::from_secs(seconds);
@@ -281,7 +282,10 @@ async fn messages(sessions: usize, seconds: u64, window: u64) -> serde_like::Jso
                         .with_attr("to", to.clone())
                         .with_attr("id", id.to_string())
                         .with_attr("type", "chat")
-                        .with_child(Element::new("body", ns::CLIENT).with_text("a benchmark message of some sixty bytes of text"))
+                        .with_child(
+                            Element::new("body", ns::CLIENT)
+                                .with_text("a benchmark message of some sixty bytes of text"),
+                        )
                         .write_to(&mut out, ns::CLIENT);
                 }
                 if wr.write_all(&out).await.is_err() {
@@ -341,7 +345,10 @@ mod serde_like {
     pub struct Json(pub String);
     impl Json {
         pub fn obj(fields: &[(&str, String)]) -> Json {
-            let body: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\": {v}")).collect();
+            let body: Vec<String> = fields
+                .iter()
+                .map(|(k, v)| format!("\"{k}\": {v}"))
+                .collect();
             Json(format!("{{{}}}", body.join(", ")))
         }
     }
