@@ -136,6 +136,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
+    /// Reads the client's stream header, answers with ours, and picks the virtual host; a
+    /// header we cannot serve gets its stream error after our header (RFC 6120 §4.9.1.1).
+    async fn open_stream(&mut self, shared: &Shared, limit: Duration) -> Result<Arc<Host>, Fail> {
+        let header = match self.next_event_within(shared, limit).await? {
+            StreamEvent::Header(h) => h,
+            _ => return Err(stream_err(C::NotWellFormed, "expected a stream header")),
+        };
+        let host = pick_host(shared, &header);
+        if let Ok(h) = &host {
+            self.domain = h.domain.clone();
+        }
+        self.send_header(&header).await?;
+        host
+    }
+
     /// Sends our stream header for `domain` (RFC 6120 §4.7).
     async fn send_header(&mut self, header: &StreamHeader) -> Result<(), Fail> {
         let mut id = [0u8; 12];
@@ -272,16 +287,7 @@ async fn negotiate_starttls(
 ) -> Option<TlsStream<TcpStream>> {
     let mut conn = Conn::new(tcp, shared);
     let result: Result<(), Fail> = async {
-        let header = match conn.next_event_within(shared, handshake).await? {
-            StreamEvent::Header(h) => h,
-            _ => return Err(stream_err(C::NotWellFormed, "expected a stream header")),
-        };
-        let host = pick_host(shared, &header);
-        if let Ok(h) = &host {
-            conn.domain = h.domain.clone();
-        }
-        conn.send_header(&header).await?;
-        host?;
+        conn.open_stream(shared, handshake).await?;
         conn.write_raw(
             b"<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls></stream:features>",
         )
@@ -396,16 +402,7 @@ async fn authenticate(
     deadline: tokio::time::Instant,
 ) -> Result<(Arc<Host>, String), Fail> {
     let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
-    let header = match conn.next_event_within(shared, left()).await? {
-        StreamEvent::Header(h) => h,
-        _ => return Err(stream_err(C::NotWellFormed, "expected a stream header")),
-    };
-    let host = pick_host(shared, &header);
-    if let Ok(h) = &host {
-        conn.domain = h.domain.clone();
-    }
-    conn.send_header(&header).await?;
-    let host = host?;
+    let host = conn.open_stream(shared, left()).await?;
     let offered: Vec<&str> = host
         .mechanisms
         .iter()

@@ -287,36 +287,28 @@ pub enum ParseError {
 }
 
 fn escape_attr(out: &mut Vec<u8>, s: &str) {
-    let bytes = s.as_bytes();
-    let mut start = 0;
-    for (i, b) in bytes.iter().enumerate() {
-        let rep: &[u8] = match b {
-            b'&' => b"&amp;",
-            b'<' => b"&lt;",
-            b'>' => b"&gt;",
-            b'\'' => b"&apos;",
-            b'"' => b"&quot;",
-            b'\t' => b"&#x9;",
-            b'\n' => b"&#xA;",
-            b'\r' => b"&#xD;",
-            _ => continue,
-        };
-        out.extend_from_slice(&bytes[start..i]);
-        out.extend_from_slice(rep);
-        start = i + 1;
-    }
-    out.extend_from_slice(&bytes[start..]);
+    escape(out, s, true);
 }
 
 fn escape_text(out: &mut Vec<u8>, s: &str) {
+    escape(out, s, false);
+}
+
+/// XML escaping; attribute values (always single-quoted here) also escape quotes and the
+/// whitespace that attribute-value normalization would otherwise fold.
+fn escape(out: &mut Vec<u8>, s: &str, attr: bool) {
     let bytes = s.as_bytes();
     let mut start = 0;
     for (i, b) in bytes.iter().enumerate() {
-        let rep: &[u8] = match b {
-            b'&' => b"&amp;",
-            b'<' => b"&lt;",
-            b'>' => b"&gt;",
-            b'\r' => b"&#xD;",
+        let rep: &[u8] = match (b, attr) {
+            (b'&', _) => b"&amp;",
+            (b'<', _) => b"&lt;",
+            (b'>', _) => b"&gt;",
+            (b'\r', _) => b"&#xD;",
+            (b'\'', true) => b"&apos;",
+            (b'"', true) => b"&quot;",
+            (b'\t', true) => b"&#x9;",
+            (b'\n', true) => b"&#xA;",
             _ => continue,
         };
         out.extend_from_slice(&bytes[start..i]);

@@ -151,17 +151,7 @@ impl StanzaError {
             Some("result") if stanza.name() == "iq" => return None,
             _ => {}
         }
-        let mut reply = Element::new(stanza.name(), stanza.ns_handle().clone());
-        if let Some(id) = stanza.attr("id") {
-            reply.set_attr("id", id);
-        }
-        if let Some(to) = stanza.attr("to") {
-            reply.set_attr("from", to);
-        }
-        if let Some(from) = stanza.attr("from") {
-            reply.set_attr("to", from);
-        }
-        reply.set_attr("type", "error");
+        let mut reply = crate::stanza::reply_skeleton(stanza, "error");
         reply.push_child(self.to_element(stanza.ns()));
         Some(reply)
     }

@@ -17,5 +17,5 @@ pub use jid;
 pub use module::{
     Context, Identity, Module, ModuleError, ModuleFactory, Outcome, Route, ServerHandle,
 };
-pub use stanza::{iq_payload, iq_result};
+pub use stanza::{iq_payload, iq_result, reply_skeleton};
 pub use toml;

@@ -106,6 +106,27 @@ fn keys_from_row(row: &rusqlite::Row<'_>, base: usize) -> rusqlite::Result<Scram
     })
 }
 
+/// The parameters ?1..?10 shared by the account INSERT and UPDATE statements.
+#[allow(clippy::ptr_arg, reason = "`&dyn ToSql` needs a sized String, not str")]
+fn account_params<'a>(
+    domain: &'a String,
+    user: &'a String,
+    c: &'a Credentials,
+) -> [&'a dyn rusqlite::ToSql; 10] {
+    [
+        domain,
+        user,
+        &c.sha1.salt,
+        &c.sha1.iterations,
+        &c.sha1.stored_key,
+        &c.sha1.server_key,
+        &c.sha256.salt,
+        &c.sha256.iterations,
+        &c.sha256.stored_key,
+        &c.sha256.server_key,
+    ]
+}
+
 fn now_unix() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -123,22 +144,16 @@ impl AccountStore for SqliteStore {
     ) -> Result<bool, StorageError> {
         let (user, domain, c) = (user.to_owned(), domain.to_owned(), creds.clone());
         self.with(move |conn| {
+            let now = now_unix();
             let n = conn
                 .execute(
                     "INSERT OR IGNORE INTO accounts VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-                    params![
-                        domain,
-                        user,
-                        c.sha1.salt,
-                        c.sha1.iterations,
-                        c.sha1.stored_key,
-                        c.sha1.server_key,
-                        c.sha256.salt,
-                        c.sha256.iterations,
-                        c.sha256.stored_key,
-                        c.sha256.server_key,
-                        now_unix()
-                    ],
+                    account_params(&domain, &user, &c)
+                        .iter()
+                        .copied()
+                        .chain([&now as &dyn rusqlite::ToSql])
+                        .collect::<Vec<_>>()
+                        .as_slice(),
                 )
                 .map_err(backend)?;
             Ok(n == 1)
@@ -160,18 +175,7 @@ impl AccountStore for SqliteStore {
                        sha1_server_key = ?6, sha256_salt = ?7, sha256_iterations = ?8,
                        sha256_stored_key = ?9, sha256_server_key = ?10
                      WHERE domain = ?1 AND username = ?2",
-                    params![
-                        domain,
-                        user,
-                        c.sha1.salt,
-                        c.sha1.iterations,
-                        c.sha1.stored_key,
-                        c.sha1.server_key,
-                        c.sha256.salt,
-                        c.sha256.iterations,
-                        c.sha256.stored_key,
-                        c.sha256.server_key
-                    ],
+                    account_params(&domain, &user, &c).as_slice(),
                 )
                 .map_err(backend)?;
             Ok(n == 1)
