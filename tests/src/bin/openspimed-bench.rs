@@ -246,17 +246,18 @@ async fn messages(sessions: usize, seconds: u64, window: u64) -> serde_like::Jso
                 };
                 let mut slice = &buf[..n];
                 while let Ok(Some(ev)) = parser.next(&mut slice) {
-                    if let openspimed::xml::StreamEvent::Element(e) = ev {
-                        if e.name() == "message" {
-                            counts[i].fetch_add(1, Ordering::Relaxed);
-                            n_seen += 1;
-                            if n_seen % 16 == 0 {
-                                if let Some(t) = e.attr("id").and_then(|v| v.parse::<u64>().ok()) {
-                                    let now = epoch.elapsed().as_nanos() as u64;
-                                    local.push(now.saturating_sub(t));
-                                }
-                            }
-                        }
+                    let openspimed::xml::StreamEvent::Element(e) = ev else {
+                        continue;
+                    };
+                    if e.name() != "message" {
+                        continue;
+                    }
+                    counts[i].fetch_add(1, Ordering::Relaxed);
+                    n_seen += 1;
+                    let sent_at = e.attr("id").and_then(|v| v.parse::<u64>().ok());
+                    if let (true, Some(t)) = (n_seen.is_multiple_of(16), sent_at) {
+                        let now = epoch.elapsed().as_nanos() as u64;
+                        local.push(now.saturating_sub(t));
                     }
                 }
             }
