@@ -188,7 +188,12 @@ impl Default for HostConfig {
         HostConfig {
             certificate: None,
             key: None,
-            modules: vec!["disco".into(), "ping".into(), "version".into()],
+            modules: vec![
+                "disco".into(),
+                "ping".into(),
+                "version".into(),
+                "certsvc".into(),
+            ],
             sasl_mechanisms: SASL_MECHANISMS.iter().map(|s| (*s).to_owned()).collect(),
         }
     }

@@ -11,9 +11,10 @@ use std::sync::{Arc, OnceLock, Weak};
 use dashmap::DashMap;
 use openspimed_module_api::jid::Jid;
 use openspimed_module_api::{
-    Condition, Context, Element, Identity, Module, Outcome, Route, ServerHandle, StanzaError,
+    BoxFuture, Condition, Context, Element, Identity, IqError, Module, Outcome, Route,
+    ServerHandle, StanzaError,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{StreamError, module_failure, storage_failure};
 use crate::storage::AccountStore;
@@ -162,6 +163,9 @@ pub struct Router {
     pub registry: Registry,
     /// To tell "no such account" from "account offline".
     accounts: Arc<dyn AccountStore>,
+    /// Iqs modules sent and wait on, by (requesting JID, id): their answer goes here
+    /// instead of to the module's handler.
+    pending: DashMap<(String, String), oneshot::Sender<Element>>,
 }
 
 impl Router {
@@ -173,6 +177,7 @@ impl Router {
             domain_routes: OnceLock::new(),
             registry: Registry::default(),
             accounts,
+            pending: DashMap::new(),
         })
     }
 
@@ -230,6 +235,13 @@ impl Router {
             return self.route_to_own_account(stanza).await;
         };
         let to_str = to.to_string();
+        if stanza.name() == "iq" && matches!(stanza.attr("type"), Some("result" | "error")) {
+            let key = (to_str.clone(), stanza.attr("id").unwrap_or("").to_owned());
+            if let Some((_, waiter)) = self.pending.remove(&key) {
+                let _ = waiter.send(stanza);
+                return;
+            }
+        }
         if let Some((host, module)) = self.jid_routes.get().and_then(|m| m.get(&to_str)) {
             return self.call(module, &host.cx, stanza).await;
         }
@@ -455,5 +467,52 @@ impl ServerHandle for RouterRef {
 
     fn software(&self) -> (&'static str, &'static str) {
         ("openspimed", env!("CARGO_PKG_VERSION"))
+    }
+
+    fn send_iq(
+        &self,
+        iq: Element,
+        timeout: std::time::Duration,
+    ) -> BoxFuture<'static, Result<Element, IqError>> {
+        let router = self.0.upgrade();
+        Box::pin(async move {
+            let router = router.ok_or(IqError::Gone)?;
+            if iq.name() != "iq" || !matches!(iq.attr("type"), Some("get" | "set")) {
+                return Err(IqError::Invalid("only iq get/set are requests"));
+            }
+            let from = iq
+                .attr("from")
+                .and_then(|f| Jid::new(f).ok())
+                .ok_or(IqError::Invalid("a request needs a valid from"))?;
+            let id = iq
+                .attr("id")
+                .ok_or(IqError::Invalid("a request needs an id"))?;
+            let key = (from.to_string(), id.to_owned());
+            let (tx, rx) = oneshot::channel();
+            router.pending.insert(key.clone(), tx);
+            router.route(iq).await;
+            match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(answer)) => Ok(answer),
+                _ => {
+                    router.pending.remove(&key);
+                    Err(IqError::Timeout)
+                }
+            }
+        })
+    }
+
+    fn is_hosted_service(&self, jid: &str) -> bool {
+        let Some(r) = self.0.upgrade() else {
+            return false;
+        };
+        let Ok(j) = Jid::new(jid) else {
+            return false;
+        };
+        r.jid_routes
+            .get()
+            .is_some_and(|m| m.contains_key(&j.to_string()))
+            || r.domain_routes
+                .get()
+                .is_some_and(|m| m.contains_key(j.domain().as_str()))
     }
 }

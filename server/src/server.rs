@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use openspimed_config::Config;
-use openspimed_module_api::{Context, ModuleFactory, Route};
+use openspimed_module_api::{Context, ModuleFactory, ModuleStorage, Route};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -30,6 +30,7 @@ pub fn builtin_modules() -> Vec<Box<dyn ModuleFactory>> {
         Box::new(openspimed_mod_disco::Factory),
         Box::new(openspimed_mod_ping::Factory),
         Box::new(openspimed_mod_version::Factory),
+        Box::new(openspimed_mod_certsvc::Factory),
     ]
 }
 
@@ -140,8 +141,11 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         return Err(StartError::Config(problems));
     }
     let tls = crate::tls::build(&config).map_err(StartError::Certificates)?;
-    let store = SqliteStore::open(&config.data_dir.join("openspimed.sqlite"))?;
-    let accounts: Arc<dyn AccountStore> = Arc::new(store);
+    let store = Arc::new(SqliteStore::open(
+        &config.data_dir.join("openspimed.sqlite"),
+    )?);
+    let accounts: Arc<dyn AccountStore> = store.clone();
+    let module_storage: Arc<dyn ModuleStorage> = store;
     let router = Router::new(accounts.clone());
 
     let handle = router.handle();
@@ -150,6 +154,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         let cx = Context {
             host: Arc::from(domain.as_str()),
             server: handle.clone(),
+            storage: module_storage.clone(),
         };
         let mut modules = Vec::new();
         let mut iq_handlers = HashMap::new();

@@ -263,3 +263,113 @@ fn run_logs_bound_ports_serves_tls_and_stops_on_sigterm() {
     let _ = stderr.read_to_string(&mut log);
     assert!(log.contains("shutting down"), "{log}");
 }
+
+#[test]
+fn keys_add_list_show_revoke() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "");
+    let cfg = cfg.to_str().unwrap();
+    let key = openspime::crypto::generate_key(1024).unwrap();
+    let pem = dir.path().join("spime.pem");
+    std::fs::write(
+        &pem,
+        openspime::crypto::public_key_to_pem(&key.to_public_key()).unwrap(),
+    )
+    .unwrap();
+    let pem = pem.to_str().unwrap();
+
+    let o = run(
+        &[
+            "--config",
+            cfg,
+            "keys",
+            "add",
+            "spime@example.test/spime",
+            pem,
+        ],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{:?}", stderr_lines(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("cert.example.test"));
+    let o = run(&["--config", cfg, "keys", "list"], dir.path());
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "spime@example.test/spime\tactive\n"
+    );
+    let o = run(
+        &["--config", cfg, "keys", "show", "spime@example.test/spime"],
+        dir.path(),
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("status: active") && out.contains("BEGIN PUBLIC KEY"),
+        "{out}"
+    );
+    let shown = out[out.find("-----BEGIN").unwrap()..].to_owned();
+    assert_eq!(
+        openspime::crypto::public_key_from_pem(&shown).unwrap(),
+        key.to_public_key()
+    );
+
+    let o = run(
+        &[
+            "--config",
+            cfg,
+            "keys",
+            "revoke",
+            "spime@example.test/spime",
+        ],
+        dir.path(),
+    );
+    assert!(o.status.success());
+    let o = run(&["--config", cfg, "keys", "list"], dir.path());
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "spime@example.test/spime\trevoked\n"
+    );
+    let o = run(
+        &[
+            "--config",
+            cfg,
+            "keys",
+            "revoke",
+            "spime@example.test/spime",
+        ],
+        dir.path(),
+    );
+    assert!(!o.status.success());
+
+    // Bad input: one line each.
+    let o = run(
+        &["--config", cfg, "keys", "show", "nobody@example.test"],
+        dir.path(),
+    );
+    assert!(!o.status.success());
+    assert_eq!(stderr_lines(&o).len(), 1);
+    let o = run(
+        &[
+            "--config",
+            cfg,
+            "keys",
+            "add",
+            "x@example.test",
+            "/nonexistent.pem",
+        ],
+        dir.path(),
+    );
+    assert!(!o.status.success());
+    assert!(stderr_lines(&o)[0].contains("/nonexistent.pem"));
+    let o = run(
+        &[
+            "--config",
+            cfg,
+            "keys",
+            "list",
+            "--service",
+            "cert.elsewhere.test",
+        ],
+        dir.path(),
+    );
+    assert!(!o.status.success());
+    assert!(stderr_lines(&o)[0].contains("not a certification service hosted here"));
+}

@@ -9,13 +9,16 @@ pub mod error;
 pub mod module;
 pub mod ns;
 pub mod stanza;
+pub mod storage;
 
 pub use async_trait::async_trait;
 pub use element::{Element, Node, ParseError, TreeBuilder};
 pub use error::{Condition, ErrorType, StanzaError};
 pub use jid;
 pub use module::{
-    Context, Identity, Module, ModuleError, ModuleFactory, Outcome, Route, ServerHandle,
+    BoxFuture, Context, Identity, IqError, Module, ModuleError, ModuleFactory, Outcome, Route,
+    ServerHandle,
 };
 pub use stanza::{iq_payload, iq_result, reply_skeleton};
+pub use storage::{KeyStore, ModuleStorage, StorageFailure, StoredKey};
 pub use toml;

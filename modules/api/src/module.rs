@@ -6,6 +6,24 @@ use async_trait::async_trait;
 
 use crate::element::Element;
 use crate::error::StanzaError;
+use crate::storage::ModuleStorage;
+
+/// A boxed future, for the object-safe parts of the API.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// Why an iq a module sent got no usable answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IqError {
+    /// No answer within the timeout.
+    #[error("no answer in time")]
+    Timeout,
+    /// The stanza could not be sent (not an iq get/set with an id and from).
+    #[error("not a request iq: {0}")]
+    Invalid(&'static str),
+    /// The server is shutting down.
+    #[error("server shutting down")]
+    Gone,
+}
 
 /// What a module wants delivered to it. The router owns the table built from these.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,6 +87,15 @@ pub trait ServerHandle: Send + Sync {
     fn host_items(&self, host: &str) -> Vec<String>;
     /// Software name and version, for XEP-0092.
     fn software(&self) -> (&'static str, &'static str);
+    /// Sends an iq get/set (with `from` set to an address the module owns and an `id`)
+    /// and waits for its result or error stanza.
+    fn send_iq(
+        &self,
+        iq: Element,
+        timeout: std::time::Duration,
+    ) -> BoxFuture<'static, Result<Element, IqError>>;
+    /// Whether a JID is handled by a module of this server (a hosted service).
+    fn is_hosted_service(&self, jid: &str) -> bool;
 }
 
 /// Handed to a module on every call: which host it serves and how to reach the server.
@@ -78,6 +105,8 @@ pub struct Context {
     pub host: Arc<str>,
     /// The server's services.
     pub server: Arc<dyn ServerHandle>,
+    /// Storage the module may use.
+    pub storage: Arc<dyn ModuleStorage>,
 }
 
 /// A plug-in. One instance per virtual host that enables it.

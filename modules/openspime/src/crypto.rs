@@ -173,7 +173,7 @@ pub fn decrypt(
     let k = key.size();
     let mut ok = true;
     let mut wrapped = b64_decode(key_b64).unwrap_or_default();
-    if wrapped.is_empty() || wrapped.len() % k != 0 {
+    if wrapped.is_empty() || !wrapped.len().is_multiple_of(k) {
         ok = false;
         wrapped.resize(k * wrapped.len().div_ceil(k).max(1), 0);
     }
@@ -255,14 +255,14 @@ fn private_type1(data: &[u8], key: &RsaPrivateKey) -> Result<Vec<u8>, OpenSpimeE
 /// padding, concatenate.
 fn public_type1_open(blob: &[u8], key: &RsaPublicKey) -> Option<Vec<u8>> {
     let k = key.size();
-    if blob.is_empty() || blob.len() % k != 0 {
+    if blob.is_empty() || !blob.len().is_multiple_of(k) {
         return None;
     }
     let bits = key.n().as_ref().bits_precision();
     let mut out = Vec::new();
     for block in blob.chunks(k) {
         let c = BoxedUint::from_be_slice(block, bits).ok()?;
-        if &c >= key.n().as_ref() {
+        if c >= *key.n().as_ref() {
             return None;
         }
         let m = rsa::hazmat::rsa_encrypt(key, &c).ok()?;

@@ -26,3 +26,8 @@ pub use container::{
 pub use error::OpenSpimeError;
 pub use keyinfo::KeyForm;
 pub use rsa::{RsaPrivateKey, RsaPublicKey};
+
+/// Key encoding traits, for callers that store keys as DER.
+pub mod rsa_reexport {
+    pub use rsa::pkcs8::{DecodePublicKey, EncodePublicKey};
+}

@@ -7,6 +7,8 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 
+use openspimed_module_api::{KeyStore, ModuleStorage, StorageFailure, StoredKey};
+
 use super::{AccountStore, Credentials, ScramKeys, StorageError};
 
 /// Schema migrations, applied in order; index + 1 is the `user_version` after each.
@@ -21,6 +23,15 @@ const MIGRATIONS: &[&str] = &[
         sha256_stored_key BLOB NOT NULL, sha256_server_key BLOB NOT NULL,
         created_unix INTEGER NOT NULL,
         PRIMARY KEY (domain, username)
+    ) WITHOUT ROWID;",
+    // 2: public keys of the hosted certification services (XEP-0189).
+    "CREATE TABLE cert_keys (
+        service TEXT NOT NULL,
+        jid TEXT NOT NULL,
+        spki_der BLOB NOT NULL,
+        created_unix INTEGER NOT NULL,
+        revoked_unix INTEGER,
+        PRIMARY KEY (service, jid)
     ) WITHOUT ROWID;",
 ];
 
@@ -252,6 +263,103 @@ impl AccountStore for SqliteStore {
     }
 }
 
+impl From<StorageError> for StorageFailure {
+    fn from(e: StorageError) -> Self {
+        StorageFailure(e.to_string())
+    }
+}
+
+fn stored_key(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredKey> {
+    Ok(StoredKey {
+        service: row.get(0)?,
+        jid: row.get(1)?,
+        spki_der: row.get(2)?,
+        created_unix: row.get(3)?,
+        revoked_unix: row.get(4)?,
+    })
+}
+
+#[async_trait]
+impl KeyStore for SqliteStore {
+    async fn put_key(
+        &self,
+        service: &str,
+        jid: &str,
+        spki_der: &[u8],
+    ) -> Result<(), StorageFailure> {
+        let (service, jid, der) = (service.to_owned(), jid.to_owned(), spki_der.to_vec());
+        self.with(move |conn| {
+            conn.execute(
+                "INSERT INTO cert_keys VALUES (?1, ?2, ?3, ?4, NULL)
+                 ON CONFLICT (service, jid) DO UPDATE
+                 SET spki_der = excluded.spki_der, created_unix = excluded.created_unix,
+                     revoked_unix = NULL",
+                params![service, jid, der, now_unix()],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
+        .map_err(Into::into)
+    }
+
+    async fn key(&self, service: &str, jid: &str) -> Result<Option<StoredKey>, StorageFailure> {
+        let (service, jid) = (service.to_owned(), jid.to_owned());
+        self.with(move |conn| {
+            conn.query_row(
+                "SELECT service, jid, spki_der, created_unix, revoked_unix FROM cert_keys
+                 WHERE service = ?1 AND jid = ?2",
+                params![service, jid],
+                stored_key,
+            )
+            .optional()
+            .map_err(backend)
+        })
+        .await
+        .map_err(Into::into)
+    }
+
+    async fn revoke_key(&self, service: &str, jid: &str) -> Result<bool, StorageFailure> {
+        let (service, jid) = (service.to_owned(), jid.to_owned());
+        self.with(move |conn| {
+            let n = conn
+                .execute(
+                    "UPDATE cert_keys SET revoked_unix = ?3
+                     WHERE service = ?1 AND jid = ?2 AND revoked_unix IS NULL",
+                    params![service, jid, now_unix()],
+                )
+                .map_err(backend)?;
+            Ok(n == 1)
+        })
+        .await
+        .map_err(Into::into)
+    }
+
+    async fn list_keys(&self, service: Option<&str>) -> Result<Vec<StoredKey>, StorageFailure> {
+        let service = service.map(str::to_owned);
+        self.with(move |conn| {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT service, jid, spki_der, created_unix, revoked_unix FROM cert_keys
+                     WHERE ?1 IS NULL OR service = ?1 ORDER BY service, jid",
+                )
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map(params![service], stored_key)
+                .map_err(backend)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+        })
+        .await
+        .map_err(Into::into)
+    }
+}
+
+impl ModuleStorage for SqliteStore {
+    fn keys(&self) -> &dyn KeyStore {
+        self
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -319,5 +427,33 @@ mod tests {
         assert!(!s.delete_account("alice", "a.example").await.unwrap());
         assert!(!s.account_exists("alice", "a.example").await.unwrap());
         assert!(s.account_exists("bob", "a.example").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn keys_are_per_service_replaceable_and_revocable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        {
+            let s = SqliteStore::open(&path).unwrap();
+            s.put_key("cert.a", "spime@a/x", b"k1").await.unwrap();
+            s.put_key("cert.b", "spime@a/x", b"k2").await.unwrap();
+            assert!(s.revoke_key("cert.a", "spime@a/x").await.unwrap());
+            assert!(!s.revoke_key("cert.a", "spime@a/x").await.unwrap());
+            assert!(!s.revoke_key("cert.a", "nobody@a").await.unwrap());
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        let a = s.key("cert.a", "spime@a/x").await.unwrap().unwrap();
+        assert_eq!(a.spki_der, b"k1");
+        assert!(a.revoked_unix.is_some());
+        let b = s.key("cert.b", "spime@a/x").await.unwrap().unwrap();
+        assert_eq!(b.spki_der, b"k2");
+        assert!(b.revoked_unix.is_none());
+        // Publishing again replaces the key and clears the revocation.
+        s.put_key("cert.a", "spime@a/x", b"k3").await.unwrap();
+        let a = s.key("cert.a", "spime@a/x").await.unwrap().unwrap();
+        assert_eq!((a.spki_der.as_slice(), a.revoked_unix), (&b"k3"[..], None));
+        assert_eq!(s.list_keys(None).await.unwrap().len(), 2);
+        assert_eq!(s.list_keys(Some("cert.b")).await.unwrap().len(), 1);
+        assert!(s.key("cert.a", "other@a").await.unwrap().is_none());
     }
 }

@@ -1,0 +1,187 @@
+//! tokio-xmpp plumbing shared by the integration tests: a connector that trusts the test CA.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use futures::{SinkExt, StreamExt};
+use openspimed_tests::{TestServer, WAIT};
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use sasl::common::ChannelBinding;
+use tokio::io::BufStream;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tokio_xmpp::connect::ServerConnector;
+use tokio_xmpp::jid::{BareJid, FullJid, Jid};
+use tokio_xmpp::minidom::Element;
+use tokio_xmpp::parsers::message::Message;
+use tokio_xmpp::parsers::starttls;
+use tokio_xmpp::xmlstream::{
+    PendingFeaturesRecv, StreamHeader, Timeouts, XmppStreamElement, initiate_stream,
+};
+use tokio_xmpp::{Client, Event, IqRequest, IqResponse, Stanza};
+
+/// Connects tokio-xmpp to the test server, trusting the test CA (tokio-xmpp itself only
+/// trusts the system roots), and reports `tls-exporter` channel binding like tokio-xmpp.
+#[derive(Clone, Debug)]
+pub struct TestConnector {
+    addr: SocketAddr,
+    direct: bool,
+    tls: Arc<ClientConfig>,
+    /// Whether to offer `tls-exporter` to the SASL layer. tokio-xmpp then tries only the
+    /// `-PLUS` mechanisms, so plain SCRAM is tested as a client without channel binding.
+    channel_binding: bool,
+}
+
+impl ServerConnector for TestConnector {
+    type Stream = BufStream<TlsStream<TcpStream>>;
+
+    async fn connect(
+        &self,
+        jid: &Jid,
+        ns: &'static str,
+        timeouts: Timeouts,
+    ) -> Result<(PendingFeaturesRecv<Self::Stream>, ChannelBinding), tokio_xmpp::Error> {
+        let domain = jid.domain().as_str().to_owned();
+        let header = || StreamHeader {
+            to: Some(Cow::Owned(domain.clone())),
+            from: None,
+            id: None,
+        };
+        let tcp = TcpStream::connect(self.addr)
+            .await
+            .map_err(tokio_xmpp::Error::Io)?;
+        let tcp = if self.direct {
+            tcp
+        } else {
+            let pending = initiate_stream(BufStream::new(tcp), ns, header(), timeouts).await?;
+            let (features, mut stream) = pending.recv_features::<XmppStreamElement>().await?;
+            assert!(features.can_starttls(), "server must offer STARTTLS");
+            stream
+                .send(&XmppStreamElement::Starttls(starttls::Nonza::Request(
+                    starttls::Request,
+                )))
+                .await?;
+            loop {
+                match stream.next().await {
+                    Some(Ok(XmppStreamElement::Starttls(starttls::Nonza::Proceed(_)))) => break,
+                    Some(Ok(_)) => continue,
+                    _ => return Err(tokio_xmpp::Error::Disconnected),
+                }
+            }
+            stream.into_inner().into_inner()
+        };
+        let name = ServerName::try_from(domain.clone()).map_err(|e| {
+            tokio_xmpp::Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+        })?;
+        let tls = TlsConnector::from(self.tls.clone())
+            .connect(name, tcp)
+            .await
+            .map_err(tokio_xmpp::Error::Io)?;
+        let cb = {
+            let (_, conn) = tls.get_ref();
+            match conn.protocol_version() {
+                Some(rustls::ProtocolVersion::TLSv1_3) if self.channel_binding => conn
+                    .export_keying_material(vec![0u8; 32], b"EXPORTER-Channel-Binding", None)
+                    .map(ChannelBinding::TlsExporter)
+                    .unwrap_or(ChannelBinding::None),
+                _ => ChannelBinding::None,
+            }
+        };
+        let pending = initiate_stream(BufStream::new(tls), ns, header(), timeouts).await?;
+        Ok((pending, cb))
+    }
+}
+
+pub async fn online(server: &TestServer, jid: &str, password: &str, direct: bool) -> (Client, Jid) {
+    online_cb(server, jid, password, direct, true).await
+}
+
+pub async fn online_cb(
+    server: &TestServer,
+    jid: &str,
+    password: &str,
+    direct: bool,
+    channel_binding: bool,
+) -> (Client, Jid) {
+    let connector = TestConnector {
+        addr: if direct { server.direct } else { server.c2s },
+        direct,
+        tls: server.tls_config(direct.then_some(b"xmpp-client".as_slice())),
+        channel_binding,
+    };
+    let jid: Jid = match FullJid::new(jid) {
+        Ok(f) => f.into(),
+        Err(_) => BareJid::new(jid).expect("jid").into(),
+    };
+    let mut client = Client::new_with_connector(jid, password, connector, Timeouts::tight());
+    loop {
+        match tokio::time::timeout(WAIT, client.next())
+            .await
+            .expect("online in time")
+        {
+            Some(Event::Online { bound_jid, .. }) => return (client, bound_jid),
+            Some(Event::Disconnected(e)) => panic!("login failed: {e}"),
+            Some(Event::Stanza(_)) => continue,
+            None => panic!("client ended"),
+        }
+    }
+}
+
+pub async fn ping_server(client: &mut Client) {
+    let ping = Element::builder("ping", "urn:xmpp:ping").build();
+    let to = Jid::new("localhost").unwrap();
+    let resp = tokio::time::timeout(WAIT, client.send_iq(Some(to), IqRequest::Get(ping)).await)
+        .await
+        .expect("pong in time")
+        .expect("iq answered");
+    assert!(matches!(resp, IqResponse::Result(_)), "{resp:?}");
+}
+
+pub async fn next_message(client: &mut Client) -> Message {
+    loop {
+        match tokio::time::timeout(WAIT, client.next())
+            .await
+            .expect("message in time")
+        {
+            Some(Event::Stanza(Stanza::Message(m))) => return m,
+            Some(Event::Stanza(_)) => continue,
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+}
+
+/// Sends an iq and returns the answer, converting between openspimed's element tree and
+/// tokio-xmpp's (minidom) through their XML text.
+pub async fn iq(
+    client: &mut Client,
+    to: &str,
+    get: bool,
+    payload: &openspimed_module_api::Element,
+) -> Result<Option<openspimed_module_api::Element>, tokio_xmpp::parsers::stanza_error::StanzaError>
+{
+    let el: Element = payload.to_string().parse().expect("minidom parses our XML");
+    let req = if get {
+        IqRequest::Get(el)
+    } else {
+        IqRequest::Set(el)
+    };
+    let resp = tokio::time::timeout(WAIT, client.send_iq(Some(Jid::new(to).unwrap()), req).await)
+        .await
+        .expect("answer in time")
+        .expect("iq answered");
+    match resp {
+        IqResponse::Result(None) => Ok(None),
+        IqResponse::Result(Some(el)) => {
+            let text = String::from(&el);
+            Ok(Some(
+                openspimed_module_api::Element::parse(&text).expect("our parser reads it"),
+            ))
+        }
+        IqResponse::Error(e) => Err(e),
+    }
+}
