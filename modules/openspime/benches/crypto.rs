@@ -36,14 +36,21 @@ fn paired(secs: f64, mut raw: impl FnMut(), mut ours: impl FnMut()) -> (f64, f64
         t_ours += t.elapsed();
         n += 10;
     }
-    (n as f64 / t_raw.as_secs_f64(), n as f64 / t_ours.as_secs_f64())
+    (
+        n as f64 / t_raw.as_secs_f64(),
+        n as f64 / t_ours.as_secs_f64(),
+    )
 }
 
 fn main() {
     let v: serde_json::Value =
         serde_json::from_str(include_str!("../tests/data/openspime-0.9.json")).unwrap();
-    let sk = crypto::private_key_from_pem(v["keys"]["recipient"]["private_pem_pkcs1"].as_str().unwrap())
-        .unwrap();
+    let sk = crypto::private_key_from_pem(
+        v["keys"]["recipient"]["private_pem_pkcs1"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
     let pk = sk.to_public_key();
     let payload = Element::parse(v["signatures"][1]["transport_child"].as_str().unwrap()).unwrap();
     let sig = crypto::sign(&payload, "", &sk).unwrap();
