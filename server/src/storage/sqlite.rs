@@ -1,8 +1,11 @@
 //! The SQLite backend: WAL, `synchronous=FULL` (a commit is on disk before it is
 //! acknowledged), schema migrations by `user_version`.
 
+use std::any::Any;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+
+use tokio::sync::oneshot;
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -35,15 +38,99 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;",
 ];
 
-/// SQLite storage shared by all traits. Calls run on tokio's blocking pool.
+/// A write waiting for the writer thread: run inside the batch's transaction, answer after
+/// the commit.
+struct WriteJob {
+    /// The statements, run inside a savepoint of the batch transaction.
+    run: Box<dyn FnOnce(&Connection) -> Result<Box<dyn Any + Send>, StorageError> + Send>,
+    /// Where the result goes once the batch is durable (or failed).
+    reply: oneshot::Sender<Result<Box<dyn Any + Send>, StorageError>>,
+}
+
+/// Writes waiting together are committed in one transaction (group commit): one fsync for
+/// many acknowledgements.
+const MAX_BATCH: usize = 1024;
+
+/// SQLite storage shared by all traits.
+///
+/// Writes go to one writer thread that commits whatever is queued as one transaction
+/// (group commit, each job in its own savepoint so one failure does not fail the others)
+/// and answers every job only after the commit is durable. Reads use their own connection
+/// on tokio's blocking pool; WAL lets them run while the writer writes.
 #[derive(Clone)]
 pub struct SqliteStore {
-    /// One connection: SQLite serializes writers anyway, and WAL keeps readers cheap.
-    conn: Arc<Mutex<Connection>>,
+    /// The connection reads use.
+    reader: Arc<Mutex<Connection>>,
+    /// The writer thread's queue.
+    writer: std::sync::mpsc::Sender<WriteJob>,
 }
 
 fn backend(e: impl std::fmt::Display) -> StorageError {
     StorageError::Backend(e.to_string())
+}
+
+fn open_connection(path: &Path) -> Result<Connection, StorageError> {
+    let conn = Connection::open(path)
+        .map_err(|e| StorageError::Backend(format!("cannot open {}: {e}", path.display())))?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(backend)?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(backend)?;
+    conn.pragma_update(None, "foreign_keys", "ON")
+        .map_err(backend)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(backend)?;
+    Ok(conn)
+}
+
+fn writer_loop(conn: Connection, jobs: std::sync::mpsc::Receiver<WriteJob>) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            let err = backend(e);
+            for job in batch {
+                let _ = job.reply.send(Err(StorageError::Backend(err.to_string())));
+            }
+            continue;
+        }
+        let mut done = Vec::with_capacity(batch.len());
+        for job in batch {
+            let result = match conn.execute_batch("SAVEPOINT job") {
+                Err(e) => Err(backend(e)),
+                Ok(()) => match (job.run)(&conn) {
+                    Ok(v) => conn
+                        .execute_batch("RELEASE job")
+                        .map(|()| v)
+                        .map_err(backend),
+                    Err(e) => {
+                        let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
+                        Err(e)
+                    }
+                },
+            };
+            done.push((job.reply, result));
+        }
+        match conn.execute_batch("COMMIT") {
+            Ok(()) => {
+                for (reply, result) in done {
+                    let _ = reply.send(result);
+                }
+            }
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                let msg = format!("commit failed: {e}");
+                for (reply, _) in done {
+                    let _ = reply.send(Err(StorageError::Backend(msg.clone())));
+                }
+            }
+        }
+    }
 }
 
 impl SqliteStore {
@@ -54,28 +141,27 @@ impl SqliteStore {
                 StorageError::Backend(format!("cannot create {}: {e}", dir.display()))
             })?;
         }
-        let conn = Connection::open(path)
-            .map_err(|e| StorageError::Backend(format!("cannot open {}: {e}", path.display())))?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(backend)?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(backend)?;
-        conn.pragma_update(None, "foreign_keys", "ON")
-            .map_err(backend)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(backend)?;
-        migrate(&conn)?;
+        let write_conn = open_connection(path)?;
+        migrate(&write_conn)?;
+        let reader = open_connection(path)?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || writer_loop(write_conn, rx))
+            .map_err(|e| StorageError::Backend(format!("cannot start the writer: {e}")))?;
         Ok(SqliteStore {
-            conn: Arc::new(Mutex::new(conn)),
+            reader: Arc::new(Mutex::new(reader)),
+            writer: tx,
         })
     }
 
-    async fn with<T, F>(&self, f: F) -> Result<T, StorageError>
+    /// Runs a read on the read connection.
+    async fn read<T, F>(&self, f: F) -> Result<T, StorageError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StorageError> + Send + 'static,
     {
-        let conn = self.conn.clone();
+        let conn = self.reader.clone();
         tokio::task::spawn_blocking(move || {
             let mut guard = conn
                 .lock()
@@ -84,6 +170,28 @@ impl SqliteStore {
         })
         .await
         .map_err(|e| StorageError::Backend(format!("storage task failed: {e}")))?
+    }
+
+    /// Runs a write through the group-commit writer; returns once it is durable.
+    async fn write<T, F>(&self, f: F) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StorageError> + Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        let job = WriteJob {
+            run: Box::new(move |c| f(c).map(|v| Box::new(v) as Box<dyn Any + Send>)),
+            reply,
+        };
+        self.writer
+            .send(job)
+            .map_err(|_| StorageError::Backend("the writer has stopped".into()))?;
+        let any = rx
+            .await
+            .map_err(|_| StorageError::Backend("the writer dropped a job".into()))??;
+        any.downcast::<T>()
+            .map(|b| *b)
+            .map_err(|_| StorageError::Backend("writer result of the wrong type".into()))
     }
 }
 
@@ -154,7 +262,7 @@ impl AccountStore for SqliteStore {
         creds: &Credentials,
     ) -> Result<bool, StorageError> {
         let (user, domain, c) = (user.to_owned(), domain.to_owned(), creds.clone());
-        self.with(move |conn| {
+        self.write(move |conn: &Connection| {
             let now = now_unix();
             let n = conn
                 .execute(
@@ -179,7 +287,7 @@ impl AccountStore for SqliteStore {
         creds: &Credentials,
     ) -> Result<bool, StorageError> {
         let (user, domain, c) = (user.to_owned(), domain.to_owned(), creds.clone());
-        self.with(move |conn| {
+        self.write(move |conn: &Connection| {
             let n = conn
                 .execute(
                     "UPDATE accounts SET sha1_salt = ?3, sha1_iterations = ?4, sha1_stored_key = ?5,
@@ -200,7 +308,7 @@ impl AccountStore for SqliteStore {
         domain: &str,
     ) -> Result<Option<Credentials>, StorageError> {
         let (user, domain) = (user.to_owned(), domain.to_owned());
-        self.with(move |conn| {
+        self.read(move |conn| {
             conn.query_row(
                 "SELECT sha1_salt, sha1_iterations, sha1_stored_key, sha1_server_key,
                         sha256_salt, sha256_iterations, sha256_stored_key, sha256_server_key
@@ -221,7 +329,7 @@ impl AccountStore for SqliteStore {
 
     async fn account_exists(&self, user: &str, domain: &str) -> Result<bool, StorageError> {
         let (user, domain) = (user.to_owned(), domain.to_owned());
-        self.with(move |conn| {
+        self.read(move |conn| {
             conn.query_row(
                 "SELECT 1 FROM accounts WHERE domain = ?1 AND username = ?2",
                 params![domain, user],
@@ -236,7 +344,7 @@ impl AccountStore for SqliteStore {
 
     async fn delete_account(&self, user: &str, domain: &str) -> Result<bool, StorageError> {
         let (user, domain) = (user.to_owned(), domain.to_owned());
-        self.with(move |conn| {
+        self.write(move |conn: &Connection| {
             let n = conn
                 .execute(
                     "DELETE FROM accounts WHERE domain = ?1 AND username = ?2",
@@ -250,7 +358,7 @@ impl AccountStore for SqliteStore {
 
     async fn list_accounts(&self, domain: &str) -> Result<Vec<String>, StorageError> {
         let domain = domain.to_owned();
-        self.with(move |conn| {
+        self.read(move |conn| {
             let mut stmt = conn
                 .prepare("SELECT username FROM accounts WHERE domain = ?1 ORDER BY username")
                 .map_err(backend)?;
@@ -288,7 +396,7 @@ impl KeyStore for SqliteStore {
         spki_der: &[u8],
     ) -> Result<(), StorageFailure> {
         let (service, jid, der) = (service.to_owned(), jid.to_owned(), spki_der.to_vec());
-        self.with(move |conn| {
+        self.write(move |conn: &Connection| {
             conn.execute(
                 "INSERT INTO cert_keys VALUES (?1, ?2, ?3, ?4, NULL)
                  ON CONFLICT (service, jid) DO UPDATE
@@ -305,7 +413,7 @@ impl KeyStore for SqliteStore {
 
     async fn key(&self, service: &str, jid: &str) -> Result<Option<StoredKey>, StorageFailure> {
         let (service, jid) = (service.to_owned(), jid.to_owned());
-        self.with(move |conn| {
+        self.read(move |conn| {
             conn.query_row(
                 "SELECT service, jid, spki_der, created_unix, revoked_unix FROM cert_keys
                  WHERE service = ?1 AND jid = ?2",
@@ -321,7 +429,7 @@ impl KeyStore for SqliteStore {
 
     async fn revoke_key(&self, service: &str, jid: &str) -> Result<bool, StorageFailure> {
         let (service, jid) = (service.to_owned(), jid.to_owned());
-        self.with(move |conn| {
+        self.write(move |conn: &Connection| {
             let n = conn
                 .execute(
                     "UPDATE cert_keys SET revoked_unix = ?3
@@ -337,7 +445,7 @@ impl KeyStore for SqliteStore {
 
     async fn list_keys(&self, service: Option<&str>) -> Result<Vec<StoredKey>, StorageFailure> {
         let service = service.map(str::to_owned);
-        self.with(move |conn| {
+        self.read(move |conn| {
             let mut stmt = conn
                 .prepare(
                     "SELECT service, jid, spki_der, created_unix, revoked_unix FROM cert_keys
@@ -427,6 +535,26 @@ mod tests {
         assert!(!s.delete_account("alice", "a.example").await.unwrap());
         assert!(!s.account_exists("alice", "a.example").await.unwrap());
         assert!(s.account_exists("bob", "a.example").await.unwrap());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_are_group_committed_and_all_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let s = SqliteStore::open(&path).unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..300 {
+            let s = s.clone();
+            tasks.push(tokio::spawn(async move {
+                s.create_account(&format!("u{i}"), "a.example", &creds(1)).await
+            }));
+        }
+        for t in tasks {
+            assert!(t.await.unwrap().unwrap());
+        }
+        drop(s);
+        let s = SqliteStore::open(&path).unwrap();
+        assert_eq!(s.list_accounts("a.example").await.unwrap().len(), 300);
     }
 
     #[tokio::test]
