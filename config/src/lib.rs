@@ -193,6 +193,7 @@ impl Default for HostConfig {
                 "ping".into(),
                 "version".into(),
                 "certsvc".into(),
+                "pubsub".into(),
             ],
             sasl_mechanisms: SASL_MECHANISMS.iter().map(|s| (*s).to_owned()).collect(),
         }

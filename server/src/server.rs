@@ -31,6 +31,7 @@ pub fn builtin_modules() -> Vec<Box<dyn ModuleFactory>> {
         Box::new(openspimed_mod_ping::Factory),
         Box::new(openspimed_mod_version::Factory),
         Box::new(openspimed_mod_certsvc::Factory),
+        Box::new(openspimed_mod_pubsub::Factory),
     ]
 }
 
@@ -179,7 +180,14 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
             cx,
         });
     }
+    let starts: Vec<(Arc<dyn openspimed_module_api::Module>, Context)> = hosts
+        .iter()
+        .flat_map(|h| h.modules.iter().map(|m| (m.clone(), h.cx.clone())))
+        .collect();
     router.install(hosts);
+    for (module, cx) in starts {
+        module.start(&cx).await?;
+    }
 
     let limits = Limits {
         stanza_bytes: config.limits.c2s_stanza_bytes,

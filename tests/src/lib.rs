@@ -40,6 +40,8 @@ pub struct TestServer {
     pub c2s: SocketAddr,
     /// Direct-TLS address.
     pub direct: SocketAddr,
+    /// The configuration it runs with (kept for restarts).
+    pub config: Config,
 }
 
 impl TestServer {
@@ -90,8 +92,11 @@ impl TestServer {
             );
         }
         tweak(&mut config);
-        let server = openspimed::start(config).await.expect("server starts");
+        let server = openspimed::start(config.clone())
+            .await
+            .expect("server starts");
         TestServer {
+            config,
             c2s: server.c2s_addrs[0],
             direct: server.direct_tls_addrs[0],
             server: Some(server),
@@ -138,6 +143,18 @@ impl TestServer {
             cfg.alpn_protocols = vec![p.to_vec()];
         }
         Arc::new(cfg)
+    }
+
+    /// Stops the server and starts it again on the same data (new ports).
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let mut config = self.config.clone();
+        config.listeners.c2s = vec!["127.0.0.1:0".parse().expect("addr")];
+        config.listeners.c2s_direct_tls = vec!["127.0.0.1:0".parse().expect("addr")];
+        let server = openspimed::start(config).await.expect("server restarts");
+        self.c2s = server.c2s_addrs[0];
+        self.direct = server.direct_tls_addrs[0];
+        self.server = Some(server);
     }
 
     /// Stops the server gracefully.

@@ -20,5 +20,8 @@ pub use module::{
     ServerHandle,
 };
 pub use stanza::{iq_payload, iq_result, reply_skeleton};
-pub use storage::{KeyStore, ModuleStorage, StorageFailure, StoredKey};
+pub use storage::{
+    AffiliationRecord, ItemRecord, KeyStore, ModuleStorage, NodeRecord, PubSubStore,
+    StorageFailure, StoredKey, SubscriptionRecord,
+};
 pub use toml;

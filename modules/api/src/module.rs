@@ -126,6 +126,11 @@ pub trait Module: Send + Sync + 'static {
     }
     /// Handles one stanza routed to it. `from` is already authenticated and stamped.
     async fn handle(&self, cx: &Context, stanza: Element) -> Result<Outcome, ModuleError>;
+    /// Runs once when the server has started (routes installed, before clients connect):
+    /// load state, create preconfigured nodes, subscribe to other services.
+    async fn start(&self, _cx: &Context) -> Result<(), ModuleError> {
+        Ok(())
+    }
 }
 
 /// Builds a module for one host from its configuration table.

@@ -42,8 +42,130 @@ pub trait KeyStore: Send + Sync {
     async fn list_keys(&self, service: Option<&str>) -> Result<Vec<StoredKey>, StorageFailure>;
 }
 
+/// A PubSub node as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeRecord {
+    /// The node name.
+    pub node: String,
+    /// The node configuration, serialized by the PubSub module (opaque here).
+    pub config: String,
+}
+
+/// An affiliation (XEP-0060 §4.1).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AffiliationRecord {
+    /// Node.
+    pub node: String,
+    /// Bare JID.
+    pub jid: String,
+    /// `owner`, `publisher`, `publish-only`, `member`, `outcast`.
+    pub affiliation: String,
+}
+
+/// A subscription (XEP-0060 §4.2).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubscriptionRecord {
+    /// Node.
+    pub node: String,
+    /// The subscribed JID (full or bare).
+    pub jid: String,
+    /// Subscription id.
+    pub subid: String,
+    /// `subscribed`, `pending` or `unconfigured`.
+    pub state: String,
+}
+
+/// A published item.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ItemRecord {
+    /// Item id.
+    pub id: String,
+    /// Who published it (full JID).
+    pub publisher: String,
+    /// The payload XML (opaque here).
+    pub payload: String,
+}
+
+/// PubSub nodes, affiliations, subscriptions and items, per service JID.
+#[async_trait]
+pub trait PubSubStore: Send + Sync {
+    /// Creates a node with its owner; `false` if it exists (nothing changed).
+    async fn create_node(
+        &self,
+        service: &str,
+        node: &str,
+        config: &str,
+        owner: &str,
+    ) -> Result<bool, StorageFailure>;
+    /// Replaces a node's configuration.
+    async fn set_node_config(
+        &self,
+        service: &str,
+        node: &str,
+        config: &str,
+    ) -> Result<(), StorageFailure>;
+    /// Deletes a node with its items, subscriptions and affiliations; `false` if none.
+    async fn delete_node(&self, service: &str, node: &str) -> Result<bool, StorageFailure>;
+    /// Every node of a service.
+    async fn nodes(&self, service: &str) -> Result<Vec<NodeRecord>, StorageFailure>;
+    /// Sets an affiliation (`none` removes it).
+    async fn set_affiliation(
+        &self,
+        service: &str,
+        node: &str,
+        jid: &str,
+        affiliation: &str,
+    ) -> Result<(), StorageFailure>;
+    /// Affiliations of a service.
+    async fn affiliations(&self, service: &str) -> Result<Vec<AffiliationRecord>, StorageFailure>;
+    /// Adds or updates a subscription.
+    async fn put_subscription(
+        &self,
+        service: &str,
+        sub: &SubscriptionRecord,
+    ) -> Result<(), StorageFailure>;
+    /// Removes a subscription; `false` if none.
+    async fn remove_subscription(
+        &self,
+        service: &str,
+        node: &str,
+        jid: &str,
+        subid: &str,
+    ) -> Result<bool, StorageFailure>;
+    /// Subscriptions of a service.
+    async fn subscriptions(&self, service: &str)
+    -> Result<Vec<SubscriptionRecord>, StorageFailure>;
+    /// Stores (or replaces) an item and keeps at most `max_items` newest ones.
+    async fn publish_item(
+        &self,
+        service: &str,
+        node: &str,
+        item: &ItemRecord,
+        max_items: Option<u64>,
+    ) -> Result<(), StorageFailure>;
+    /// Removes an item; `false` if none.
+    async fn retract_item(
+        &self,
+        service: &str,
+        node: &str,
+        id: &str,
+    ) -> Result<bool, StorageFailure>;
+    /// Items, newest first: those with the given ids, or the newest `max` (all if `None`).
+    async fn items(
+        &self,
+        service: &str,
+        node: &str,
+        ids: Option<&[String]>,
+        max: Option<u64>,
+    ) -> Result<Vec<ItemRecord>, StorageFailure>;
+    /// Removes every item of a node.
+    async fn purge_items(&self, service: &str, node: &str) -> Result<(), StorageFailure>;
+}
+
 /// Every storage trait a module may use.
 pub trait ModuleStorage: Send + Sync {
     /// Certification-service keys.
     fn keys(&self) -> &dyn KeyStore;
+    /// PubSub services.
+    fn pubsub(&self) -> &dyn PubSubStore;
 }

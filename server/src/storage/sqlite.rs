@@ -10,7 +10,10 @@ use tokio::sync::oneshot;
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use openspimed_module_api::{KeyStore, ModuleStorage, StorageFailure, StoredKey};
+use openspimed_module_api::{
+    AffiliationRecord, ItemRecord, KeyStore, ModuleStorage, NodeRecord, PubSubStore,
+    StorageFailure, StoredKey, SubscriptionRecord,
+};
 
 use super::{AccountStore, Credentials, ScramKeys, StorageError};
 
@@ -36,15 +39,38 @@ const MIGRATIONS: &[&str] = &[
         revoked_unix INTEGER,
         PRIMARY KEY (service, jid)
     ) WITHOUT ROWID;",
+    // 3: PubSub (XEP-0060).
+    "CREATE TABLE pubsub_nodes (
+        service TEXT NOT NULL, node TEXT NOT NULL, config TEXT NOT NULL,
+        PRIMARY KEY (service, node)
+    ) WITHOUT ROWID;
+    CREATE TABLE pubsub_affiliations (
+        service TEXT NOT NULL, node TEXT NOT NULL, jid TEXT NOT NULL, affiliation TEXT NOT NULL,
+        PRIMARY KEY (service, node, jid)
+    ) WITHOUT ROWID;
+    CREATE TABLE pubsub_subscriptions (
+        service TEXT NOT NULL, node TEXT NOT NULL, jid TEXT NOT NULL, subid TEXT NOT NULL,
+        state TEXT NOT NULL,
+        PRIMARY KEY (service, node, jid, subid)
+    ) WITHOUT ROWID;
+    CREATE TABLE pubsub_items (
+        service TEXT NOT NULL, node TEXT NOT NULL, id TEXT NOT NULL, publisher TEXT NOT NULL,
+        payload TEXT NOT NULL, seq INTEGER NOT NULL,
+        PRIMARY KEY (service, node, id)
+    ) WITHOUT ROWID;
+    CREATE INDEX pubsub_items_by_seq ON pubsub_items (service, node, seq);",
 ];
+
+/// A write's result, type-erased while it crosses the writer thread.
+type Erased = Result<Box<dyn Any + Send>, StorageError>;
 
 /// A write waiting for the writer thread: run inside the batch's transaction, answer after
 /// the commit.
 struct WriteJob {
     /// The statements, run inside a savepoint of the batch transaction.
-    run: Box<dyn FnOnce(&Connection) -> Result<Box<dyn Any + Send>, StorageError> + Send>,
+    run: Box<dyn FnOnce(&Connection) -> Erased + Send>,
     /// Where the result goes once the batch is durable (or failed).
-    reply: oneshot::Sender<Result<Box<dyn Any + Send>, StorageError>>,
+    reply: oneshot::Sender<Erased>,
 }
 
 /// Writes waiting together are committed in one transaction (group commit): one fsync for
@@ -466,6 +492,341 @@ impl ModuleStorage for SqliteStore {
     fn keys(&self) -> &dyn KeyStore {
         self
     }
+    fn pubsub(&self) -> &dyn PubSubStore {
+        self
+    }
+}
+
+fn own(a: &str, b: &str) -> (String, String) {
+    (a.to_owned(), b.to_owned())
+}
+
+#[async_trait]
+impl PubSubStore for SqliteStore {
+    async fn create_node(
+        &self,
+        service: &str,
+        node: &str,
+        config: &str,
+        owner: &str,
+    ) -> Result<bool, StorageFailure> {
+        let (service, node) = own(service, node);
+        let (config, owner) = own(config, owner);
+        Ok(self
+            .write(move |c: &Connection| {
+                let n = c
+                    .execute(
+                        "INSERT OR IGNORE INTO pubsub_nodes VALUES (?1, ?2, ?3)",
+                        params![service, node, config],
+                    )
+                    .map_err(backend)?;
+                if n == 1 && !owner.is_empty() {
+                    c.execute(
+                        "INSERT OR REPLACE INTO pubsub_affiliations VALUES (?1, ?2, ?3, 'owner')",
+                        params![service, node, owner],
+                    )
+                    .map_err(backend)?;
+                }
+                Ok(n == 1)
+            })
+            .await?)
+    }
+
+    async fn set_node_config(
+        &self,
+        service: &str,
+        node: &str,
+        config: &str,
+    ) -> Result<(), StorageFailure> {
+        let (service, node) = own(service, node);
+        let config = config.to_owned();
+        Ok(self
+            .write(move |c: &Connection| {
+                c.execute(
+                    "UPDATE pubsub_nodes SET config = ?3 WHERE service = ?1 AND node = ?2",
+                    params![service, node, config],
+                )
+                .map_err(backend)?;
+                Ok(())
+            })
+            .await?)
+    }
+
+    async fn delete_node(&self, service: &str, node: &str) -> Result<bool, StorageFailure> {
+        let (service, node) = own(service, node);
+        Ok(self
+            .write(move |c: &Connection| {
+                for table in [
+                    "pubsub_items",
+                    "pubsub_subscriptions",
+                    "pubsub_affiliations",
+                ] {
+                    c.execute(
+                        &format!("DELETE FROM {table} WHERE service = ?1 AND node = ?2"),
+                        params![service, node],
+                    )
+                    .map_err(backend)?;
+                }
+                let n = c
+                    .execute(
+                        "DELETE FROM pubsub_nodes WHERE service = ?1 AND node = ?2",
+                        params![service, node],
+                    )
+                    .map_err(backend)?;
+                Ok(n == 1)
+            })
+            .await?)
+    }
+
+    async fn nodes(&self, service: &str) -> Result<Vec<NodeRecord>, StorageFailure> {
+        let service = service.to_owned();
+        Ok(self
+            .read(move |c| {
+                let mut st = c
+                    .prepare(
+                        "SELECT node, config FROM pubsub_nodes WHERE service = ?1 ORDER BY node",
+                    )
+                    .map_err(backend)?;
+                let rows = st
+                    .query_map(params![service], |r| {
+                        Ok(NodeRecord {
+                            node: r.get(0)?,
+                            config: r.get(1)?,
+                        })
+                    })
+                    .map_err(backend)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+            })
+            .await?)
+    }
+
+    async fn set_affiliation(
+        &self,
+        service: &str,
+        node: &str,
+        jid: &str,
+        affiliation: &str,
+    ) -> Result<(), StorageFailure> {
+        let (service, node) = own(service, node);
+        let (jid, aff) = own(jid, affiliation);
+        Ok(self
+            .write(move |c: &Connection| {
+                if aff == "none" {
+                    c.execute(
+                        "DELETE FROM pubsub_affiliations WHERE service = ?1 AND node = ?2 AND jid = ?3",
+                        params![service, node, jid],
+                    )
+                } else {
+                    c.execute(
+                        "INSERT OR REPLACE INTO pubsub_affiliations VALUES (?1, ?2, ?3, ?4)",
+                        params![service, node, jid, aff],
+                    )
+                }
+                .map_err(backend)?;
+                Ok(())
+            })
+            .await?)
+    }
+
+    async fn affiliations(&self, service: &str) -> Result<Vec<AffiliationRecord>, StorageFailure> {
+        let service = service.to_owned();
+        Ok(self
+            .read(move |c| {
+                let mut st = c
+                    .prepare(
+                        "SELECT node, jid, affiliation FROM pubsub_affiliations WHERE service = ?1
+                         ORDER BY node, jid",
+                    )
+                    .map_err(backend)?;
+                let rows = st
+                    .query_map(params![service], |r| {
+                        Ok(AffiliationRecord {
+                            node: r.get(0)?,
+                            jid: r.get(1)?,
+                            affiliation: r.get(2)?,
+                        })
+                    })
+                    .map_err(backend)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+            })
+            .await?)
+    }
+
+    async fn put_subscription(
+        &self,
+        service: &str,
+        sub: &SubscriptionRecord,
+    ) -> Result<(), StorageFailure> {
+        let service = service.to_owned();
+        let sub = sub.clone();
+        Ok(self
+            .write(move |c: &Connection| {
+                c.execute(
+                    "INSERT OR REPLACE INTO pubsub_subscriptions VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![service, sub.node, sub.jid, sub.subid, sub.state],
+                )
+                .map_err(backend)?;
+                Ok(())
+            })
+            .await?)
+    }
+
+    async fn remove_subscription(
+        &self,
+        service: &str,
+        node: &str,
+        jid: &str,
+        subid: &str,
+    ) -> Result<bool, StorageFailure> {
+        let (service, node) = own(service, node);
+        let (jid, subid) = own(jid, subid);
+        Ok(self
+            .write(move |c: &Connection| {
+                let n = c
+                    .execute(
+                        "DELETE FROM pubsub_subscriptions
+                         WHERE service = ?1 AND node = ?2 AND jid = ?3 AND subid = ?4",
+                        params![service, node, jid, subid],
+                    )
+                    .map_err(backend)?;
+                Ok(n == 1)
+            })
+            .await?)
+    }
+
+    async fn subscriptions(
+        &self,
+        service: &str,
+    ) -> Result<Vec<SubscriptionRecord>, StorageFailure> {
+        let service = service.to_owned();
+        Ok(self
+            .read(move |c| {
+                let mut st = c
+                    .prepare(
+                        "SELECT node, jid, subid, state FROM pubsub_subscriptions WHERE service = ?1
+                         ORDER BY node, jid, subid",
+                    )
+                    .map_err(backend)?;
+                let rows = st
+                    .query_map(params![service], |r| {
+                        Ok(SubscriptionRecord {
+                            node: r.get(0)?,
+                            jid: r.get(1)?,
+                            subid: r.get(2)?,
+                            state: r.get(3)?,
+                        })
+                    })
+                    .map_err(backend)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+            })
+            .await?)
+    }
+
+    async fn publish_item(
+        &self,
+        service: &str,
+        node: &str,
+        item: &ItemRecord,
+        max_items: Option<u64>,
+    ) -> Result<(), StorageFailure> {
+        let (service, node) = own(service, node);
+        let item = item.clone();
+        Ok(self
+            .write(move |c: &Connection| {
+                let seq: i64 = c
+                    .query_row(
+                        "SELECT COALESCE(MAX(seq), 0) + 1 FROM pubsub_items WHERE service = ?1 AND node = ?2",
+                        params![service, node],
+                        |r| r.get(0),
+                    )
+                    .map_err(backend)?;
+                c.execute(
+                    "INSERT OR REPLACE INTO pubsub_items VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![service, node, item.id, item.publisher, item.payload, seq],
+                )
+                .map_err(backend)?;
+                if let Some(max) = max_items {
+                    c.execute(
+                        "DELETE FROM pubsub_items WHERE service = ?1 AND node = ?2 AND seq <= ?3",
+                        params![service, node, seq - max as i64],
+                    )
+                    .map_err(backend)?;
+                }
+                Ok(())
+            })
+            .await?)
+    }
+
+    async fn retract_item(
+        &self,
+        service: &str,
+        node: &str,
+        id: &str,
+    ) -> Result<bool, StorageFailure> {
+        let (service, node) = own(service, node);
+        let id = id.to_owned();
+        Ok(self
+            .write(move |c: &Connection| {
+                let n = c
+                    .execute(
+                        "DELETE FROM pubsub_items WHERE service = ?1 AND node = ?2 AND id = ?3",
+                        params![service, node, id],
+                    )
+                    .map_err(backend)?;
+                Ok(n == 1)
+            })
+            .await?)
+    }
+
+    async fn items(
+        &self,
+        service: &str,
+        node: &str,
+        ids: Option<&[String]>,
+        max: Option<u64>,
+    ) -> Result<Vec<ItemRecord>, StorageFailure> {
+        let (service, node) = own(service, node);
+        let ids = ids.map(<[String]>::to_vec);
+        Ok(self
+            .read(move |c| {
+                let mut st = c
+                    .prepare(
+                        "SELECT id, publisher, payload FROM pubsub_items WHERE service = ?1 AND node = ?2
+                         ORDER BY seq DESC LIMIT ?3",
+                    )
+                    .map_err(backend)?;
+                let limit = max.map(|m| m as i64).unwrap_or(-1);
+                let rows = st
+                    .query_map(params![service, node, limit], |r| {
+                        Ok(ItemRecord {
+                            id: r.get(0)?,
+                            publisher: r.get(1)?,
+                            payload: r.get(2)?,
+                        })
+                    })
+                    .map_err(backend)?;
+                let all = rows.collect::<Result<Vec<_>, _>>().map_err(backend)?;
+                Ok(match ids {
+                    Some(ids) => all.into_iter().filter(|i| ids.contains(&i.id)).collect(),
+                    None => all,
+                })
+            })
+            .await?)
+    }
+
+    async fn purge_items(&self, service: &str, node: &str) -> Result<(), StorageFailure> {
+        let (service, node) = own(service, node);
+        Ok(self
+            .write(move |c: &Connection| {
+                c.execute(
+                    "DELETE FROM pubsub_items WHERE service = ?1 AND node = ?2",
+                    params![service, node],
+                )
+                .map_err(backend)?;
+                Ok(())
+            })
+            .await?)
+    }
 }
 
 #[cfg(test)]
@@ -546,7 +907,8 @@ mod tests {
         for i in 0..300 {
             let s = s.clone();
             tasks.push(tokio::spawn(async move {
-                s.create_account(&format!("u{i}"), "a.example", &creds(1)).await
+                s.create_account(&format!("u{i}"), "a.example", &creds(1))
+                    .await
             }));
         }
         for t in tasks {

@@ -1,0 +1,1130 @@
+//! XEP-0060 Publish-Subscribe: a service per configured domain (default `pubsub.HOST`),
+//! persistent nodes, items and subscriptions through [`PubSubStore`], notifications with
+//! payloads routed like any stanza (so subscribers can be local sessions, hosted services
+//! or — with federation — remote JIDs), and preconfigured nodes such as OpenSpime's
+//! `spimeseek` (seed §1.2, wire profile §9).
+//!
+//! Options (`[modules.pubsub]`):
+//! ```toml
+//! [modules.pubsub]
+//! services = ["pubsub.example.org"]          # default: pubsub.HOST for each host
+//! [[modules.pubsub.nodes]]                   # default: one spimeseek node per service
+//! name = "spimeseek"
+//! service = "pubsub.example.org"             # default: every service
+//! deliver_payloads = true
+//! access_model = "open"
+//! publish_model = "open"
+//! publish_domains = ["example.org"]          # who may publish (empty: anyone)
+//! subscribe_domains = ["scopenode.example.org"]   # who may subscribe (empty: anyone)
+//! max_items = 100
+//! ```
+
+pub mod config;
+pub mod forms;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use openspimed_module_api::jid::Jid;
+use openspimed_module_api::{
+    Condition, Context, Element, ItemRecord, Module, ModuleError, ModuleFactory, Outcome, Route,
+    StanzaError, SubscriptionRecord, async_trait, iq_result, ns, toml,
+};
+use rand::RngCore;
+use tokio::sync::RwLock;
+
+use crate::config::{AccessModel, NodeConfig, PublishModel};
+use crate::forms::Form;
+
+/// XEP-0060 namespaces.
+pub mod pns {
+    /// Entity use cases.
+    pub const PUBSUB: &str = "http://jabber.org/protocol/pubsub";
+    /// Owner use cases.
+    pub const OWNER: &str = "http://jabber.org/protocol/pubsub#owner";
+    /// Notifications.
+    pub const EVENT: &str = "http://jabber.org/protocol/pubsub#event";
+    /// Application error conditions.
+    pub const ERRORS: &str = "http://jabber.org/protocol/pubsub#errors";
+}
+
+/// The features this service supports (XEP-0060 §10), advertised in disco#info.
+const FEATURES: &[&str] = &[
+    "access-authorize",
+    "access-open",
+    "access-presence",
+    "access-whitelist",
+    "config-node",
+    "create-and-configure",
+    "create-nodes",
+    "delete-items",
+    "delete-nodes",
+    "instant-nodes",
+    "item-ids",
+    "manage-subscriptions",
+    "modify-affiliations",
+    "persistent-items",
+    "publish",
+    "publish-options",
+    "purge-nodes",
+    "retract-items",
+    "retrieve-affiliations",
+    "retrieve-items",
+    "retrieve-subscriptions",
+    "subscribe",
+];
+
+fn config_err(reason: impl Into<String>) -> ModuleError {
+    ModuleError::Config {
+        module: "pubsub",
+        reason: reason.into(),
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> ModuleError {
+    ModuleError::Internal(e.to_string())
+}
+
+/// An XEP-0060 error: a defined condition with a pubsub#errors application condition.
+fn ps_error(cond: Condition, app: Option<&str>) -> Outcome {
+    let mut e = StanzaError::new(cond);
+    if let Some(a) = app {
+        e = e.with_app(Element::new(a, pns::ERRORS));
+    }
+    Outcome::Error(e)
+}
+
+fn random_id() -> String {
+    let mut b = [0u8; 12];
+    rand::rng().fill_bytes(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A node as the module keeps it in memory (the store has the durable copy).
+#[derive(Clone, Debug, Default)]
+struct Node {
+    /// Configuration.
+    config: NodeConfig,
+    /// Bare JID → affiliation.
+    affiliations: HashMap<String, String>,
+    /// Subscriptions.
+    subscriptions: Vec<SubscriptionRecord>,
+}
+
+impl Node {
+    fn affiliation(&self, bare: &str) -> &str {
+        self.affiliations
+            .get(bare)
+            .map(String::as_str)
+            .unwrap_or("none")
+    }
+    fn is_owner(&self, bare: &str) -> bool {
+        self.affiliation(bare) == "owner"
+    }
+    fn subscribed(&self, jid: &Jid) -> bool {
+        let (full, bare) = (jid.to_string(), jid.to_bare().to_string());
+        self.subscriptions
+            .iter()
+            .any(|s| s.state == "subscribed" && (s.jid == full || s.jid == bare))
+    }
+}
+
+/// One PubSub service (one JID).
+struct Service {
+    /// The service JID (a domain).
+    jid: String,
+    /// Nodes by name. Replaced per node on change; read briefly.
+    nodes: RwLock<HashMap<String, Arc<Node>>>,
+}
+
+/// A node preconfigured in the configuration file.
+#[derive(Clone, Debug)]
+struct Preconfigured {
+    /// Node name.
+    name: String,
+    /// Only on this service (all when `None`).
+    service: Option<String>,
+    /// Its configuration (the file is authoritative at every start).
+    config: NodeConfig,
+}
+
+/// Registers the `pubsub` module.
+pub struct Factory;
+
+fn string_list(v: Option<&toml::Value>, what: &str) -> Result<Vec<String>, ModuleError> {
+    match v {
+        None => Ok(Vec::new()),
+        Some(toml::Value::Array(a)) => a
+            .iter()
+            .map(|x| {
+                x.as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| config_err(format!("{what} must be a list of strings")))
+            })
+            .collect(),
+        Some(_) => Err(config_err(format!("{what} must be a list of strings"))),
+    }
+}
+
+fn preconfigured(host: &str, options: &toml::Table) -> Result<Vec<Preconfigured>, ModuleError> {
+    let Some(nodes) = options.get("nodes") else {
+        // The embedded default: OpenSpime's spimeseek node, payloads on, publishing open to
+        // entities of this host, subscription open to its ScopeNodes.
+        return Ok(vec![Preconfigured {
+            name: "spimeseek".into(),
+            service: None,
+            config: NodeConfig {
+                title: "OpenSpime SpimeSeek requests".into(),
+                deliver_payloads: true,
+                publish_model: PublishModel::Open,
+                access_model: AccessModel::Open,
+                publish_domains: vec![host.to_owned()],
+                subscribe_domains: vec![format!("scopenode.{host}")],
+                max_items: Some(100),
+                ..NodeConfig::default()
+            },
+        }]);
+    };
+    let nodes = nodes
+        .as_array()
+        .ok_or_else(|| config_err("nodes must be an array of tables"))?;
+    let mut out = Vec::new();
+    for n in nodes {
+        let t = n
+            .as_table()
+            .ok_or_else(|| config_err("nodes must be an array of tables"))?;
+        let name = t
+            .get("name")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| config_err("every node needs a name"))?
+            .to_owned();
+        let mut config = NodeConfig::default();
+        for (k, v) in t {
+            let value = match v {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Boolean(b) => b.to_string(),
+                toml::Value::Integer(i) => i.to_string(),
+                _ => String::new(),
+            };
+            match k.as_str() {
+                "name" | "service" => {}
+                "publish_domains" => config.publish_domains = string_list(Some(v), k)?,
+                "subscribe_domains" => config.subscribe_domains = string_list(Some(v), k)?,
+                other => config
+                    .set(&format!("pubsub#{other}"), &[value])
+                    .map_err(|e| config_err(format!("node {name}: {e}")))?,
+            }
+        }
+        out.push(Preconfigured {
+            name,
+            service: t.get("service").and_then(|v| v.as_str()).map(str::to_owned),
+            config,
+        });
+    }
+    Ok(out)
+}
+
+impl ModuleFactory for Factory {
+    fn name(&self) -> &'static str {
+        "pubsub"
+    }
+    fn build(&self, host: &str, options: &toml::Table) -> Result<Arc<dyn Module>, ModuleError> {
+        let services = match options.get("services") {
+            None => vec![format!("pubsub.{host}")],
+            Some(v) => string_list(Some(v), "services")?
+                .into_iter()
+                .filter(|s| s == host || s.ends_with(&format!(".{host}")))
+                .collect(),
+        };
+        Ok(Arc::new(PubSub {
+            host: host.to_owned(),
+            services: services
+                .into_iter()
+                .map(|jid| Service {
+                    jid,
+                    nodes: RwLock::new(HashMap::new()),
+                })
+                .collect(),
+            preconfigured: preconfigured(host, options)?,
+        }))
+    }
+}
+
+/// The module instance for one host.
+pub struct PubSub {
+    /// The host domain: its accounts may create nodes.
+    host: String,
+    /// Services of this host.
+    services: Vec<Service>,
+    /// Nodes from the configuration file.
+    preconfigured: Vec<Preconfigured>,
+}
+
+#[async_trait]
+impl Module for PubSub {
+    fn name(&self) -> &'static str {
+        "pubsub"
+    }
+
+    fn routes(&self) -> Vec<Route> {
+        self.services
+            .iter()
+            .map(|s| Route::Domain(s.jid.clone()))
+            .collect()
+    }
+
+    async fn start(&self, cx: &Context) -> Result<(), ModuleError> {
+        let store = cx.storage.pubsub();
+        for svc in &self.services {
+            for p in &self.preconfigured {
+                if p.service.as_deref().is_some_and(|s| s != svc.jid) {
+                    continue;
+                }
+                let text = p.config.serialize();
+                if !store
+                    .create_node(&svc.jid, &p.name, &text, "")
+                    .await
+                    .map_err(internal)?
+                {
+                    store
+                        .set_node_config(&svc.jid, &p.name, &text)
+                        .await
+                        .map_err(internal)?;
+                }
+            }
+            let mut nodes: HashMap<String, Node> = store
+                .nodes(&svc.jid)
+                .await
+                .map_err(internal)?
+                .into_iter()
+                .map(|n| {
+                    (
+                        n.node,
+                        Node {
+                            config: NodeConfig::deserialize(&n.config),
+                            ..Node::default()
+                        },
+                    )
+                })
+                .collect();
+            for a in store.affiliations(&svc.jid).await.map_err(internal)? {
+                if let Some(n) = nodes.get_mut(&a.node) {
+                    n.affiliations.insert(a.jid, a.affiliation);
+                }
+            }
+            for s in store.subscriptions(&svc.jid).await.map_err(internal)? {
+                if let Some(n) = nodes.get_mut(&s.node) {
+                    n.subscriptions.push(s);
+                }
+            }
+            *svc.nodes.write().await = nodes.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
+        }
+        Ok(())
+    }
+
+    async fn handle(&self, cx: &Context, stanza: Element) -> Result<Outcome, ModuleError> {
+        if stanza.name() != "iq" || !matches!(stanza.attr("type"), Some("get" | "set")) {
+            return Ok(Outcome::Handled);
+        }
+        let to = stanza.attr("to").and_then(|t| Jid::new(t).ok());
+        let Some(svc) =
+            to.and_then(|t| self.services.iter().find(|s| s.jid == t.domain().as_str()))
+        else {
+            return Ok(Outcome::Error(Condition::ItemNotFound.into()));
+        };
+        let Some(from) = stanza.attr("from").and_then(|f| Jid::new(f).ok()) else {
+            return Ok(Outcome::Error(Condition::BadRequest.into()));
+        };
+        let Some(payload) = stanza.first_child() else {
+            return Ok(Outcome::Error(Condition::BadRequest.into()));
+        };
+        let get = stanza.attr("type") == Some("get");
+        let req = Request {
+            cx,
+            svc,
+            stanza: &stanza,
+            from,
+            host: &self.host,
+        };
+        match (payload.ns(), get) {
+            (pns::PUBSUB, _) => req.pubsub(payload, get).await,
+            (pns::OWNER, _) => req.owner(payload, get).await,
+            (ns::DISCO_INFO, true) => req.disco_info(payload).await,
+            (ns::DISCO_ITEMS, true) => req.disco_items(payload).await,
+            _ => Ok(Outcome::Error(Condition::ServiceUnavailable.into())),
+        }
+    }
+}
+
+/// One request being handled.
+struct Request<'a> {
+    /// Module context.
+    cx: &'a Context,
+    /// The service addressed.
+    svc: &'a Service,
+    /// The iq.
+    stanza: &'a Element,
+    /// The authenticated sender.
+    from: Jid,
+    /// The host domain.
+    host: &'a str,
+}
+
+fn domain_allowed(list: &[String], jid: &Jid) -> bool {
+    list.is_empty() || list.iter().any(|d| d == jid.domain().as_str())
+}
+
+impl Request<'_> {
+    fn bare(&self) -> String {
+        self.from.to_bare().to_string()
+    }
+
+    fn reply(&self, pubsub_ns: &str, child: Option<Element>) -> Outcome {
+        let mut r = iq_result(self.stanza);
+        if let Some(c) = child {
+            r.push_child(Element::new("pubsub", pubsub_ns.to_owned()).with_child(c));
+        }
+        Outcome::Reply(r)
+    }
+
+    async fn node(&self, name: &str) -> Option<Arc<Node>> {
+        self.svc.nodes.read().await.get(name).cloned()
+    }
+
+    async fn update_node(&self, name: &str, f: impl FnOnce(&mut Node)) {
+        let mut nodes = self.svc.nodes.write().await;
+        if let Some(n) = nodes.get(name) {
+            let mut copy = (**n).clone();
+            f(&mut copy);
+            nodes.insert(name.to_owned(), Arc::new(copy));
+        }
+    }
+
+    /// Sends a notification to every subscriber of a node.
+    fn notify(&self, node: &Node, event_child: Element) {
+        for sub in node
+            .subscriptions
+            .iter()
+            .filter(|s| s.state == "subscribed")
+        {
+            let msg = Element::new("message", ns::CLIENT)
+                .with_attr("from", self.svc.jid.clone())
+                .with_attr("to", sub.jid.clone())
+                .with_attr("id", random_id())
+                .with_child(Element::new("event", pns::EVENT).with_child(event_child.clone()));
+            self.cx.server.send(msg);
+        }
+    }
+
+    async fn pubsub(&self, payload: &Element, get: bool) -> Result<Outcome, ModuleError> {
+        let Some(op) = payload.first_child() else {
+            return Ok(Outcome::Error(Condition::BadRequest.into()));
+        };
+        match (op.name(), get) {
+            ("create", false) => self.create(op, payload).await,
+            ("subscribe", false) => self.subscribe(op).await,
+            ("unsubscribe", false) => self.unsubscribe(op).await,
+            ("publish", false) => self.publish(op, payload).await,
+            ("retract", false) => self.retract(op).await,
+            ("items", true) => self.items(op).await,
+            ("subscriptions", true) => self.own_subscriptions(op).await,
+            ("affiliations", true) => self.own_affiliations(op).await,
+            ("options", _) => Ok(ps_error(
+                Condition::FeatureNotImplemented,
+                Some("unsupported"),
+            )),
+            _ => Ok(Outcome::Error(Condition::FeatureNotImplemented.into())),
+        }
+    }
+
+    async fn owner(&self, payload: &Element, get: bool) -> Result<Outcome, ModuleError> {
+        let Some(op) = payload.first_child() else {
+            return Ok(Outcome::Error(Condition::BadRequest.into()));
+        };
+        if op.name() == "default" && get {
+            return Ok(self.reply(
+                pns::OWNER,
+                Some(
+                    Element::new("default", pns::OWNER).with_child(NodeConfig::default().to_form()),
+                ),
+            ));
+        }
+        let Some(name) = op.attr("node") else {
+            return Ok(ps_error(Condition::BadRequest, Some("nodeid-required")));
+        };
+        let Some(node) = self.node(name).await else {
+            return Ok(Outcome::Error(Condition::ItemNotFound.into()));
+        };
+        if !node.is_owner(&self.bare()) {
+            return Ok(Outcome::Error(Condition::Forbidden.into()));
+        }
+        let store = self.cx.storage.pubsub();
+        match (op.name(), get) {
+            ("configure", true) => Ok(self.reply(
+                pns::OWNER,
+                Some(
+                    Element::new("configure", pns::OWNER)
+                        .with_attr("node", name)
+                        .with_child(node.config.to_form()),
+                ),
+            )),
+            ("configure", false) => {
+                let Some(form) = Form::find(op) else {
+                    return Ok(ps_error(Condition::BadRequest, None));
+                };
+                let mut config = node.config.clone();
+                if let Err(why) = config.apply_form(&form) {
+                    return Ok(Outcome::Error(
+                        StanzaError::new(Condition::NotAcceptable).with_text(why),
+                    ));
+                }
+                store
+                    .set_node_config(&self.svc.jid, name, &config.serialize())
+                    .await
+                    .map_err(internal)?;
+                self.update_node(name, |n| n.config = config).await;
+                Ok(self.reply(pns::OWNER, None))
+            }
+            ("delete", false) => {
+                store
+                    .delete_node(&self.svc.jid, name)
+                    .await
+                    .map_err(internal)?;
+                self.svc.nodes.write().await.remove(name);
+                if node.config.notify_delete {
+                    self.notify(
+                        &node,
+                        Element::new("delete", pns::EVENT).with_attr("node", name),
+                    );
+                }
+                Ok(self.reply(pns::OWNER, None))
+            }
+            ("purge", false) => {
+                store
+                    .purge_items(&self.svc.jid, name)
+                    .await
+                    .map_err(internal)?;
+                self.notify(
+                    &node,
+                    Element::new("purge", pns::EVENT).with_attr("node", name),
+                );
+                Ok(self.reply(pns::OWNER, None))
+            }
+            ("subscriptions", true) => {
+                let mut list = Element::new("subscriptions", pns::OWNER).with_attr("node", name);
+                for s in &node.subscriptions {
+                    list.push_child(
+                        Element::new("subscription", pns::OWNER)
+                            .with_attr("jid", s.jid.clone())
+                            .with_attr("subscription", s.state.clone())
+                            .with_attr("subid", s.subid.clone()),
+                    );
+                }
+                Ok(self.reply(pns::OWNER, Some(list)))
+            }
+            ("subscriptions", false) => {
+                for entry in op.children().filter(|c| c.name() == "subscription") {
+                    let (Some(jid), Some(state)) = (entry.attr("jid"), entry.attr("subscription"))
+                    else {
+                        return Ok(Outcome::Error(Condition::BadRequest.into()));
+                    };
+                    let Ok(jid) = Jid::new(jid) else {
+                        return Ok(Outcome::Error(Condition::JidMalformed.into()));
+                    };
+                    let jid = jid.to_string();
+                    let existing: Vec<SubscriptionRecord> = node
+                        .subscriptions
+                        .iter()
+                        .filter(|s| s.jid == jid)
+                        .cloned()
+                        .collect();
+                    match state {
+                        "none" => {
+                            for s in &existing {
+                                store
+                                    .remove_subscription(&self.svc.jid, name, &s.jid, &s.subid)
+                                    .await
+                                    .map_err(internal)?;
+                            }
+                            self.update_node(name, |n| n.subscriptions.retain(|s| s.jid != jid))
+                                .await;
+                        }
+                        "subscribed" | "pending" => {
+                            let rec = SubscriptionRecord {
+                                node: name.to_owned(),
+                                jid: jid.clone(),
+                                subid: existing
+                                    .first()
+                                    .map(|s| s.subid.clone())
+                                    .unwrap_or_else(random_id),
+                                state: state.to_owned(),
+                            };
+                            store
+                                .put_subscription(&self.svc.jid, &rec)
+                                .await
+                                .map_err(internal)?;
+                            self.update_node(name, |n| {
+                                n.subscriptions.retain(|s| s.jid != jid);
+                                n.subscriptions.push(rec);
+                            })
+                            .await;
+                        }
+                        _ => return Ok(Outcome::Error(Condition::BadRequest.into())),
+                    }
+                }
+                Ok(self.reply(pns::OWNER, None))
+            }
+            ("affiliations", true) => {
+                let mut list = Element::new("affiliations", pns::OWNER).with_attr("node", name);
+                let mut affs: Vec<_> = node.affiliations.iter().collect();
+                affs.sort();
+                for (jid, a) in affs {
+                    list.push_child(
+                        Element::new("affiliation", pns::OWNER)
+                            .with_attr("jid", jid.clone())
+                            .with_attr("affiliation", a.clone()),
+                    );
+                }
+                Ok(self.reply(pns::OWNER, Some(list)))
+            }
+            ("affiliations", false) => {
+                for entry in op.children().filter(|c| c.name() == "affiliation") {
+                    let (Some(jid), Some(aff)) = (entry.attr("jid"), entry.attr("affiliation"))
+                    else {
+                        return Ok(Outcome::Error(Condition::BadRequest.into()));
+                    };
+                    if !matches!(
+                        aff,
+                        "owner" | "publisher" | "publish-only" | "member" | "outcast" | "none"
+                    ) {
+                        return Ok(Outcome::Error(Condition::BadRequest.into()));
+                    }
+                    let Ok(jid) = Jid::new(jid) else {
+                        return Ok(Outcome::Error(Condition::JidMalformed.into()));
+                    };
+                    let bare = jid.to_bare().to_string();
+                    store
+                        .set_affiliation(&self.svc.jid, name, &bare, aff)
+                        .await
+                        .map_err(internal)?;
+                    let aff = aff.to_owned();
+                    self.update_node(name, |n| {
+                        if aff == "none" {
+                            n.affiliations.remove(&bare);
+                        } else {
+                            n.affiliations.insert(bare, aff);
+                        }
+                    })
+                    .await;
+                }
+                Ok(self.reply(pns::OWNER, None))
+            }
+            _ => Ok(Outcome::Error(Condition::FeatureNotImplemented.into())),
+        }
+    }
+
+    async fn create(&self, op: &Element, payload: &Element) -> Result<Outcome, ModuleError> {
+        // Accounts of this host may create nodes.
+        if self.from.domain().as_str() != self.host || self.from.node().is_none() {
+            return Ok(Outcome::Error(Condition::Forbidden.into()));
+        }
+        let (name, instant) = match op.attr("node") {
+            Some(n) if !n.is_empty() => (n.to_owned(), false),
+            _ => (random_id(), true),
+        };
+        let mut config = NodeConfig::default();
+        let form = payload
+            .get_child("configure", pns::PUBSUB)
+            .and_then(Form::find);
+        if let Some(Err(why)) = form.map(|f| config.apply_form(&f)) {
+            return Ok(Outcome::Error(
+                StanzaError::new(Condition::NotAcceptable).with_text(why),
+            ));
+        }
+        let owner = self.bare();
+        let created = self
+            .cx
+            .storage
+            .pubsub()
+            .create_node(&self.svc.jid, &name, &config.serialize(), &owner)
+            .await
+            .map_err(internal)?;
+        if !created {
+            return Ok(Outcome::Error(Condition::Conflict.into()));
+        }
+        let mut node = Node {
+            config,
+            ..Node::default()
+        };
+        node.affiliations.insert(owner, "owner".into());
+        self.svc
+            .nodes
+            .write()
+            .await
+            .insert(name.clone(), Arc::new(node));
+        Ok(if instant {
+            self.reply(
+                pns::PUBSUB,
+                Some(Element::new("create", pns::PUBSUB).with_attr("node", name)),
+            )
+        } else {
+            self.reply(pns::PUBSUB, None)
+        })
+    }
+
+    async fn subscribe(&self, op: &Element) -> Result<Outcome, ModuleError> {
+        let Some(name) = op.attr("node") else {
+            return Ok(ps_error(Condition::BadRequest, Some("nodeid-required")));
+        };
+        // XEP-0060 §6.1.3.1: the JID must be the sender's (bare or full).
+        let jid = match op.attr("jid").map(Jid::new) {
+            Some(Ok(j)) if j.to_bare() == self.from.to_bare() => j,
+            _ => return Ok(ps_error(Condition::BadRequest, Some("invalid-jid"))),
+        };
+        let Some(node) = self.node(name).await else {
+            return Ok(Outcome::Error(Condition::ItemNotFound.into()));
+        };
+        let bare = self.bare();
+        let aff = node.affiliation(&bare);
+        if aff == "outcast" {
+            return Ok(Outcome::Error(Condition::Forbidden.into()));
+        }
+        let privileged = matches!(aff, "owner" | "publisher" | "member");
+        if !privileged && !domain_allowed(&node.config.subscribe_domains, &jid) {
+            return Ok(ps_error(Condition::NotAllowed, Some("closed-node")));
+        }
+        let state = match node.config.access_model {
+            _ if privileged => "subscribed",
+            AccessModel::Open => "subscribed",
+            AccessModel::Authorize => "pending",
+            AccessModel::Whitelist => {
+                return Ok(ps_error(Condition::NotAllowed, Some("closed-node")));
+            }
+            // Without rosters no presence subscription can be shown (IM core, issue 3).
+            AccessModel::Presence => {
+                return Ok(ps_error(
+                    Condition::NotAuthorized,
+                    Some("presence-subscription-required"),
+                ));
+            }
+        };
+        let jid_str = jid.to_string();
+        let rec = match node.subscriptions.iter().find(|s| s.jid == jid_str) {
+            Some(existing) => existing.clone(),
+            None => {
+                let rec = SubscriptionRecord {
+                    node: name.to_owned(),
+                    jid: jid_str.clone(),
+                    subid: random_id(),
+                    state: state.to_owned(),
+                };
+                self.cx
+                    .storage
+                    .pubsub()
+                    .put_subscription(&self.svc.jid, &rec)
+                    .await
+                    .map_err(internal)?;
+                let r = rec.clone();
+                self.update_node(name, |n| n.subscriptions.push(r)).await;
+                rec
+            }
+        };
+        Ok(self.reply(
+            pns::PUBSUB,
+            Some(
+                Element::new("subscription", pns::PUBSUB)
+                    .with_attr("node", name)
+                    .with_attr("jid", rec.jid)
+                    .with_attr("subid", rec.subid)
+                    .with_attr("subscription", rec.state),
+            ),
+        ))
+    }
+
+    async fn unsubscribe(&self, op: &Element) -> Result<Outcome, ModuleError> {
+        let Some(name) = op.attr("node") else {
+            return Ok(ps_error(Condition::BadRequest, Some("nodeid-required")));
+        };
+        let jid = match op.attr("jid").map(Jid::new) {
+            Some(Ok(j)) if j.to_bare() == self.from.to_bare() => j.to_string(),
+            _ => return Ok(ps_error(Condition::BadRequest, Some("invalid-jid"))),
+        };
+        let Some(node) = self.node(name).await else {
+            return Ok(Outcome::Error(Condition::ItemNotFound.into()));
+        };
+        let mine: Vec<&SubscriptionRecord> =
+            node.subscriptions.iter().filter(|s| s.jid == jid).collect();
+        let target = match op.attr("subid") {
+            Some(id) => mine.iter().find(|s| s.subid == id).copied(),
+            None if mine.len() > 1 => {
+                return Ok(ps_error(Condition::BadRequest, Some("subid-required")));
+            }
+            None => mine.first().copied(),
+        };
+        let Some(target) = target else {
+            return Ok(ps_error(
+                Condition::UnexpectedRequest,
+                Some("not-subscribed"),
+            ));
+        };
+        self.cx
+            .storage
+            .pubsub()
+            .remove_subscription(&self.svc.jid, name, &target.jid, &target.subid)
+            .await
+            .map_err(internal)?;
+        let subid = target.subid.clone();
+        self.update_node(name, |n| n.subscriptions.retain(|s| s.subid != subid))
+            .await;
+        Ok(self.reply(pns::PUBSUB, None))
+    }
+
+    fn may_publish(&self, node: &Node) -> bool {
+        let aff = node.affiliation(&self.bare());
+        if matches!(aff, "owner" | "publisher" | "publish-only") {
+            return true;
+        }
+        if aff == "outcast" {
+            return false;
+        }
+        match node.config.publish_model {
+            PublishModel::Publishers => false,
+            PublishModel::Subscribers => node.subscribed(&self.from),
+            PublishModel::Open => domain_allowed(&node.config.publish_domains, &self.from),
+        }
+    }
+
+    async fn publish(&self, op: &Element, payload: &Element) -> Result<Outcome, ModuleError> {
+        let Some(name) = op.attr("node") else {
+            return Ok(ps_error(Condition::BadRequest, Some("nodeid-required")));
+        };
+        let Some(node) = self.node(name).await else {
+            return Ok(Outcome::Error(Condition::ItemNotFound.into()));
+        };
+        if !self.may_publish(&node) {
+            return Ok(Outcome::Error(Condition::Forbidden.into()));
+        }
+        // XEP-0060 §7.1.5: publish-options are preconditions on the node configuration.
+        if let Some(form) = payload
+            .get_child("publish-options", pns::PUBSUB)
+            .and_then(Form::find)
+        {
+            for (var, values) in &form.fields {
+                if var == "FORM_TYPE" {
+                    continue;
+                }
+                if node.config.get(var).as_deref() != values.first().map(String::as_str) {
+                    let ok_bool = matches!(
+                        (
+                            node.config.get(var).as_deref(),
+                            values.first().map(String::as_str)
+                        ),
+                        (Some("1"), Some("true")) | (Some("0"), Some("false"))
+                    );
+                    if !ok_bool {
+                        return Ok(ps_error(Condition::Conflict, Some("precondition-not-met")));
+                    }
+                }
+            }
+        }
+        let items: Vec<&Element> = op.children().filter(|c| c.name() == "item").collect();
+        if items.len() > 1 {
+            return Ok(ps_error(Condition::BadRequest, Some("invalid-payload")));
+        }
+        let Some(item) = items.first() else {
+            return Ok(ps_error(Condition::BadRequest, Some("item-required")));
+        };
+        let payloads: Vec<&Element> = item.children().collect();
+        let item_payload = match payloads.as_slice() {
+            [] => return Ok(ps_error(Condition::BadRequest, Some("payload-required"))),
+            [one] => *one,
+            _ => return Ok(ps_error(Condition::BadRequest, Some("invalid-payload"))),
+        };
+        let given = item.attr("id").filter(|i| !i.is_empty()).map(str::to_owned);
+        let generated = given.is_none();
+        let id = given.unwrap_or_else(random_id);
+        if node.config.persist_items {
+            let mut xml = Vec::new();
+            item_payload.write_to(&mut xml, "");
+            let rec = ItemRecord {
+                id: id.clone(),
+                publisher: self.from.to_string(),
+                payload: String::from_utf8_lossy(&xml).into_owned(),
+            };
+            // Answered only once the item is durable.
+            self.cx
+                .storage
+                .pubsub()
+                .publish_item(&self.svc.jid, name, &rec, node.config.max_items)
+                .await
+                .map_err(internal)?;
+        }
+        let mut ev_item = Element::new("item", pns::EVENT).with_attr("id", id.clone());
+        if node.config.deliver_payloads {
+            ev_item.push_child(item_payload.clone());
+        }
+        self.notify(
+            &node,
+            Element::new("items", pns::EVENT)
+                .with_attr("node", name)
+                .with_child(ev_item),
+        );
+        // XEP-0060 §7.1.2: the generated id is returned; a given one needs no echo (the
+        // seed's SpimeSeek publish is answered with an empty result).
+        Ok(if generated {
+            self.reply(
+                pns::PUBSUB,
+                Some(
+                    Element::new("publish", pns::PUBSUB)
+                        .with_attr("node", name)
+                        .with_child(Element::new("item", pns::PUBSUB).with_attr("id", id)),
+                ),
+            )
+        } else {
+            self.reply(pns::PUBSUB, None)
+        })
+    }
+
+    async fn retract(&self, op: &Element) -> Result<Outcome, ModuleError> {
+        let Some(name) = op.attr("node") else {
+            return Ok(ps_error(Condition::BadRequest, Some("nodeid-required")));
+        };
+        let Some(id) = op.get_child("item", pns::PUBSUB).and_then(|i| i.attr("id")) else {
+            return Ok(ps_error(Condition::BadRequest, Some("item-required")));
+        };
+        let Some(node) = self.node(name).await else {
+            return Ok(Outcome::Error(Condition::ItemNotFound.into()));
+        };
+        let store = self.cx.storage.pubsub();
+        let existing = store
+            .items(&self.svc.jid, name, Some(&[id.to_owned()]), None)
+            .await
+            .map_err(internal)?;
+        let Some(item) = existing.first() else {
+            return Ok(Outcome::Error(Condition::ItemNotFound.into()));
+        };
+        let own_item = Jid::new(&item.publisher).is_ok_and(|p| p.to_bare() == self.from.to_bare());
+        let aff = node.affiliation(&self.bare());
+        if !(own_item || matches!(aff, "owner" | "publisher")) {
+            return Ok(Outcome::Error(Condition::Forbidden.into()));
+        }
+        store
+            .retract_item(&self.svc.jid, name, id)
+            .await
+            .map_err(internal)?;
+        let notify = matches!(op.attr("notify"), Some("true" | "1")) || node.config.notify_retract;
+        if notify {
+            self.notify(
+                &node,
+                Element::new("items", pns::EVENT)
+                    .with_attr("node", name)
+                    .with_child(Element::new("retract", pns::EVENT).with_attr("id", id)),
+            );
+        }
+        Ok(self.reply(pns::PUBSUB, None))
+    }
+
+    fn may_retrieve(&self, node: &Node) -> bool {
+        let aff = node.affiliation(&self.bare());
+        if aff == "outcast" {
+            return false;
+        }
+        if matches!(aff, "owner" | "publisher" | "member") {
+            return true;
+        }
+        match node.config.access_model {
+            AccessModel::Open => true,
+            AccessModel::Authorize => node.subscribed(&self.from),
+            AccessModel::Whitelist | AccessModel::Presence => false,
+        }
+    }
+
+    async fn items(&self, op: &Element) -> Result<Outcome, ModuleError> {
+        let Some(name) = op.attr("node") else {
+            return Ok(ps_error(Condition::BadRequest, Some("nodeid-required")));
+        };
+        let Some(node) = self.node(name).await else {
+            return Ok(Outcome::Error(Condition::ItemNotFound.into()));
+        };
+        if !self.may_retrieve(&node) {
+            return Ok(ps_error(Condition::NotAllowed, Some("closed-node")));
+        }
+        let ids: Vec<String> = op
+            .children()
+            .filter(|c| c.name() == "item")
+            .filter_map(|c| c.attr("id").map(str::to_owned))
+            .collect();
+        let max = match op.attr("max_items").map(str::parse::<u64>) {
+            None => None,
+            Some(Ok(m)) => Some(m),
+            Some(Err(_)) => return Ok(Outcome::Error(Condition::BadRequest.into())),
+        };
+        let mut items = self
+            .cx
+            .storage
+            .pubsub()
+            .items(
+                &self.svc.jid,
+                name,
+                (!ids.is_empty()).then_some(ids.as_slice()),
+                max,
+            )
+            .await
+            .map_err(internal)?;
+        // Oldest first among those returned.
+        items.reverse();
+        let mut out = Element::new("items", pns::PUBSUB).with_attr("node", name);
+        for it in items {
+            let mut item = Element::new("item", pns::PUBSUB).with_attr("id", it.id);
+            if let Ok(p) = Element::parse(&it.payload) {
+                item.push_child(p);
+            }
+            out.push_child(item);
+        }
+        Ok(self.reply(pns::PUBSUB, Some(out)))
+    }
+
+    async fn own_subscriptions(&self, op: &Element) -> Result<Outcome, ModuleError> {
+        let only = op.attr("node");
+        let bare = self.bare();
+        let mut out = Element::new("subscriptions", pns::PUBSUB);
+        if let Some(n) = only {
+            out.set_attr("node", n);
+        }
+        let nodes = self.svc.nodes.read().await;
+        let mut names: Vec<&String> = nodes
+            .keys()
+            .filter(|n| only.is_none_or(|o| o == *n))
+            .collect();
+        names.sort();
+        for name in names {
+            for s in &nodes[name].subscriptions {
+                if Jid::new(&s.jid).is_ok_and(|j| j.to_bare().to_string() == bare) {
+                    out.push_child(
+                        Element::new("subscription", pns::PUBSUB)
+                            .with_attr("node", name.clone())
+                            .with_attr("jid", s.jid.clone())
+                            .with_attr("subscription", s.state.clone())
+                            .with_attr("subid", s.subid.clone()),
+                    );
+                }
+            }
+        }
+        Ok(self.reply(pns::PUBSUB, Some(out)))
+    }
+
+    async fn own_affiliations(&self, op: &Element) -> Result<Outcome, ModuleError> {
+        let only = op.attr("node");
+        let bare = self.bare();
+        let mut out = Element::new("affiliations", pns::PUBSUB);
+        let nodes = self.svc.nodes.read().await;
+        let mut names: Vec<&String> = nodes
+            .keys()
+            .filter(|n| only.is_none_or(|o| o == *n))
+            .collect();
+        names.sort();
+        for name in names {
+            let a = nodes[name].affiliation(&bare);
+            if a != "none" {
+                out.push_child(
+                    Element::new("affiliation", pns::PUBSUB)
+                        .with_attr("node", name.clone())
+                        .with_attr("affiliation", a),
+                );
+            }
+        }
+        Ok(self.reply(pns::PUBSUB, Some(out)))
+    }
+
+    async fn disco_info(&self, query: &Element) -> Result<Outcome, ModuleError> {
+        let mut q = Element::new("query", ns::DISCO_INFO);
+        match query.attr("node") {
+            None => {
+                q.push_child(
+                    Element::new("identity", ns::DISCO_INFO)
+                        .with_attr("category", "pubsub")
+                        .with_attr("type", "service")
+                        .with_attr("name", "openspimed PubSub"),
+                );
+                q.push_child(
+                    Element::new("feature", ns::DISCO_INFO).with_attr("var", ns::DISCO_INFO),
+                );
+                q.push_child(
+                    Element::new("feature", ns::DISCO_INFO).with_attr("var", ns::DISCO_ITEMS),
+                );
+                q.push_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", pns::PUBSUB));
+                for f in FEATURES {
+                    q.push_child(
+                        Element::new("feature", ns::DISCO_INFO)
+                            .with_attr("var", format!("{}#{f}", pns::PUBSUB)),
+                    );
+                }
+            }
+            Some(name) => {
+                let Some(node) = self.node(name).await else {
+                    return Ok(Outcome::Error(Condition::ItemNotFound.into()));
+                };
+                q.set_attr("node", name);
+                q.push_child(
+                    Element::new("identity", ns::DISCO_INFO)
+                        .with_attr("category", "pubsub")
+                        .with_attr("type", "leaf"),
+                );
+                q.push_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", pns::PUBSUB));
+                let mut meta = forms::form("result", "http://jabber.org/protocol/pubsub#meta-data");
+                meta.push_child(forms::field(
+                    "pubsub#title",
+                    "text-single",
+                    &node.config.title,
+                    &[],
+                ));
+                q.push_child(meta);
+            }
+        }
+        Ok(Outcome::Reply(iq_result(self.stanza).with_child(q)))
+    }
+
+    async fn disco_items(&self, query: &Element) -> Result<Outcome, ModuleError> {
+        let mut q = Element::new("query", ns::DISCO_ITEMS);
+        match query.attr("node") {
+            None => {
+                let nodes = self.svc.nodes.read().await;
+                let mut names: Vec<&String> = nodes.keys().collect();
+                names.sort();
+                for n in names {
+                    let mut item = Element::new("item", ns::DISCO_ITEMS)
+                        .with_attr("jid", self.svc.jid.clone())
+                        .with_attr("node", n.clone());
+                    if !nodes[n].config.title.is_empty() {
+                        item.set_attr("name", nodes[n].config.title.clone());
+                    }
+                    q.push_child(item);
+                }
+            }
+            Some(name) => {
+                let Some(node) = self.node(name).await else {
+                    return Ok(Outcome::Error(Condition::ItemNotFound.into()));
+                };
+                if !self.may_retrieve(&node) {
+                    return Ok(Outcome::Error(Condition::Forbidden.into()));
+                }
+                q.set_attr("node", name);
+                let items = self
+                    .cx
+                    .storage
+                    .pubsub()
+                    .items(&self.svc.jid, name, None, None)
+                    .await
+                    .map_err(internal)?;
+                for it in items {
+                    q.push_child(
+                        Element::new("item", ns::DISCO_ITEMS)
+                            .with_attr("jid", self.svc.jid.clone())
+                            .with_attr("name", it.id),
+                    );
+                }
+            }
+        }
+        Ok(Outcome::Reply(iq_result(self.stanza).with_child(q)))
+    }
+}
