@@ -194,6 +194,7 @@ impl Default for HostConfig {
                 "version".into(),
                 "certsvc".into(),
                 "pubsub".into(),
+                "scopenode".into(),
             ],
             sasl_mechanisms: SASL_MECHANISMS.iter().map(|s| (*s).to_owned()).collect(),
         }

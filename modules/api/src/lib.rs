@@ -21,7 +21,7 @@ pub use module::{
 };
 pub use stanza::{iq_payload, iq_result, reply_skeleton};
 pub use storage::{
-    AffiliationRecord, ItemRecord, KeyStore, ModuleStorage, NodeRecord, PubSubStore,
-    StorageFailure, StoredKey, SubscriptionRecord,
+    AffiliationRecord, ItemRecord, KeyStore, ModuleStorage, NodeRecord, PubSubStore, SensorEntry,
+    SensorStore, StorageFailure, StoredKey, SubscriptionRecord,
 };
 pub use toml;

@@ -162,10 +162,78 @@ pub trait PubSubStore: Send + Sync {
     async fn purge_items(&self, service: &str, node: &str) -> Result<(), StorageFailure>;
 }
 
+/// One stored sensor entry (an OpenSpime data `<entry/>`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SensorEntry {
+    /// The ScopeNode (bare JID) that collected it.
+    pub node: String,
+    /// The scope (the ScopeNode's resource).
+    pub scope: String,
+    /// The reporting spime (full JID, as SpimeSeek compares it).
+    pub spime: String,
+    /// When it was measured (its `date`, else when it arrived), seconds since the epoch.
+    pub at_unix: i64,
+    /// The `<entry/>` as XML.
+    pub xml: String,
+}
+
+/// Sensor data, ScopeNode keys and the SpimeSeek de-duplication log.
+#[async_trait]
+pub trait SensorStore: Send + Sync {
+    /// Stores entries in one transaction; returns once durable.
+    async fn append_entries(&self, entries: &[SensorEntry]) -> Result<(), StorageFailure>;
+    /// The newest entries of a spime at a ScopeNode, newest first, at most `limit`.
+    async fn entries_for_spime(
+        &self,
+        node: &str,
+        spime: &str,
+        limit: u64,
+    ) -> Result<Vec<SensorEntry>, StorageFailure>;
+    /// Entries at a ScopeNode, optionally of one spime and since a time, oldest first.
+    async fn export_entries(
+        &self,
+        node: Option<&str>,
+        spime: Option<&str>,
+        since_unix: Option<i64>,
+    ) -> Result<Vec<SensorEntry>, StorageFailure>;
+    /// Entry counts per (node, scope).
+    async fn entry_counts(&self) -> Result<Vec<(String, String, u64)>, StorageFailure>;
+    /// Deletes entries of a scope older than a time; returns how many.
+    async fn expire_entries(
+        &self,
+        node: &str,
+        scope: &str,
+        before_unix: i64,
+    ) -> Result<u64, StorageFailure>;
+    /// A ScopeNode's private key (PKCS#8 DER), if one was stored.
+    async fn node_key(&self, node: &str) -> Result<Option<Vec<u8>>, StorageFailure>;
+    /// Stores a ScopeNode's private key.
+    async fn put_node_key(&self, node: &str, pkcs8_der: &[u8]) -> Result<(), StorageFailure>;
+    /// Whether a SpimeSeek request was already handled.
+    async fn seek_seen(
+        &self,
+        node: &str,
+        osid: &str,
+        request_id: &str,
+    ) -> Result<bool, StorageFailure>;
+    /// Records a SpimeSeek request until it expires; `false` if it was already recorded.
+    async fn remember_seek(
+        &self,
+        node: &str,
+        osid: &str,
+        request_id: &str,
+        expires_unix: i64,
+    ) -> Result<bool, StorageFailure>;
+    /// Forgets requests that expired before a time.
+    async fn forget_seeks(&self, before_unix: i64) -> Result<(), StorageFailure>;
+}
+
 /// Every storage trait a module may use.
 pub trait ModuleStorage: Send + Sync {
     /// Certification-service keys.
     fn keys(&self) -> &dyn KeyStore;
     /// PubSub services.
     fn pubsub(&self) -> &dyn PubSubStore;
+    /// ScopeNode data.
+    fn sensors(&self) -> &dyn SensorStore;
 }

@@ -11,8 +11,8 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use openspimed_module_api::{
-    AffiliationRecord, ItemRecord, KeyStore, ModuleStorage, NodeRecord, PubSubStore,
-    StorageFailure, StoredKey, SubscriptionRecord,
+    AffiliationRecord, ItemRecord, KeyStore, ModuleStorage, NodeRecord, PubSubStore, SensorEntry,
+    SensorStore, StorageFailure, StoredKey, SubscriptionRecord,
 };
 
 use super::{AccountStore, Credentials, ScramKeys, StorageError};
@@ -59,6 +59,20 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (service, node, id)
     ) WITHOUT ROWID;
     CREATE INDEX pubsub_items_by_seq ON pubsub_items (service, node, seq);",
+    // 4: ScopeNodes: sensor entries, node keys, the SpimeSeek de-duplication log.
+    "CREATE TABLE sensor_entries (
+        seq INTEGER PRIMARY KEY,
+        node TEXT NOT NULL, scope TEXT NOT NULL, spime TEXT NOT NULL,
+        at_unix INTEGER NOT NULL, xml TEXT NOT NULL
+    );
+    CREATE INDEX sensor_entries_by_spime ON sensor_entries (node, spime, at_unix);
+    CREATE INDEX sensor_entries_by_scope ON sensor_entries (node, scope, at_unix);
+    CREATE TABLE scopenode_keys (node TEXT PRIMARY KEY, pkcs8 BLOB NOT NULL) WITHOUT ROWID;
+    CREATE TABLE seek_log (
+        node TEXT NOT NULL, osid TEXT NOT NULL, request_id TEXT NOT NULL,
+        expires_unix INTEGER NOT NULL,
+        PRIMARY KEY (node, osid, request_id)
+    ) WITHOUT ROWID;",
 ];
 
 /// A write's result, type-erased while it crosses the writer thread.
@@ -494,6 +508,214 @@ impl ModuleStorage for SqliteStore {
     }
     fn pubsub(&self) -> &dyn PubSubStore {
         self
+    }
+    fn sensors(&self) -> &dyn SensorStore {
+        self
+    }
+}
+
+fn sensor_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<SensorEntry> {
+    Ok(SensorEntry {
+        node: r.get(0)?,
+        scope: r.get(1)?,
+        spime: r.get(2)?,
+        at_unix: r.get(3)?,
+        xml: r.get(4)?,
+    })
+}
+
+#[async_trait]
+impl SensorStore for SqliteStore {
+    async fn append_entries(&self, entries: &[SensorEntry]) -> Result<(), StorageFailure> {
+        let entries = entries.to_vec();
+        Ok(self
+            .write(move |c: &Connection| {
+                let mut st = c
+                    .prepare_cached(
+                        "INSERT INTO sensor_entries (node, scope, spime, at_unix, xml)
+                         VALUES (?1, ?2, ?3, ?4, ?5)",
+                    )
+                    .map_err(backend)?;
+                for e in &entries {
+                    st.execute(params![e.node, e.scope, e.spime, e.at_unix, e.xml])
+                        .map_err(backend)?;
+                }
+                Ok(())
+            })
+            .await?)
+    }
+
+    async fn entries_for_spime(
+        &self,
+        node: &str,
+        spime: &str,
+        limit: u64,
+    ) -> Result<Vec<SensorEntry>, StorageFailure> {
+        let (node, spime) = own(node, spime);
+        Ok(self
+            .read(move |c| {
+                let mut st = c
+                    .prepare_cached(
+                        "SELECT node, scope, spime, at_unix, xml FROM sensor_entries
+                         WHERE node = ?1 AND spime = ?2 ORDER BY at_unix DESC, seq DESC LIMIT ?3",
+                    )
+                    .map_err(backend)?;
+                let rows = st
+                    .query_map(params![node, spime, limit as i64], sensor_entry)
+                    .map_err(backend)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+            })
+            .await?)
+    }
+
+    async fn export_entries(
+        &self,
+        node: Option<&str>,
+        spime: Option<&str>,
+        since_unix: Option<i64>,
+    ) -> Result<Vec<SensorEntry>, StorageFailure> {
+        let (node, spime) = (node.map(str::to_owned), spime.map(str::to_owned));
+        Ok(self
+            .read(move |c| {
+                let mut st = c
+                    .prepare(
+                        "SELECT node, scope, spime, at_unix, xml FROM sensor_entries
+                         WHERE (?1 IS NULL OR node = ?1) AND (?2 IS NULL OR spime = ?2)
+                           AND (?3 IS NULL OR at_unix >= ?3)
+                         ORDER BY at_unix, seq",
+                    )
+                    .map_err(backend)?;
+                let rows = st
+                    .query_map(params![node, spime, since_unix], sensor_entry)
+                    .map_err(backend)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+            })
+            .await?)
+    }
+
+    async fn entry_counts(&self) -> Result<Vec<(String, String, u64)>, StorageFailure> {
+        Ok(self
+            .read(move |c| {
+                let mut st = c
+                    .prepare(
+                        "SELECT node, scope, COUNT(*) FROM sensor_entries GROUP BY node, scope
+                         ORDER BY node, scope",
+                    )
+                    .map_err(backend)?;
+                let rows = st
+                    .query_map([], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64))
+                    })
+                    .map_err(backend)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+            })
+            .await?)
+    }
+
+    async fn expire_entries(
+        &self,
+        node: &str,
+        scope: &str,
+        before_unix: i64,
+    ) -> Result<u64, StorageFailure> {
+        let (node, scope) = own(node, scope);
+        Ok(self
+            .write(move |c: &Connection| {
+                let n = c
+                    .execute(
+                        "DELETE FROM sensor_entries WHERE node = ?1 AND scope = ?2 AND at_unix < ?3",
+                        params![node, scope, before_unix],
+                    )
+                    .map_err(backend)?;
+                Ok(n as u64)
+            })
+            .await?)
+    }
+
+    async fn node_key(&self, node: &str) -> Result<Option<Vec<u8>>, StorageFailure> {
+        let node = node.to_owned();
+        Ok(self
+            .read(move |c| {
+                c.query_row(
+                    "SELECT pkcs8 FROM scopenode_keys WHERE node = ?1",
+                    params![node],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(backend)
+            })
+            .await?)
+    }
+
+    async fn put_node_key(&self, node: &str, pkcs8_der: &[u8]) -> Result<(), StorageFailure> {
+        let (node, der) = (node.to_owned(), pkcs8_der.to_vec());
+        Ok(self
+            .write(move |c: &Connection| {
+                c.execute(
+                    "INSERT OR REPLACE INTO scopenode_keys VALUES (?1, ?2)",
+                    params![node, der],
+                )
+                .map_err(backend)?;
+                Ok(())
+            })
+            .await?)
+    }
+
+    async fn seek_seen(
+        &self,
+        node: &str,
+        osid: &str,
+        request_id: &str,
+    ) -> Result<bool, StorageFailure> {
+        let (node, osid) = own(node, osid);
+        let id = request_id.to_owned();
+        Ok(self
+            .read(move |c| {
+                c.query_row(
+                    "SELECT 1 FROM seek_log WHERE node = ?1 AND osid = ?2 AND request_id = ?3",
+                    params![node, osid, id],
+                    |_| Ok(()),
+                )
+                .optional()
+                .map(|o| o.is_some())
+                .map_err(backend)
+            })
+            .await?)
+    }
+
+    async fn remember_seek(
+        &self,
+        node: &str,
+        osid: &str,
+        request_id: &str,
+        expires_unix: i64,
+    ) -> Result<bool, StorageFailure> {
+        let (node, osid) = own(node, osid);
+        let id = request_id.to_owned();
+        Ok(self
+            .write(move |c: &Connection| {
+                let n = c
+                    .execute(
+                        "INSERT OR IGNORE INTO seek_log VALUES (?1, ?2, ?3, ?4)",
+                        params![node, osid, id, expires_unix],
+                    )
+                    .map_err(backend)?;
+                Ok(n == 1)
+            })
+            .await?)
+    }
+
+    async fn forget_seeks(&self, before_unix: i64) -> Result<(), StorageFailure> {
+        Ok(self
+            .write(move |c: &Connection| {
+                c.execute(
+                    "DELETE FROM seek_log WHERE expires_unix < ?1",
+                    params![before_unix],
+                )
+                .map_err(backend)?;
+                Ok(())
+            })
+            .await?)
     }
 }
 
