@@ -76,6 +76,8 @@ pub struct Shared {
     pub router: Arc<Router>,
     /// Accounts, for authentication.
     pub accounts: Arc<dyn AccountStore>,
+    /// The storage modules use (for the admin commands and tests).
+    pub module_storage: Arc<dyn ModuleStorage>,
     /// Failed-authentication throttle.
     pub throttle: AuthThrottle,
     /// TLS configurations.
@@ -214,6 +216,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         limits,
         router,
         accounts,
+        module_storage: module_storage.clone(),
         tls,
         shutdown: CancellationToken::new(),
         connections: AtomicUsize::new(0),

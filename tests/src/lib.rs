@@ -116,6 +116,27 @@ impl TestServer {
             .clone()
     }
 
+    /// The storage modules use.
+    pub fn storage(&self) -> Arc<dyn openspimed_module_api::ModuleStorage> {
+        self.server
+            .as_ref()
+            .expect("running")
+            .shared
+            .module_storage
+            .clone()
+    }
+
+    /// Creates an account on any hosted domain.
+    pub async fn add_account(&self, user: &str, domain: &str, password: &str) {
+        let creds = openspimed::sasl::derive_credentials(password, 4096);
+        let created = self
+            .accounts()
+            .create_account(user, domain, &creds)
+            .await
+            .expect("store");
+        assert!(created, "{user}@{domain} already existed");
+    }
+
     /// Creates an account (the same path as `openspimed adduser`).
     pub async fn add_user(&self, user: &str, password: &str) {
         let creds = openspimed::sasl::derive_credentials(password, 4096);
@@ -227,14 +248,36 @@ impl Raw<TlsStream<TcpStream>> {
         password: &str,
         resource: &str,
     ) -> (Raw<TlsStream<TcpStream>>, String) {
+        Self::login_on(server, "localhost", user, password, resource).await
+    }
+
+    /// [`Raw::login`] on any hosted domain.
+    pub async fn login_on(
+        server: &TestServer,
+        domain: &str,
+        user: &str,
+        password: &str,
+        resource: &str,
+    ) -> (Raw<TlsStream<TcpStream>>, String) {
         let mut raw = Raw::connect(server.c2s).await;
-        raw.open("localhost").await;
-        let mut raw = raw.starttls(server.tls_config(None)).await;
-        raw.open("localhost").await;
+        raw.open(domain).await;
+        raw.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+            .await;
+        let proceed = raw.element().await;
+        assert!(proceed.is("proceed", ns::TLS), "{proceed}");
+        let tls = TlsConnector::from(server.tls_config(None))
+            .connect(
+                ServerName::try_from(domain.to_owned()).expect("name"),
+                raw.io,
+            )
+            .await
+            .expect("TLS handshake");
+        let mut raw = Raw::new(tls);
+        raw.open(domain).await;
         let result = raw.auth_plain(user, password).await;
         assert!(result.is("success", ns::SASL), "login failed: {result}");
         raw.restart();
-        raw.open("localhost").await;
+        raw.open(domain).await;
         let jid = raw.bind(resource).await;
         (raw, jid)
     }

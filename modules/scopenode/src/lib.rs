@@ -370,12 +370,13 @@ impl ScopeNodes {
                 .and_then(|d| openspime::date::parse(d).ok())
                 .unwrap_or(now);
             let mut xml = Vec::new();
-            Data {
+            let wrapped = Data {
                 entries: vec![entry.clone()],
             }
-            .to_element()
-            .first_child()
-            .map(|e| e.write_to(&mut xml, openspime::ns::DATA));
+            .to_element();
+            if let Some(e) = wrapped.first_child() {
+                e.write_to(&mut xml, openspime::ns::DATA);
+            }
             rows.push(SensorEntry {
                 node: node.jid.clone(),
                 scope: scope.name.clone(),
@@ -431,7 +432,7 @@ impl ScopeNodes {
         let spime = Jid::new(&req.spimeid).map_err(|_| "malformed")?;
         if osid_jid != spime {
             let ck = originator.claimkey.as_ref().ok_or("no-claim-key")?;
-            if !self.trusted.iter().any(|t| *t == ck.cert) {
+            if !self.trusted.contains(&ck.cert) {
                 return Err("untrusted-cert");
             }
             if Jid::new(&ck.claims).ok().as_ref() != Some(&spime) {
@@ -446,7 +447,7 @@ impl ScopeNodes {
             let claim = openspime::crypto::open_claim_key(&ck.blob, &claimed_key)
                 .map_err(|_| "bad-claim-key")?;
             let authorized = Jid::new(&claim.osid).map_err(|_| "bad-claim-key")?;
-            if authorized != osid_jid && authorized != Jid::from(osid_jid.to_bare()) {
+            if authorized != osid_jid && authorized != osid_jid.to_bare() {
                 return Err("claim-other-owner");
             }
             let claim_exp = openspime::date::parse(&claim.expdate).map_err(|_| "bad-claim-key")?;
@@ -658,30 +659,31 @@ impl Module for ScopeNodes {
             return Ok(Outcome::Handled);
         };
         // SpimeSeek requests, as notifications from the subscribed PubSub services.
-        if stanza.name() == "message" {
-            if let Some(event) = stanza.get_child("event", PUBSUB_EVENT) {
-                let from_service = self
-                    .seek_nodes
-                    .iter()
-                    .any(|(s, _)| s == from.domain().as_str());
-                for items in event.children().filter(|c| c.name() == "items") {
-                    for item in items.children().filter(|c| c.name() == "item") {
-                        let outcome = if from_service {
-                            self.seek(cx, node, item).await
-                        } else {
-                            Err("not-from-a-seek-service")
-                        };
-                        match outcome {
-                            Ok(()) => self.count("seeks_answered"),
-                            Err(reason) => {
-                                tracing::debug!(node = %node.jid, reason, "SpimeSeek request ignored");
-                                self.count(&format!("seeks_ignored_{reason}"));
-                            }
+        let event = (stanza.name() == "message")
+            .then(|| stanza.get_child("event", PUBSUB_EVENT))
+            .flatten();
+        if let Some(event) = event {
+            let from_service = self
+                .seek_nodes
+                .iter()
+                .any(|(s, _)| s == from.domain().as_str());
+            for items in event.children().filter(|c| c.name() == "items") {
+                for item in items.children().filter(|c| c.name() == "item") {
+                    let outcome = if from_service {
+                        self.seek(cx, node, item).await
+                    } else {
+                        Err("not-from-a-seek-service")
+                    };
+                    match outcome {
+                        Ok(()) => self.count("seeks_answered"),
+                        Err(reason) => {
+                            tracing::debug!(node = %node.jid, reason, "SpimeSeek request ignored");
+                            self.count(&format!("seeks_ignored_{reason}"));
                         }
                     }
                 }
-                return Ok(Outcome::Handled);
             }
+            return Ok(Outcome::Handled);
         }
         if let Some(container) = Container::find(&stanza) {
             if stanza.name() == "iq" && stanza.attr("type") != Some("set") {
