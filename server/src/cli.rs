@@ -58,6 +58,18 @@ pub enum Command {
         /// The domain.
         domain: String,
     },
+    /// Inspect the ScopeNodes.
+    Scopenode {
+        /// What to show.
+        #[command(subcommand)]
+        action: ScopenodeAction,
+    },
+    /// Export stored sensor data.
+    Data {
+        /// What to do.
+        #[command(subcommand)]
+        action: DataAction,
+    },
     /// Manage the keys of the hosted certification services (XEP-0189).
     Keys {
         /// What to do with keys.
@@ -67,6 +79,47 @@ pub enum Command {
         #[arg(long, global = true)]
         service: Option<String>,
     },
+}
+
+/// `openspimed scopenode …`
+#[derive(Subcommand, Debug)]
+pub enum ScopenodeAction {
+    /// List the configured ScopeNodes with their scopes and entry counts.
+    List,
+    /// Show one ScopeNode: key, scopes and their fields, entry counts.
+    Show {
+        /// The ScopeNode's JID (node@domain).
+        jid: String,
+    },
+}
+
+/// `openspimed data …`
+#[derive(Subcommand, Debug)]
+pub enum DataAction {
+    /// Export the entries a spime reported.
+    Export {
+        /// The spime (full JID, as it reported).
+        #[arg(long)]
+        spime: String,
+        /// Only entries collected by this ScopeNode.
+        #[arg(long)]
+        node: Option<String>,
+        /// Only entries measured at or after this date (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "csv")]
+        format: ExportFormat,
+    },
+}
+
+/// Export formats.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum ExportFormat {
+    /// One row per entry, one column per field.
+    Csv,
+    /// One JSON object per entry, in an array.
+    Json,
 }
 
 /// `openspimed keys …`
@@ -133,6 +186,8 @@ pub fn main() -> ExitCode {
         Command::Deluser { jid } => rt.block_on(deluser(&config, &jid)),
         Command::Listusers { domain } => rt.block_on(listusers(&config, &domain)),
         Command::Keys { action, service } => rt.block_on(keys(&config, action, service)),
+        Command::Scopenode { action } => rt.block_on(scopenode(&config, action)),
+        Command::Data { action } => rt.block_on(data(&config, action)),
     }
 }
 
@@ -506,4 +561,237 @@ async fn keys(config: &Config, action: KeysAction, service: Option<String>) -> E
             }
         }
     }
+}
+
+/// The ScopeNodes this configuration serves.
+fn configured_scopenodes(
+    config: &Config,
+) -> Result<Vec<openspimed_mod_scopenode::NodeDef>, String> {
+    let empty = openspimed_module_api::toml::Table::new();
+    let options = config.modules.get("scopenode").unwrap_or(&empty);
+    let mut out = Vec::new();
+    for (domain, host) in &config.hosts {
+        if host.modules.iter().any(|m| m == "scopenode") {
+            out.extend(
+                openspimed_mod_scopenode::configured_nodes(domain, options)
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+    }
+    Ok(out)
+}
+
+async fn scopenode(config: &Config, action: ScopenodeAction) -> ExitCode {
+    use openspimed_module_api::SensorStore;
+    let nodes = match configured_scopenodes(config) {
+        Ok(n) => n,
+        Err(e) => return fail(e),
+    };
+    let store = match open_store(config) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let counts = match store.entry_counts().await {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let count = |node: &str, scope: &str| {
+        counts
+            .iter()
+            .find(|(n, s, _)| n == node && s == scope)
+            .map(|c| c.2)
+            .unwrap_or(0)
+    };
+    match action {
+        ScopenodeAction::List => {
+            for n in &nodes {
+                let scopes: Vec<String> = n
+                    .scopes
+                    .iter()
+                    .map(|s| format!("{} ({} entries)", s.name, count(&n.jid, &s.name)))
+                    .collect();
+                println!("{}\t{}", n.jid, scopes.join(", "));
+            }
+            ExitCode::SUCCESS
+        }
+        ScopenodeAction::Show { jid } => {
+            let jid = openspimed_module_api::jid::Jid::new(&jid)
+                .map(|j| j.to_bare().to_string())
+                .unwrap_or(jid);
+            let Some(n) = nodes.iter().find(|n| n.jid == jid) else {
+                return fail(format!(
+                    "{jid} is not a ScopeNode of this server (see `openspimed scopenode list`)"
+                ));
+            };
+            println!("jid: {}", n.jid);
+            let key = match &n.key_file {
+                Some(path) => std::fs::read_to_string(path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|pem| {
+                        openspime::crypto::private_key_from_pem(&pem).map_err(|e| e.to_string())
+                    })
+                    .map(Some),
+                None => match store.node_key(&n.jid).await {
+                    Ok(Some(der)) => {
+                        use openspime::rsa_reexport::DecodePrivateKey;
+                        openspime::RsaPrivateKey::from_pkcs8_der(&der)
+                            .map(Some)
+                            .map_err(|e| e.to_string())
+                    }
+                    Ok(None) => Ok(None),
+                    Err(e) => Err(e.to_string()),
+                },
+            };
+            match key {
+                Ok(Some(k)) => match openspime::crypto::public_key_to_pem(&k.to_public_key()) {
+                    Ok(pem) => print!("key:\n{pem}"),
+                    Err(e) => return fail(e),
+                },
+                Ok(None) => println!("key: (generated at first start)"),
+                Err(e) => return fail(format!("key of {}: {e}", n.jid)),
+            }
+            for s in &n.scopes {
+                println!(
+                    "scope {}: {} entries, signature {}, encryption {}, retention {}",
+                    s.name,
+                    count(&n.jid, &s.name),
+                    if s.require_signature {
+                        "required"
+                    } else {
+                        "optional"
+                    },
+                    if s.require_encryption {
+                        "required"
+                    } else {
+                        "optional"
+                    },
+                    if s.retention_days == 0 {
+                        "forever".to_owned()
+                    } else {
+                        format!("{} days", s.retention_days)
+                    }
+                );
+                for f in &s.fields {
+                    println!(
+                        "  {}: {:?}{}{}",
+                        f.name,
+                        f.kind,
+                        if f.required { ", required" } else { "" },
+                        f.unit
+                            .as_ref()
+                            .map(|u| format!(", unit {u}"))
+                            .unwrap_or_default()
+                    );
+                }
+            }
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+async fn data(config: &Config, action: DataAction) -> ExitCode {
+    use openspimed_module_api::SensorStore;
+    let DataAction::Export {
+        spime,
+        node,
+        since,
+        format,
+    } = action;
+    let since = match since.map(|s| openspime::date::parse(&s)) {
+        None => None,
+        Some(Ok(t)) => Some(t),
+        Some(Err(e)) => return fail(e),
+    };
+    let spime = match openspimed_module_api::jid::Jid::new(&spime) {
+        Ok(j) => j.to_string(),
+        Err(e) => return fail(format!("{spime:?} is not a JID: {e}")),
+    };
+    let store = match open_store(config) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let rows = match store
+        .export_entries(node.as_deref(), Some(&spime), since)
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    // Each stored entry is an OpenSpime <entry/>: read its fields back.
+    let parsed: Vec<(openspimed_module_api::SensorEntry, Vec<(String, String)>)> = rows
+        .into_iter()
+        .map(|r| {
+            let fields = openspimed_module_api::Element::parse(&format!(
+                "<data xmlns='{}'>{}</data>",
+                openspime::ns::DATA,
+                r.xml
+            ))
+            .ok()
+            .and_then(|d| openspime::Data::parse(&d).ok())
+            .and_then(|d| d.entries.into_iter().next())
+            .map(|e| e.fields.into_iter().map(|f| (f.name, f.value)).collect())
+            .unwrap_or_default();
+            (r, fields)
+        })
+        .collect();
+    match format {
+        ExportFormat::Json => {
+            let arr: Vec<serde_json::Value> = parsed
+                .iter()
+                .map(|(r, fields)| {
+                    let mut f = serde_json::Map::new();
+                    for (k, v) in fields {
+                        f.insert(k.clone(), serde_json::Value::String(v.clone()));
+                    }
+                    serde_json::json!({
+                        "node": r.node, "scope": r.scope, "spime": r.spime,
+                        "time": openspime::date::format(r.at_unix, 0), "fields": f,
+                    })
+                })
+                .collect();
+            match serde_json::to_string_pretty(&arr) {
+                Ok(s) => println!("{s}"),
+                Err(e) => return fail(e),
+            }
+        }
+        ExportFormat::Csv => {
+            let mut columns: Vec<String> = parsed
+                .iter()
+                .flat_map(|(_, f)| f.iter().map(|(k, _)| k.clone()))
+                .collect();
+            columns.sort();
+            columns.dedup();
+            let esc = |v: &str| {
+                if v.contains([',', '"', '\n']) {
+                    format!("\"{}\"", v.replace('"', "\"\""))
+                } else {
+                    v.to_owned()
+                }
+            };
+            println!(
+                "node,scope,spime,time{}",
+                columns
+                    .iter()
+                    .map(|c| format!(",{}", esc(c)))
+                    .collect::<String>()
+            );
+            for (r, fields) in &parsed {
+                let mut line = format!(
+                    "{},{},{},{}",
+                    esc(&r.node),
+                    esc(&r.scope),
+                    esc(&r.spime),
+                    openspime::date::format(r.at_unix, 0)
+                );
+                for c in &columns {
+                    line.push(',');
+                    if let Some((_, v)) = fields.iter().find(|(k, _)| k == c) {
+                        line.push_str(&esc(v));
+                    }
+                }
+                println!("{line}");
+            }
+        }
+    }
+    ExitCode::SUCCESS
 }

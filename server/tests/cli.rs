@@ -373,3 +373,95 @@ fn keys_add_list_show_revoke() {
     assert!(!o.status.success());
     assert!(stderr_lines(&o)[0].contains("not a certification service hosted here"));
 }
+
+#[test]
+fn scopenode_list_show_and_data_export() {
+    use openspimed_module_api::{SensorEntry, SensorStore};
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "");
+    let cfg = cfg.to_str().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let store = openspimed::storage::sqlite::SqliteStore::open(&dir.path().join("data/openspimed.sqlite")).unwrap();
+        let entry = |ppm: &str, t: i64| SensorEntry {
+            node: "demo@scopenode.example.test".into(),
+            scope: "co2".into(),
+            spime: "s@example.test/spime".into(),
+            at_unix: t,
+            xml: format!(
+                "<entry xmlns='openspime:protocol:extension:data'><ppm>{ppm}</ppm><exposure>outdoor</exposure></entry>"
+            ),
+        };
+        store
+            .append_entries(&[entry("176.4", 1_207_155_262), entry("180,5", 1_207_155_300)])
+            .await
+            .unwrap();
+    });
+    let o = run(&["--config", cfg, "scopenode", "list"], dir.path());
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "demo@scopenode.example.test\tco2 (2 entries)\n"
+    );
+    let o = run(
+        &[
+            "--config",
+            cfg,
+            "scopenode",
+            "show",
+            "demo@scopenode.example.test",
+        ],
+        dir.path(),
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("scope co2: 2 entries") && out.contains("ppm:"),
+        "{out}"
+    );
+    let o = run(
+        &[
+            "--config",
+            cfg,
+            "scopenode",
+            "show",
+            "nobody@scopenode.example.test",
+        ],
+        dir.path(),
+    );
+    assert!(!o.status.success());
+
+    let o = run(
+        &[
+            "--config",
+            cfg,
+            "data",
+            "export",
+            "--spime",
+            "s@example.test/spime",
+        ],
+        dir.path(),
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "node,scope,spime,time,exposure,ppm\n\
+         demo@scopenode.example.test,co2,s@example.test/spime,2008-04-02T16:54:22+00:00,outdoor,176.4\n\
+         demo@scopenode.example.test,co2,s@example.test/spime,2008-04-02T16:55:00+00:00,outdoor,\"180,5\"\n"
+    );
+    let o = run(
+        &[
+            "--config",
+            cfg,
+            "data",
+            "export",
+            "--spime",
+            "s@example.test/spime",
+            "--format",
+            "json",
+            "--since",
+            "2008-04-02T16:55:00Z",
+        ],
+        dir.path(),
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    assert_eq!(v[0]["fields"]["ppm"], "180,5");
+}

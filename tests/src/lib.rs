@@ -150,20 +150,7 @@ impl TestServer {
 
     /// A TLS client configuration trusting only the test CA.
     pub fn tls_config(&self, alpn: Option<&[u8]>) -> Arc<ClientConfig> {
-        let mut roots = rustls::RootCertStore::empty();
-        for c in rustls_pki_types::CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
-            roots.add(c.expect("CA pem")).expect("CA");
-        }
-        let mut cfg =
-            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .expect("versions")
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-        if let Some(p) = alpn {
-            cfg.alpn_protocols = vec![p.to_vec()];
-        }
-        Arc::new(cfg)
+        client_tls_config(&self.ca_pem, alpn)
     }
 
     /// Stops the server and starts it again on the same data (new ports).
@@ -184,6 +171,24 @@ impl TestServer {
             s.shutdown(Duration::from_secs(5)).await;
         }
     }
+}
+
+/// A TLS client configuration trusting only the CA in `ca_pem`.
+pub fn client_tls_config(ca_pem: &str, alpn: Option<&[u8]>) -> Arc<ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.expect("CA pem")).expect("CA");
+    }
+    let mut cfg =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    if let Some(p) = alpn {
+        cfg.alpn_protocols = vec![p.to_vec()];
+    }
+    Arc::new(cfg)
 }
 
 /// What the raw client reads.
@@ -259,13 +264,33 @@ impl Raw<TlsStream<TcpStream>> {
         password: &str,
         resource: &str,
     ) -> (Raw<TlsStream<TcpStream>>, String) {
-        let mut raw = Raw::connect(server.c2s).await;
+        Self::login_at(
+            server.c2s,
+            server.tls_config(None),
+            domain,
+            user,
+            password,
+            resource,
+        )
+        .await
+    }
+
+    /// STARTTLS, PLAIN and binding against any server address (e.g. a child process).
+    pub async fn login_at(
+        c2s: SocketAddr,
+        tls: Arc<ClientConfig>,
+        domain: &str,
+        user: &str,
+        password: &str,
+        resource: &str,
+    ) -> (Raw<TlsStream<TcpStream>>, String) {
+        let mut raw = Raw::connect(c2s).await;
         raw.open(domain).await;
         raw.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
             .await;
         let proceed = raw.element().await;
         assert!(proceed.is("proceed", ns::TLS), "{proceed}");
-        let tls = TlsConnector::from(server.tls_config(None))
+        let tls = TlsConnector::from(tls)
             .connect(
                 ServerName::try_from(domain.to_owned()).expect("name"),
                 raw.io,

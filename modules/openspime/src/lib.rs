@@ -29,5 +29,5 @@ pub use rsa::{RsaPrivateKey, RsaPublicKey};
 
 /// Key encoding traits, for callers that store keys as DER.
 pub mod rsa_reexport {
-    pub use rsa::pkcs8::{DecodePublicKey, EncodePublicKey};
+    pub use rsa::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
 }

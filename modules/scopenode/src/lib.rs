@@ -68,13 +68,19 @@ fn internal(e: impl std::fmt::Display) -> ModuleError {
 
 /// One configured ScopeNode.
 #[derive(Clone, Debug)]
-struct NodeDef {
+pub struct NodeDef {
     /// Its bare JID.
-    jid: String,
+    pub jid: String,
     /// A PEM private key to use instead of a generated one.
-    key_file: Option<String>,
+    pub key_file: Option<String>,
     /// Scopes by resource.
-    scopes: Vec<Scope>,
+    pub scopes: Vec<Scope>,
+}
+
+/// The ScopeNodes a host serves with these options (for the operator's commands).
+pub fn configured_nodes(host: &str, options: &toml::Table) -> Result<Vec<NodeDef>, ModuleError> {
+    let module = Factory.build_nodes(host, options)?;
+    Ok(module.nodes)
 }
 
 /// A PubSub node (service JID, node name).
@@ -111,6 +117,12 @@ impl ModuleFactory for Factory {
     }
 
     fn build(&self, host: &str, options: &toml::Table) -> Result<Arc<dyn Module>, ModuleError> {
+        Ok(Arc::new(self.build_nodes(host, options)?))
+    }
+}
+
+impl Factory {
+    fn build_nodes(&self, host: &str, options: &toml::Table) -> Result<ScopeNodes, ModuleError> {
         let s = |k: &str| options.get(k).and_then(|v| v.as_str()).map(str::to_owned);
         let domain = s("domain").unwrap_or_else(|| format!("scopenode.{host}"));
         let serves = domain == host || domain.ends_with(&format!(".{host}"));
@@ -185,7 +197,7 @@ impl ModuleFactory for Factory {
                 out
             }
         };
-        Ok(Arc::new(ScopeNodes {
+        Ok(ScopeNodes {
             host: host.to_owned(),
             domain,
             nodes: if serves { nodes } else { Vec::new() },
@@ -198,7 +210,8 @@ impl ModuleFactory for Factory {
             keys: Mutex::new(HashMap::new()),
             lookup: OnceLock::new(),
             stats: Mutex::new(BTreeMap::new()),
-        }))
+            last_expiry: Mutex::new(None),
+        })
     }
 }
 
@@ -228,6 +241,8 @@ pub struct ScopeNodes {
     lookup: OnceLock<KeyLookup>,
     /// Counters by name (reports accepted/rejected, seeks answered/ignored by reason).
     stats: Mutex<BTreeMap<String, u64>>,
+    /// When retention was last enforced (it runs at most hourly, on the report path).
+    last_expiry: Mutex<Option<std::time::Instant>>,
 }
 
 /// Why a report was refused: an OpenSpime error or a storage failure.
@@ -389,7 +404,38 @@ impl ScopeNodes {
             .sensors()
             .append_entries(&rows)
             .await
-            .map_err(|e| ReportError::Storage(e.to_string()))
+            .map_err(|e| ReportError::Storage(e.to_string()))?;
+        self.enforce_retention(cx).await;
+        Ok(())
+    }
+
+    /// Deletes entries past their scope's retention and expired seek records, at most
+    /// once an hour.
+    async fn enforce_retention(&self, cx: &Context) {
+        let due = match self.last_expiry.lock() {
+            Ok(mut last) => {
+                let due = last.is_none_or(|t| t.elapsed() >= Duration::from_secs(3600));
+                if due {
+                    *last = Some(std::time::Instant::now());
+                }
+                due
+            }
+            Err(_) => false,
+        };
+        if !due {
+            return;
+        }
+        let now = openspime::date::now();
+        let store = cx.storage.sensors();
+        for node in &self.nodes {
+            for scope in node.scopes.iter().filter(|s| s.retention_days > 0) {
+                let before = now - (scope.retention_days as i64) * 86_400;
+                if let Err(e) = store.expire_entries(&node.jid, &scope.name, before).await {
+                    tracing::warn!(%e, node = %node.jid, "expiring old entries failed");
+                }
+            }
+        }
+        let _ = store.forget_seeks(now).await;
     }
 
     /// Handles one SpimeSeek request item; returns the reason it was ignored, if it was.

@@ -1,0 +1,137 @@
+//! What was acknowledged survives `SIGKILL`: the server runs as a real child process (this
+//! test binary re-executed as `openspimed`), reports are answered, the process is killed
+//! right after the answers, and every answered entry is in the store afterwards.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::Duration;
+
+use openspimed::storage::AccountStore;
+use openspimed::storage::sqlite::SqliteStore;
+use openspimed_module_api::SensorStore;
+use openspimed_tests::{Raw, client_tls_config};
+
+const AS_SERVER: &str = "OPENSPIMED_TEST_AS_SERVER";
+
+fn main() -> ExitCode {
+    if std::env::var_os(AS_SERVER).is_some() {
+        return openspimed::cli::main();
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(reports_answered_before_sigkill_are_stored());
+    println!("test reports_answered_before_sigkill_are_stored ... ok");
+    println!("1 passed, 0 failed");
+    ExitCode::SUCCESS
+}
+
+/// Starts the server child and returns it with its c2s address (read from its log).
+fn start_child(config: &std::path::Path) -> (Child, SocketAddr) {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .env(AS_SERVER, "1")
+        .env("RUST_LOG", "info")
+        .args(["--config", config.to_str().unwrap(), "run"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let addr = loop {
+        line.clear();
+        assert!(err.read_line(&mut line).unwrap() > 0, "server exited early");
+        if let Some(a) = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("addr="))
+        {
+            break a.parse().unwrap();
+        }
+    };
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        while err.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
+            sink.clear();
+        }
+    });
+    (child, addr)
+}
+
+async fn reports_answered_before_sigkill_are_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = openspimed_certs::DevCa::new("durability CA").unwrap();
+    let (cert, key) = ca.issue(&["localhost"]).unwrap();
+    std::fs::write(dir.path().join("c.pem"), cert).unwrap();
+    std::fs::write(dir.path().join("k.pem"), key).unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("openspimed.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{}\"\n[listeners]\nc2s = [\"127.0.0.1:0\"]\nc2s_direct_tls = []\n\
+             [hosts.localhost]\ncertificate = \"c.pem\"\nkey = \"k.pem\"\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    {
+        let store = SqliteStore::open(&data.join("openspimed.sqlite")).unwrap();
+        let creds = openspimed::sasl::derive_credentials("pw", 4096);
+        assert!(
+            store
+                .create_account("spime", "localhost", &creds)
+                .await
+                .unwrap()
+        );
+    }
+
+    let (mut child, addr) = start_child(&config);
+    let tls = client_tls_config(&ca.cert_pem, None);
+    let (mut c, jid) = Raw::login_at(addr, tls.clone(), "localhost", "spime", "pw", "spime").await;
+    // Twenty reports in flight at once; each answer means "stored".
+    let n = 20;
+    let mut burst = String::new();
+    for i in 0..n {
+        burst.push_str(&format!(
+            "<iq type='set' id='r{i}' to='demo@scopenode.localhost/co2'>\
+             <openspime xmlns='openspime:protocol:core' version='0.9'><transport>\
+             <data xmlns='openspime:protocol:extension:data' version='0.9'><entry>\
+             <date>2008-04-02T17:54:{i:02}+01:00</date><ppm>{i}.5</ppm></entry></data>\
+             </transport></openspime></iq>"
+        ));
+    }
+    c.send(&burst).await;
+    let mut answered = 0;
+    while answered < n {
+        let iq = c.stanza("iq").await;
+        assert_eq!(iq.attr("type"), Some("result"), "{iq}");
+        answered += 1;
+    }
+    // Kill it the moment the last answer is read: no shutdown, no flush.
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let store = SqliteStore::open(&data.join("openspimed.sqlite")).unwrap();
+    let stored = store
+        .entries_for_spime("demo@scopenode.localhost", &jid, 1000)
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), n, "every answered report survives SIGKILL");
+    drop(store);
+
+    // And the server starts again on that data.
+    let (mut child, addr) = start_child(&config);
+    let (mut c, _) = Raw::login_at(addr, tls, "localhost", "spime", "pw", "again").await;
+    c.send("<iq type='get' id='p' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    let pong = tokio::time::timeout(Duration::from_secs(15), c.stanza("iq"))
+        .await
+        .unwrap();
+    assert_eq!(pong.attr("type"), Some("result"));
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
