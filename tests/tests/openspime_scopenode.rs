@@ -156,8 +156,15 @@ fn seek(
     .unwrap()
 }
 
-/// The next OpenSpime container a client receives, with the sender.
+/// The next OpenSpime container a client receives, with the sender: directly in a message
+/// (a ScopeNode's answer) or inside a PubSub event item (a relayed request).
 async fn next_container(client: &mut Client) -> (String, Container) {
+    fn find(el: &Element) -> Option<&Element> {
+        if el.name() == "openspime" {
+            return Some(el);
+        }
+        el.children().find_map(find)
+    }
     loop {
         match tokio::time::timeout(WAIT, futures::StreamExt::next(client))
             .await
@@ -165,10 +172,10 @@ async fn next_container(client: &mut Client) -> (String, Container) {
         {
             Some(Event::Stanza(Stanza::Message(m))) => {
                 for p in &m.payloads {
-                    if p.name() == "openspime" {
-                        let el = Element::parse(&String::from(p)).unwrap();
+                    let el = Element::parse(&String::from(p)).unwrap();
+                    if let Some(c) = find(&el) {
                         let from = m.from.as_ref().unwrap().to_string();
-                        return (from, Container::parse(&el).unwrap());
+                        return (from, Container::parse(c).unwrap());
                     }
                 }
             }
@@ -545,5 +552,89 @@ async fn pyopenspime_report_from_the_vectors_is_accepted_and_stored() {
         !answer.to_string().contains("<KeyValue"),
         "legacy form: {answer}"
     );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn seeks_are_propagated_once_to_other_pubsub_nodes() {
+    let mut server =
+        TestServer::start_hosts(&["spime.example", "mydomain.example", "example"], |c| {
+            for h in ["localhost", "spime.example", "mydomain.example"] {
+                if let Some(host) = c.hosts.get_mut(h) {
+                    host.modules = vec!["disco".into(), "ping".into(), "version".into()];
+                }
+            }
+            let opts = |s: &str| toml::from_str::<toml::Table>(s).unwrap();
+            c.modules.insert(
+                "pubsub".into(),
+                opts(
+                    "[[nodes]]\nname = 'spimeseek'\npublish_model = 'open'\n\
+                 publish_domains = ['spime.example']\nsubscribe_domains = ['scopenode.example']\n\
+                 [[nodes]]\nname = 'relay'\npublish_model = 'open'\n\
+                 publish_domains = ['scopenode.example']\naccess_model = 'open'",
+                ),
+            );
+            c.modules.insert(
+                "scopenode".into(),
+                opts("propagate_to = [{ service = 'pubsub.example', node = 'relay' }]"),
+            );
+        })
+        .await;
+    server
+        .add_account("4a6b-5638-0312111d", "spime.example", "pw")
+        .await;
+    server.add_account("owner", "mydomain.example", "pw").await;
+    let (mut spime, _) = online(&server, SPIME, "pw", false).await;
+    let (mut watcher, _) = online(&server, OWNER, "pw", false).await;
+    let spime_key = vector_key("sender");
+    publish_key(&mut spime, SPIME, &spime_key).await;
+    let sub = Element::parse(&format!(
+        "<pubsub xmlns='http://jabber.org/protocol/pubsub'><subscribe node='relay' jid='{OWNER}'/></pubsub>"
+    ))
+    .unwrap();
+    iq(&mut watcher, PUBSUB, false, &sub).await.unwrap();
+
+    let p = seek(
+        "prop1",
+        SPIME,
+        &future_date(),
+        false,
+        (&spime_key, CERT, SPIME),
+        None,
+    );
+    iq(&mut spime, PUBSUB, false, &p).await.unwrap();
+    // The watcher sees the request re-published on the relay node, signature intact.
+    let (_, c) = next_container(&mut watcher).await;
+    let (payload, ctx) = c.open(None).unwrap();
+    let SpimeSeek::Request(req) = SpimeSeek::parse(&payload).unwrap() else {
+        panic!("request expected")
+    };
+    assert_eq!(req.id, "prop1");
+    crypto::verify(
+        &payload,
+        &ctx,
+        c.signature().unwrap(),
+        &spime_key.to_public_key(),
+    )
+    .unwrap();
+    // No entries were reported: no answer, counted.
+    wait_counter(&mut spime, "seeks_ignored_no-entries", 1).await;
+    // Publishing the same request again is not propagated again (de-duplication).
+    iq(&mut spime, PUBSUB, false, &p).await.unwrap();
+    wait_counter(&mut spime, "seeks_ignored_duplicate", 1).await;
+    let p2 = seek(
+        "prop2",
+        SPIME,
+        &future_date(),
+        false,
+        (&spime_key, CERT, SPIME),
+        None,
+    );
+    iq(&mut spime, PUBSUB, false, &p2).await.unwrap();
+    let (_, c) = next_container(&mut watcher).await;
+    let SpimeSeek::Request(req) = SpimeSeek::parse(&c.open(None).unwrap().0).unwrap() else {
+        panic!()
+    };
+    assert_eq!(req.id, "prop2", "prop1 was propagated once only");
     server.stop().await;
 }
