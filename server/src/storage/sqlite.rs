@@ -140,16 +140,21 @@ fn writer_loop(conn: Connection, jobs: std::sync::mpsc::Receiver<WriteJob>) {
             continue;
         }
         let mut done = Vec::with_capacity(batch.len());
+        // Savepoint statements are prepared once and reused: per job they cost a step.
+        let step = |sql: &str| -> Result<(), StorageError> {
+            conn.prepare_cached(sql)
+                .and_then(|mut st| st.execute([]))
+                .map(|_| ())
+                .map_err(backend)
+        };
         for job in batch {
-            let result = match conn.execute_batch("SAVEPOINT job") {
-                Err(e) => Err(backend(e)),
+            let result = match step("SAVEPOINT job") {
+                Err(e) => Err(e),
                 Ok(()) => match (job.run)(&conn) {
-                    Ok(v) => conn
-                        .execute_batch("RELEASE job")
-                        .map(|()| v)
-                        .map_err(backend),
+                    Ok(v) => step("RELEASE job").map(|()| v),
                     Err(e) => {
-                        let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
+                        let _ = step("ROLLBACK TO job");
+                        let _ = step("RELEASE job");
                         Err(e)
                     }
                 },

@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 
 use openspimed::storage::AccountStore;
 use openspimed::storage::sqlite::SqliteStore;
+use openspimed_module_api::SensorEntry;
+use openspimed_module_api::SensorStore;
 use openspimed_module_api::{Element, ns};
 use openspimed_tests::{Got, Raw};
 use rustls::ClientConfig;
@@ -54,6 +56,14 @@ fn server_binary() -> PathBuf {
 }
 
 async fn start_server(accounts: usize) -> Server {
+    start_server_with(accounts, |_| async {}).await
+}
+
+async fn start_server_with<F, Fut>(accounts: usize, prepare: F) -> Server
+where
+    F: FnOnce(SqliteStore) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = openspimed_certs::DevCa::new("bench CA").expect("ca");
     let (cert, key) = ca.issue(&["localhost"]).expect("leaf");
@@ -68,7 +78,7 @@ async fn start_server(accounts: usize) -> Server {
             .await
             .expect("account");
     }
-    drop(store);
+    prepare(store).await;
     let cfg = dir.path().join("bench.toml");
     std::fs::write(
         &cfg,
@@ -215,6 +225,8 @@ async fn messages(sessions: usize, seconds: u64, window: u64) -> serde_like::Jso
     }
     let received: Arc<Vec<AtomicU64>> =
         Arc::new((0..sessions).map(|_| AtomicU64::new(0)).collect());
+    let wakes: Arc<Vec<tokio::sync::Notify>> =
+        Arc::new((0..sessions).map(|_| tokio::sync::Notify::new()).collect());
     let latencies = Arc::new(std::sync::Mutex::new(Vec::<u64>::new()));
     let epoch = Instant::now();
     let stop_at = epoch + Duration::from_secs(seconds);
@@ -225,6 +237,7 @@ async fn messages(sessions: usize, seconds: u64, window: u64) -> serde_like::Jso
         let (mut rd, mut wr) = tokio::io::split(client.io);
         let counts = received.clone();
         let lat = latencies.clone();
+        let reader_wakes = wakes.clone();
         // Reader: counts messages and samples their one-way latency from the id.
         tasks.push(tokio::spawn(async move {
             let mut parser = openspimed::xml::StreamParser::new(openspimed::xml::Limits::default());
@@ -253,6 +266,8 @@ async fn messages(sessions: usize, seconds: u64, window: u64) -> serde_like::Jso
                         continue;
                     }
                     counts[i].fetch_add(1, Ordering::Relaxed);
+                    // The message came from the peer: its writer may send again.
+                    reader_wakes[peer].notify_one();
                     n_seen += 1;
                     let sent_at = e.attr("id").and_then(|v| v.parse::<u64>().ok());
                     if let (true, Some(t)) = (n_seen.is_multiple_of(16), sent_at) {
@@ -264,8 +279,10 @@ async fn messages(sessions: usize, seconds: u64, window: u64) -> serde_like::Jso
             lat.lock().unwrap().extend(local);
         }));
         let counts = received.clone();
+        let wakes = wakes.clone();
         // Writer: keeps at most `window` of its messages unreceived by the peer.
         tasks.push(tokio::spawn(async move {
+            let wake = &wakes[i];
             let to = format!("u{peer}@localhost/bench");
             let mut sent = 0u64;
             let mut out = Vec::with_capacity(8192);
@@ -273,7 +290,9 @@ async fn messages(sessions: usize, seconds: u64, window: u64) -> serde_like::Jso
                 let inflight = sent - counts[peer].load(Ordering::Relaxed).min(sent);
                 let room = window.saturating_sub(inflight).min(32);
                 if room == 0 {
-                    tokio::task::yield_now().await;
+                    // Wait for an answer to free a slot (no spinning: the load generator
+                    // shares the machine with the server).
+                    let _ = tokio::time::timeout_at(stop_at.into(), wake.notified()).await;
                     continue;
                 }
                 out.clear();
@@ -341,6 +360,468 @@ async fn messages(sessions: usize, seconds: u64, window: u64) -> serde_like::Jso
     ])
 }
 
+const PUBSUB_NS: &str = "http://jabber.org/protocol/pubsub";
+
+/// Sends one iq and waits for its answer, skipping other stanzas.
+async fn call(s: &mut Session, iq: &str) -> Element {
+    s.send(iq).await;
+    let id_start = iq.find("id='").map(|i| i + 4).unwrap_or(0);
+    let id = &iq[id_start
+        ..iq[id_start..]
+            .find('\'')
+            .map(|e| id_start + e)
+            .unwrap_or(id_start)];
+    loop {
+        let e = s.stanza("iq").await;
+        if e.attr("id") == Some(id) {
+            return e;
+        }
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// One publish fanned out to `subscribers` sessions: time until the last one has it.
+async fn pubsub_fanout(subscribers: usize, publishes: usize) -> serde_like::Json {
+    let server = start_server(subscribers.div_ceil(100) + 1).await;
+    let publisher_user = format!("u{}", subscribers.div_ceil(100));
+    let mut publisher = login(&server, &publisher_user, "pub").await;
+    let r = call(&mut publisher, &format!(
+        "<iq type='set' id='c' to='pubsub.localhost'><pubsub xmlns='{PUBSUB_NS}'><create node='bench'/></pubsub></iq>"
+    )).await;
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+    let mut subs = Vec::with_capacity(subscribers);
+    for i in 0..subscribers {
+        let user = format!("u{}", i / 100);
+        let mut s = login(&server, &user, &format!("r{i}")).await;
+        let r = call(&mut s, &format!(
+            "<iq type='set' id='s' to='pubsub.localhost'><pubsub xmlns='{PUBSUB_NS}'><subscribe node='bench' jid='{user}@localhost/r{i}'/></pubsub></iq>"
+        )).await;
+        assert_eq!(r.attr("type"), Some("result"), "{r}");
+        subs.push(s);
+    }
+    let mut readers = Vec::new();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
+    for (i, mut s) in subs.into_iter().enumerate() {
+        let tx = tx.clone();
+        readers.push(tokio::spawn(async move {
+            for n in 0..publishes {
+                let m = s.stanza("message").await;
+                let _ = m;
+                let _ = tx.send((n, Instant::now()));
+            }
+            let _ = i;
+        }));
+    }
+    let mut latencies = Vec::new();
+    for n in 0..publishes {
+        let start = Instant::now();
+        publisher.send(&format!(
+            "<iq type='set' id='p{n}' to='pubsub.localhost'><pubsub xmlns='{PUBSUB_NS}'><publish node='bench'>\
+             <item id='i{n}'><entry xmlns='urn:bench'>payload {n}</entry></item></publish></pubsub></iq>"
+        )).await;
+        let mut got = 0;
+        let mut last = start;
+        while got < subscribers {
+            let (k, at) = rx.recv().await.expect("readers alive");
+            if k == n {
+                got += 1;
+                last = last.max(at);
+            }
+        }
+        latencies.push((last - start).as_secs_f64() * 1000.0);
+    }
+    for r in readers {
+        let _ = r.await;
+    }
+    latencies.sort_by(f64::total_cmp);
+    let (p50, max) = (percentile(&latencies, 0.5), percentile(&latencies, 1.0));
+    println!("pubsub-fanout: one publish to {subscribers} subscribers, {publishes} publishes");
+    println!("time until the last subscriber has it: p50 {p50:.1} ms, max {max:.1} ms");
+    serde_like::Json::obj(&[
+        ("scenario", "\"pubsub-fanout\"".into()),
+        ("subscribers", subscribers.to_string()),
+        ("fanout_p50_ms", format!("{p50:.2}")),
+        ("fanout_max_ms", format!("{max:.2}")),
+    ])
+}
+
+/// Durable publishes per second to a node with one subscriber, `window` in flight per
+/// publisher session.
+async fn publish_rate(publishers: usize, seconds: u64, window: usize) -> serde_like::Json {
+    let server = start_server(publishers + 1).await;
+    let mut owner = login(&server, "u0", "owner").await;
+    call(&mut owner, &format!(
+        "<iq type='set' id='c' to='pubsub.localhost'><pubsub xmlns='{PUBSUB_NS}'><create node='rate'/></pubsub></iq>"
+    )).await;
+    let mut subscriber = login(&server, &format!("u{publishers}"), "sub").await;
+    call(&mut subscriber, &format!(
+        "<iq type='set' id='s' to='pubsub.localhost'><pubsub xmlns='{PUBSUB_NS}'><subscribe node='rate' jid='u{publishers}@localhost/sub'/></pubsub></iq>"
+    )).await;
+    // Publishers need the publisher affiliation.
+    for i in 1..publishers.max(1) {
+        call(&mut owner, &format!(
+            "<iq type='set' id='a{i}' to='pubsub.localhost'><pubsub xmlns='http://jabber.org/protocol/pubsub#owner'>\
+             <affiliations node='rate'><affiliation jid='u{i}@localhost' affiliation='publisher'/></affiliations></pubsub></iq>"
+        )).await;
+    }
+    let mut sessions = vec![owner];
+    for i in 1..publishers.max(1) {
+        sessions.push(login(&server, &format!("u{i}"), "pub").await);
+    }
+    let stop_at = Instant::now() + Duration::from_secs(seconds);
+    let acked = Arc::new(AtomicU64::new(0));
+    let delivered = Arc::new(AtomicU64::new(0));
+    let d2 = delivered.clone();
+    let sub_task = tokio::spawn(async move {
+        loop {
+            match tokio::time::timeout_at(
+                (stop_at + Duration::from_secs(3)).into(),
+                subscriber.next(),
+            )
+            .await
+            {
+                Ok(Got::Element(e)) if e.name() == "message" => {
+                    d2.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(Got::Element(_)) => {}
+                _ => break,
+            }
+        }
+    });
+    let mut tasks = Vec::new();
+    for (p, s) in sessions.into_iter().enumerate() {
+        let acked = acked.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut rd, mut wr) = tokio::io::split(s.io);
+            let inflight = Arc::new(AtomicU64::new(0));
+            let in2 = inflight.clone();
+            let ack2 = acked.clone();
+            let wake = Arc::new(tokio::sync::Notify::new());
+            let wake2 = wake.clone();
+            let reader = tokio::spawn(async move {
+                let mut parser = openspimed::xml::StreamParser::new(openspimed::xml::Limits::default());
+                let mut hdr: &[u8] = b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>";
+                let _ = parser.next(&mut hdr);
+                let mut buf = vec![0u8; 16384];
+                loop {
+                    let n = match tokio::time::timeout_at((stop_at + Duration::from_secs(3)).into(), rd.read(&mut buf)).await {
+                        Ok(Ok(n)) if n > 0 => n,
+                        _ => break,
+                    };
+                    let mut slice = &buf[..n];
+                    while let Ok(Some(ev)) = parser.next(&mut slice) {
+                        if let openspimed::xml::StreamEvent::Element(e) = ev
+                            && e.name() == "iq"
+                            && e.attr("type") == Some("result")
+                        {
+                            ack2.fetch_add(1, Ordering::Relaxed);
+                            in2.fetch_sub(1, Ordering::Relaxed);
+                            wake2.notify_one();
+                        }
+                    }
+                }
+            });
+            let mut n = 0u64;
+            let mut out = Vec::new();
+            while Instant::now() < stop_at {
+                let room = (window as u64).saturating_sub(inflight.load(Ordering::Relaxed));
+                if room == 0 {
+                    // Wait for an answer to free a slot (no spinning: the load generator
+                    // shares the machine with the server).
+                    let _ = tokio::time::timeout_at(stop_at.into(), wake.notified()).await;
+                    continue;
+                }
+                out.clear();
+                for _ in 0..room {
+                    out.extend_from_slice(format!(
+                        "<iq type='set' id='p{p}-{n}' to='pubsub.localhost'><pubsub xmlns='{PUBSUB_NS}'><publish node='rate'>\
+                         <item id='{p}-{n}'><v xmlns='urn:bench'>{n}</v></item></publish></pubsub></iq>"
+                    ).as_bytes());
+                    n += 1;
+                }
+                inflight.fetch_add(room, Ordering::Relaxed);
+                if wr.write_all(&out).await.is_err() {
+                    break;
+                }
+            }
+            let _ = reader.await;
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let _ = sub_task.await;
+    let acked = acked.load(Ordering::Relaxed);
+    let rate = acked as f64 / seconds as f64;
+    println!("publish: {publishers} publisher session(s), window {window}, {seconds} s");
+    println!(
+        "{acked} publishes acknowledged after storing ({rate:.0}/s); {} notifications delivered",
+        delivered.load(Ordering::Relaxed)
+    );
+    serde_like::Json::obj(&[
+        ("scenario", "\"publish\"".into()),
+        ("publishes_per_second", format!("{rate:.0}")),
+    ])
+}
+
+/// The raw RSA-2048 private-operation rate of this machine (one core), for comparison.
+fn rsa_private_rate(key: &openspime::RsaPrivateKey, secs: f64) -> f64 {
+    use rsa::traits::PublicKeyParts;
+    let c =
+        rsa::BoxedUint::from_be_slice(&vec![7u8; key.size()], key.n().as_ref().bits_precision())
+            .unwrap();
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed().as_secs_f64() < secs {
+        let _ = rsa::hazmat::rsa_decrypt_and_check(key, None::<&mut rand10::rngs::ThreadRng>, &c);
+        n += 1;
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+fn co2_data(ppm: u64) -> Element {
+    openspime::Data {
+        entries: vec![openspime::Entry {
+            fields: vec![
+                openspime::Field {
+                    name: "date".into(),
+                    value: "2008-04-02T17:54:22+01:00".into(),
+                    attrs: vec![],
+                },
+                openspime::Field {
+                    name: "ppm".into(),
+                    value: format!("{ppm}.5"),
+                    attrs: vec![],
+                },
+            ],
+        }],
+    }
+    .to_element()
+}
+
+/// ScopeNode ingest: reports per second stored durably, from `sessions` spimes with
+/// `window` reports in flight each.
+async fn report_rate(
+    sessions: usize,
+    seconds: u64,
+    window: usize,
+    encrypted: bool,
+) -> serde_like::Json {
+    let server = start_server(sessions).await;
+    let spime_key = openspime::crypto::generate_key(2048).unwrap();
+    let mut clients = Vec::new();
+    let mut containers = Vec::new();
+    for i in 0..sessions {
+        let mut s = login(&server, &format!("u{i}"), "spime").await;
+        let jid = format!("u{i}@localhost/spime");
+        let container = if encrypted {
+            let publish = openspime::keyinfo::pubkeys(
+                &jid,
+                &spime_key.to_public_key(),
+                openspime::KeyForm::Standard,
+            );
+            let r = call(
+                &mut s,
+                &format!("<iq type='set' id='k' to='cert.localhost'>{publish}</iq>"),
+            )
+            .await;
+            assert_eq!(r.attr("type"), Some("result"), "{r}");
+            let r = call(&mut s, "<iq type='get' id='nk' to='cert.localhost'><pubkeys xmlns='urn:xmpp:tmp:pubkey' jid='demo@scopenode.localhost'/></iq>").await;
+            let (_, node_key) =
+                openspime::keyinfo::parse_pubkeys(r.first_child().unwrap()).unwrap();
+            openspime::Container::seal(
+                co2_data(i as u64),
+                Some((&spime_key, "cert.localhost", Some(&jid))),
+                None,
+                Some(&node_key),
+            )
+            .unwrap()
+        } else {
+            openspime::Container::seal(co2_data(i as u64), None, None, None).unwrap()
+        };
+        containers.push(container.to_element().to_string());
+        clients.push(s);
+    }
+    let stop_at = Instant::now() + Duration::from_secs(seconds);
+    let acked = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for (c, (s, container)) in clients.into_iter().zip(containers).enumerate() {
+        let acked = acked.clone();
+        let errors = errors.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut rd, mut wr) = tokio::io::split(s.io);
+            let inflight = Arc::new(AtomicU64::new(0));
+            let in2 = inflight.clone();
+            let wake = Arc::new(tokio::sync::Notify::new());
+            let wake2 = wake.clone();
+            let reader = tokio::spawn(async move {
+                let mut parser = openspimed::xml::StreamParser::new(openspimed::xml::Limits::default());
+                let mut hdr: &[u8] = b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>";
+                let _ = parser.next(&mut hdr);
+                let mut buf = vec![0u8; 16384];
+                loop {
+                    let n = match tokio::time::timeout_at((stop_at + Duration::from_secs(5)).into(), rd.read(&mut buf)).await {
+                        Ok(Ok(n)) if n > 0 => n,
+                        _ => break,
+                    };
+                    let mut slice = &buf[..n];
+                    while let Ok(Some(ev)) = parser.next(&mut slice) {
+                        if let openspimed::xml::StreamEvent::Element(e) = ev {
+                            match e.attr("type") {
+                                Some("result") => { acked.fetch_add(1, Ordering::Relaxed); }
+                                _ => { errors.fetch_add(1, Ordering::Relaxed); }
+                            }
+                            in2.fetch_sub(1, Ordering::Relaxed);
+                            wake2.notify_one();
+                        }
+                    }
+                }
+            });
+            let mut n = 0u64;
+            let mut out = Vec::new();
+            while Instant::now() < stop_at {
+                let room = (window as u64).saturating_sub(inflight.load(Ordering::Relaxed));
+                if room == 0 {
+                    // Wait for an answer to free a slot (no spinning: the load generator
+                    // shares the machine with the server).
+                    let _ = tokio::time::timeout_at(stop_at.into(), wake.notified()).await;
+                    continue;
+                }
+                out.clear();
+                for _ in 0..room {
+                    out.extend_from_slice(format!(
+                        "<iq type='set' id='r{c}-{n}' to='demo@scopenode.localhost/co2'>{container}</iq>"
+                    ).as_bytes());
+                    n += 1;
+                }
+                inflight.fetch_add(room, Ordering::Relaxed);
+                if wr.write_all(&out).await.is_err() {
+                    break;
+                }
+            }
+            let _ = reader.await;
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let acked = acked.load(Ordering::Relaxed);
+    let rate = acked as f64 / seconds as f64;
+    let kind = if encrypted {
+        "encrypted+signed"
+    } else {
+        "plain"
+    };
+    println!("report ({kind}): {sessions} spimes, window {window}, {seconds} s");
+    println!(
+        "{acked} reports stored and answered ({rate:.0}/s), {} errors",
+        errors.load(Ordering::Relaxed)
+    );
+    let mut fields = vec![
+        ("scenario", format!("\"report-{kind}\"")),
+        ("reports_per_second", format!("{rate:.0}")),
+    ];
+    if encrypted {
+        let raw = rsa_private_rate(&spime_key, 3.0);
+        println!(
+            "raw RSA-2048 private operations on one core, same run: {raw:.0}/s; the server has 2 cores: {:.0}% of 2x",
+            100.0 * rate / (2.0 * raw)
+        );
+        println!(
+            "reports per second / one core's private-operation rate: {:.0}%",
+            100.0 * rate / raw
+        );
+        fields.push(("rsa_private_ops_per_second_one_core", format!("{raw:.0}")));
+    }
+    serde_like::Json::obj(&fields)
+}
+
+/// A seek for a spime with `mine` stored entries among `total`: time to the answer.
+async fn seek_latency(total: u64, mine: u64, rounds: usize) -> serde_like::Json {
+    let spime_jid = "u0@localhost/spime";
+    let start_fill = Instant::now();
+    let server = start_server_with(1, |store| async move {
+        let mut batch = Vec::with_capacity(20_000);
+        for i in 0..total {
+            let spime = if i < mine { spime_jid.to_owned() } else { format!("other{}@localhost/spime", i % 5000) };
+            batch.push(SensorEntry {
+                node: "demo@scopenode.localhost".into(),
+                scope: "co2".into(),
+                spime,
+                at_unix: 1_200_000_000 + i as i64,
+                xml: format!("<entry xmlns='openspime:protocol:extension:data'><date>2008</date><ppm>{i}</ppm></entry>"),
+            });
+            if batch.len() == 20_000 {
+                store.append_entries(&batch).await.unwrap();
+                batch.clear();
+            }
+        }
+        store.append_entries(&batch).await.unwrap();
+    })
+    .await;
+    println!(
+        "stored {total} entries ({mine} of the sought spime) in {:.1?}",
+        start_fill.elapsed()
+    );
+    let key = openspime::crypto::generate_key(2048).unwrap();
+    let mut s = login(&server, "u0", "spime").await;
+    let publish = openspime::keyinfo::pubkeys(
+        spime_jid,
+        &key.to_public_key(),
+        openspime::KeyForm::Standard,
+    );
+    call(
+        &mut s,
+        &format!("<iq type='set' id='k' to='cert.localhost'>{publish}</iq>"),
+    )
+    .await;
+    let mut times = Vec::new();
+    for r in 0..rounds {
+        let req = openspime::SpimeSeek::Request(openspime::SeekRequest {
+            id: format!("bench{r}"),
+            spimeid: spime_jid.into(),
+            expdate: openspime::date::format(openspime::date::now() + 3600, 0),
+            encrequired: false,
+        });
+        let c = openspime::Container::seal(
+            req.to_element(),
+            Some((&key, "cert.localhost", Some(spime_jid))),
+            None,
+            None,
+        )
+        .unwrap();
+        let iq = format!(
+            "<iq type='set' id='s{r}' to='pubsub.localhost'><pubsub xmlns='{PUBSUB_NS}'><publish node='spimeseek'>\
+             <item id='seek{r}'>{}</item></publish></pubsub></iq>",
+            c.to_element()
+        );
+        let start = Instant::now();
+        s.send(&iq).await;
+        let answer = s.stanza("message").await;
+        times.push(start.elapsed().as_secs_f64() * 1000.0);
+        assert!(answer.to_string().contains("spimeseek"), "{answer}");
+    }
+    times.sort_by(f64::total_cmp);
+    let (p50, max) = (percentile(&times, 0.5), percentile(&times, 1.0));
+    println!(
+        "seek answered (publish sent → answer received, includes the signature check): p50 {p50:.1} ms, max {max:.1} ms"
+    );
+    serde_like::Json::obj(&[
+        ("scenario", "\"seek\"".into()),
+        ("entries_total", total.to_string()),
+        ("entries_of_spime", mine.to_string()),
+        ("seek_p50_ms", format!("{p50:.2}")),
+        ("seek_max_ms", format!("{max:.2}")),
+    ])
+}
+
 /// Just enough JSON output without a serializer dependency.
 mod serde_like {
     pub struct Json(pub String);
@@ -381,8 +862,46 @@ fn main() {
                 )
                 .await
             }
+            "pubsub-fanout" => {
+                pubsub_fanout(
+                    arg(&args, "--subscribers", 1000) as usize,
+                    arg(&args, "--publishes", 20) as usize,
+                )
+                .await
+            }
+            "publish" => {
+                publish_rate(
+                    arg(&args, "--publishers", 4) as usize,
+                    arg(&args, "--seconds", 10).min(600),
+                    arg(&args, "--window", 64) as usize,
+                )
+                .await
+            }
+            "report" | "report-encrypted" => {
+                report_rate(
+                    arg(&args, "--sessions", 8) as usize,
+                    arg(&args, "--seconds", 10).min(600),
+                    arg(&args, "--window", 64) as usize,
+                    scenario == "report-encrypted",
+                )
+                .await
+            }
+            "seek" => {
+                seek_latency(
+                    arg(&args, "--total", 10_000_000),
+                    arg(&args, "--mine", 1_000_000),
+                    arg(&args, "--rounds", 10) as usize,
+                )
+                .await
+            }
             _ => {
-                eprintln!("usage: openspimed-bench idle [--sessions N] | messages [--sessions N] [--seconds S] [--window W]");
+                eprintln!(
+                    "usage: openspimed-bench SCENARIO [options]\n  idle [--sessions N]\n  \
+                     messages [--sessions N] [--seconds S] [--window W]\n  \
+                     pubsub-fanout [--subscribers N] [--publishes P]\n  publish [--publishers N] [--seconds S] [--window W]\n  \
+                     report | report-encrypted [--sessions N] [--seconds S] [--window W]\n  \
+                     seek [--total N] [--mine M] [--rounds R]"
+                );
                 std::process::exit(2);
             }
         }
