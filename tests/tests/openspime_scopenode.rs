@@ -525,17 +525,29 @@ async fn pyopenspime_report_from_the_vectors_is_accepted_and_stored() {
             Some("dev-scopenode-2@developer.openspime.com/scope")
         );
     }
-    let stored = server
-        .storage()
-        .sensors()
-        .entries_for_spime(
-            "dev-scopenode-2@developer.openspime.com",
-            "dev-spime-2@developer.openspime.com/spime",
-            10,
-        )
-        .await
+    // The original's encrypted+signed <message/> report: not answered, but stored.
+    let message = v["generated_by_original_pyopenspime"]["datareporting_message_encrypted_signed"]
+        .as_str()
         .unwrap();
-    assert_eq!(stored.len(), 2);
+    raw.send(message).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let stored = loop {
+        let stored = server
+            .storage()
+            .sensors()
+            .entries_for_spime(
+                "dev-scopenode-2@developer.openspime.com",
+                "dev-spime-2@developer.openspime.com/spime",
+                10,
+            )
+            .await
+            .unwrap();
+        if stored.len() == 3 || tokio::time::Instant::now() > deadline {
+            break stored;
+        }
+        tokio::task::yield_now().await;
+    };
+    assert_eq!(stored.len(), 3, "two iq reports and one message report");
     assert!(stored[0].xml.contains("176.4"));
     // The node answers requests for its own key in the legacy form (pyopenspime asks it).
     raw.send(
