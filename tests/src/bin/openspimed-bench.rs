@@ -656,8 +656,6 @@ async fn report_rate(
     };
     let pid = server.child.id();
     let cpu0 = cpu_seconds(pid);
-    let pid = server.child.id();
-    let cpu0 = cpu_seconds(pid);
     let stop_at = Instant::now() + Duration::from_secs(seconds);
     let acked = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
