@@ -173,6 +173,38 @@ impl TestServer {
     }
 }
 
+/// Starts a server process (stderr piped) and waits until its log reports the first c2s
+/// listener; returns the child and that address. The log keeps being drained so the
+/// server never blocks on a full pipe.
+pub fn spawn_server(mut cmd: std::process::Command) -> (std::process::Child, SocketAddr) {
+    use std::io::BufRead;
+    let mut child = cmd
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("the server process starts");
+    let mut err = std::io::BufReader::new(child.stderr.take().expect("piped stderr"));
+    let mut line = String::new();
+    let addr = loop {
+        line.clear();
+        let n = err.read_line(&mut line).expect("server log");
+        assert!(n > 0, "the server exited before listening");
+        if let Some(a) = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("addr="))
+        {
+            break a.parse().expect("an address in the log");
+        }
+    };
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        while err.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
+            sink.clear();
+        }
+    });
+    (child, addr)
+}
+
 /// A TLS client configuration trusting only the CA in `ca_pem`.
 pub fn client_tls_config(ca_pem: &str, alpn: Option<&[u8]>) -> Arc<ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();

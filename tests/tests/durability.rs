@@ -4,9 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::BufRead;
 use std::net::SocketAddr;
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Child, Command, ExitCode};
 use std::time::Duration;
 
 use openspimed::storage::AccountStore;
@@ -32,33 +31,13 @@ fn main() -> ExitCode {
 
 /// Starts the server child and returns it with its c2s address (read from its log).
 fn start_child(config: &std::path::Path) -> (Child, SocketAddr) {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .env(AS_SERVER, "1")
-        .env("RUST_LOG", "info")
-        .args(["--config", config.to_str().unwrap(), "run"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    let addr = loop {
-        line.clear();
-        assert!(err.read_line(&mut line).unwrap() > 0, "server exited early");
-        if let Some(a) = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("addr="))
-        {
-            break a.parse().unwrap();
-        }
-    };
-    std::thread::spawn(move || {
-        let mut sink = String::new();
-        while err.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
-            sink.clear();
-        }
-    });
-    (child, addr)
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.env(AS_SERVER, "1").env("RUST_LOG", "info").args([
+        "--config",
+        config.to_str().unwrap(),
+        "run",
+    ]);
+    openspimed_tests::spawn_server(cmd)
 }
 
 async fn reports_answered_before_sigkill_are_stored() {

@@ -510,18 +510,15 @@ impl ScopeNodes {
         }
         // Propagation (seed §1.2.0): the de-duplication above prevents loops.
         for (service, pnode) in &self.propagate {
-            let publish = Element::new("iq", ns::CLIENT)
-                .with_attr("type", "set")
-                .with_attr("id", random_id())
-                .with_attr("from", node.jid.clone())
-                .with_attr("to", service.clone())
-                .with_child(
-                    Element::new("pubsub", PUBSUB).with_child(
-                        Element::new("publish", PUBSUB)
-                            .with_attr("node", pnode.clone())
-                            .with_child(item.clone()),
-                    ),
-                );
+            let publish = iq_set(
+                &node.jid,
+                service,
+                Element::new("pubsub", PUBSUB).with_child(
+                    Element::new("publish", PUBSUB)
+                        .with_attr("node", pnode.clone())
+                        .with_child(item.clone()),
+                ),
+            );
             cx.server.send(publish);
         }
         let entries = store
@@ -596,6 +593,16 @@ impl ScopeNodes {
     }
 }
 
+/// An iq set from one of our JIDs, with a fresh id.
+fn iq_set(from: &str, to: &str, payload: Element) -> Element {
+    Element::new("iq", ns::CLIENT)
+        .with_attr("type", "set")
+        .with_attr("id", random_id())
+        .with_attr("from", from)
+        .with_attr("to", to)
+        .with_child(payload)
+}
+
 fn random_id() -> String {
     let mut b = [0u8; 8];
     rand::rng().fill_bytes(&mut b);
@@ -639,16 +646,11 @@ impl Module for ScopeNodes {
         ));
         for node in &self.nodes {
             let key = self.load_key(cx, node).await?;
-            let publish = Element::new("iq", ns::CLIENT)
-                .with_attr("type", "set")
-                .with_attr("id", random_id())
-                .with_attr("from", node.jid.clone())
-                .with_attr("to", self.cert_service.clone())
-                .with_child(keyinfo::pubkeys(
-                    &node.jid,
-                    &key.to_public_key(),
-                    KeyForm::Standard,
-                ));
+            let publish = iq_set(
+                &node.jid,
+                &self.cert_service,
+                keyinfo::pubkeys(&node.jid, &key.to_public_key(), KeyForm::Standard),
+            );
             self.keys
                 .lock()
                 .map_err(|_| internal("key table poisoned"))?
@@ -661,18 +663,15 @@ impl Module for ScopeNodes {
                     "could not publish the ScopeNode key"),
             }
             for (service, pnode) in &self.seek_nodes {
-                let sub = Element::new("iq", ns::CLIENT)
-                    .with_attr("type", "set")
-                    .with_attr("id", random_id())
-                    .with_attr("from", node.jid.clone())
-                    .with_attr("to", service.clone())
-                    .with_child(
-                        Element::new("pubsub", PUBSUB).with_child(
-                            Element::new("subscribe", PUBSUB)
-                                .with_attr("node", pnode.clone())
-                                .with_attr("jid", node.jid.clone()),
-                        ),
-                    );
+                let sub = iq_set(
+                    &node.jid,
+                    service,
+                    Element::new("pubsub", PUBSUB).with_child(
+                        Element::new("subscribe", PUBSUB)
+                            .with_attr("node", pnode.clone())
+                            .with_attr("jid", node.jid.clone()),
+                    ),
+                );
                 match cx.server.send_iq(sub, Duration::from_secs(10)).await {
                     Ok(r) if r.attr("type") == Some("result") => {}
                     other => tracing::warn!(node = %node.jid, %service, ?other,

@@ -11,10 +11,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::BufRead;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -26,7 +25,6 @@ use openspimed_module_api::SensorStore;
 use openspimed_module_api::{Element, ns};
 use openspimed_tests::{Got, Raw};
 use rustls::ClientConfig;
-use rustls_pki_types::pem::PemObject;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
@@ -91,44 +89,10 @@ where
         ),
     )
     .unwrap();
-    let mut child = Command::new(server_binary())
-        .args(["--config", cfg.to_str().unwrap(), "run"])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start openspimed (build it with cargo build --release first)");
-    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    let c2s = loop {
-        line.clear();
-        if err.read_line(&mut line).unwrap() == 0 {
-            panic!("server exited");
-        }
-        if let Some(a) = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("addr="))
-        {
-            break a.parse().unwrap();
-        }
-    };
-    // Keep draining the log so the server never blocks on a full pipe.
-    std::thread::spawn(move || {
-        let mut sink = String::new();
-        while err.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
-            sink.clear();
-        }
-    });
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pki_types::CertificateDer::pem_slice_iter(ca.cert_pem.as_bytes()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let tls = Arc::new(
-        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    );
+    let mut cmd = Command::new(server_binary());
+    cmd.args(["--config", cfg.to_str().unwrap(), "run"]);
+    let (child, c2s) = openspimed_tests::spawn_server(cmd);
+    let tls = openspimed_tests::client_tls_config(&ca.cert_pem, None);
     Server {
         child,
         c2s,
@@ -494,64 +458,16 @@ async fn publish_rate(publishers: usize, seconds: u64, window: usize) -> serde_l
             }
         }
     });
+    let errors = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for (p, s) in sessions.into_iter().enumerate() {
-        let acked = acked.clone();
-        tasks.push(tokio::spawn(async move {
-            let (mut rd, mut wr) = tokio::io::split(s.io);
-            let inflight = Arc::new(AtomicU64::new(0));
-            let in2 = inflight.clone();
-            let ack2 = acked.clone();
-            let wake = Arc::new(tokio::sync::Notify::new());
-            let wake2 = wake.clone();
-            let reader = tokio::spawn(async move {
-                let mut parser = openspimed::xml::StreamParser::new(openspimed::xml::Limits::default());
-                let mut hdr: &[u8] = b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>";
-                let _ = parser.next(&mut hdr);
-                let mut buf = vec![0u8; 16384];
-                loop {
-                    let n = match tokio::time::timeout_at((stop_at + Duration::from_secs(3)).into(), rd.read(&mut buf)).await {
-                        Ok(Ok(n)) if n > 0 => n,
-                        _ => break,
-                    };
-                    let mut slice = &buf[..n];
-                    while let Ok(Some(ev)) = parser.next(&mut slice) {
-                        if let openspimed::xml::StreamEvent::Element(e) = ev
-                            && e.name() == "iq"
-                            && e.attr("type") == Some("result")
-                        {
-                            ack2.fetch_add(1, Ordering::Relaxed);
-                            in2.fetch_sub(1, Ordering::Relaxed);
-                            wake2.notify_one();
-                        }
-                    }
-                }
-            });
-            let mut n = 0u64;
-            let mut out = Vec::new();
-            while Instant::now() < stop_at {
-                let room = (window as u64).saturating_sub(inflight.load(Ordering::Relaxed));
-                if room == 0 {
-                    // Wait for an answer to free a slot (no spinning: the load generator
-                    // shares the machine with the server).
-                    let _ = tokio::time::timeout_at(stop_at.into(), wake.notified()).await;
-                    continue;
-                }
-                out.clear();
-                for _ in 0..room {
-                    out.extend_from_slice(format!(
-                        "<iq type='set' id='p{p}-{n}' to='pubsub.localhost'><pubsub xmlns='{PUBSUB_NS}'><publish node='rate'>\
-                         <item id='{p}-{n}'><v xmlns='urn:bench'>{n}</v></item></publish></pubsub></iq>"
-                    ).as_bytes());
-                    n += 1;
-                }
-                inflight.fetch_add(room, Ordering::Relaxed);
-                if wr.write_all(&out).await.is_err() {
-                    break;
-                }
-            }
-            let _ = reader.await;
-        }));
+        let (acked, errors) = (acked.clone(), errors.clone());
+        tasks.push(tokio::spawn(pipeline(s, stop_at, window, acked, errors, move |n| {
+            format!(
+                "<iq type='set' id='p{p}-{n}' to='pubsub.localhost'><pubsub xmlns='{PUBSUB_NS}'><publish node='rate'>\
+                 <item id='{p}-{n}'><v xmlns='urn:bench'>{n}</v></item></publish></pubsub></iq>"
+            )
+        })));
     }
     for t in tasks {
         let _ = t.await;
@@ -568,6 +484,72 @@ async fn publish_rate(publishers: usize, seconds: u64, window: usize) -> serde_l
         ("scenario", "\"publish\"".into()),
         ("publishes_per_second", format!("{rate:.0}")),
     ])
+}
+
+/// Keeps `window` requests in flight on one session until `stop_at`: `make(n)` writes
+/// request `n`; every answer (any top-level element back) frees a slot and is counted in
+/// `acked` when it is an iq result, in `errors` otherwise.
+async fn pipeline(
+    s: Session,
+    stop_at: Instant,
+    window: usize,
+    acked: Arc<AtomicU64>,
+    errors: Arc<AtomicU64>,
+    make: impl Fn(u64) -> String,
+) {
+    let (mut rd, mut wr) = tokio::io::split(s.io);
+    let inflight = Arc::new(AtomicU64::new(0));
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let (in2, wake2) = (inflight.clone(), wake.clone());
+    let reader = tokio::spawn(async move {
+        let mut parser = openspimed::xml::StreamParser::new(openspimed::xml::Limits::default());
+        // The session's stream is already open: give the parser a header first.
+        let mut hdr: &[u8] = b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>";
+        let _ = parser.next(&mut hdr);
+        let mut buf = vec![0u8; 16384];
+        loop {
+            let deadline = (stop_at + Duration::from_secs(5)).into();
+            let n = match tokio::time::timeout_at(deadline, rd.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => n,
+                _ => break,
+            };
+            let mut slice = &buf[..n];
+            while let Ok(Some(ev)) = parser.next(&mut slice) {
+                if let openspimed::xml::StreamEvent::Element(e) = ev {
+                    if e.name() != "iq" {
+                        continue;
+                    }
+                    match e.attr("type") {
+                        Some("result") => acked.fetch_add(1, Ordering::Relaxed),
+                        _ => errors.fetch_add(1, Ordering::Relaxed),
+                    };
+                    in2.fetch_sub(1, Ordering::Relaxed);
+                    wake2.notify_one();
+                }
+            }
+        }
+    });
+    let mut n = 0u64;
+    let mut out = Vec::new();
+    while Instant::now() < stop_at {
+        let room = (window as u64).saturating_sub(inflight.load(Ordering::Relaxed));
+        if room == 0 {
+            // Wait for an answer to free a slot (no spinning: the load generator shares
+            // the machine with the server).
+            let _ = tokio::time::timeout_at(stop_at.into(), wake.notified()).await;
+            continue;
+        }
+        out.clear();
+        for _ in 0..room {
+            out.extend_from_slice(make(n).as_bytes());
+            n += 1;
+        }
+        inflight.fetch_add(room, Ordering::Relaxed);
+        if wr.write_all(&out).await.is_err() {
+            break;
+        }
+    }
+    let _ = reader.await;
 }
 
 /// The raw RSA-2048 private-operation rate of this machine (one core), for comparison.
@@ -661,61 +643,10 @@ async fn report_rate(
     let errors = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for (c, (s, container)) in clients.into_iter().zip(containers).enumerate() {
-        let acked = acked.clone();
-        let errors = errors.clone();
-        tasks.push(tokio::spawn(async move {
-            let (mut rd, mut wr) = tokio::io::split(s.io);
-            let inflight = Arc::new(AtomicU64::new(0));
-            let in2 = inflight.clone();
-            let wake = Arc::new(tokio::sync::Notify::new());
-            let wake2 = wake.clone();
-            let reader = tokio::spawn(async move {
-                let mut parser = openspimed::xml::StreamParser::new(openspimed::xml::Limits::default());
-                let mut hdr: &[u8] = b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>";
-                let _ = parser.next(&mut hdr);
-                let mut buf = vec![0u8; 16384];
-                loop {
-                    let n = match tokio::time::timeout_at((stop_at + Duration::from_secs(5)).into(), rd.read(&mut buf)).await {
-                        Ok(Ok(n)) if n > 0 => n,
-                        _ => break,
-                    };
-                    let mut slice = &buf[..n];
-                    while let Ok(Some(ev)) = parser.next(&mut slice) {
-                        if let openspimed::xml::StreamEvent::Element(e) = ev {
-                            match e.attr("type") {
-                                Some("result") => { acked.fetch_add(1, Ordering::Relaxed); }
-                                _ => { errors.fetch_add(1, Ordering::Relaxed); }
-                            }
-                            in2.fetch_sub(1, Ordering::Relaxed);
-                            wake2.notify_one();
-                        }
-                    }
-                }
-            });
-            let mut n = 0u64;
-            let mut out = Vec::new();
-            while Instant::now() < stop_at {
-                let room = (window as u64).saturating_sub(inflight.load(Ordering::Relaxed));
-                if room == 0 {
-                    // Wait for an answer to free a slot (no spinning: the load generator
-                    // shares the machine with the server).
-                    let _ = tokio::time::timeout_at(stop_at.into(), wake.notified()).await;
-                    continue;
-                }
-                out.clear();
-                for _ in 0..room {
-                    out.extend_from_slice(format!(
-                        "<iq type='set' id='r{c}-{n}' to='demo@scopenode.localhost/co2'>{container}</iq>"
-                    ).as_bytes());
-                    n += 1;
-                }
-                inflight.fetch_add(room, Ordering::Relaxed);
-                if wr.write_all(&out).await.is_err() {
-                    break;
-                }
-            }
-            let _ = reader.await;
-        }));
+        let (acked, errors) = (acked.clone(), errors.clone());
+        tasks.push(tokio::spawn(pipeline(s, stop_at, window, acked, errors, move |n| {
+            format!("<iq type='set' id='r{c}-{n}' to='demo@scopenode.localhost/co2'>{container}</iq>")
+        })));
     }
     for t in tasks {
         let _ = t.await;
