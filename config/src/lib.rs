@@ -98,6 +98,8 @@ pub struct AuthConfig {
     pub max_failures: u32,
     /// The failure-counting window, in seconds.
     pub failure_window_secs: u64,
+    /// In-band registrations accepted per client IP and hour (0: no limit).
+    pub registrations_per_ip_per_hour: u32,
 }
 
 /// `[hosts."example.org"]`
@@ -113,12 +115,22 @@ pub struct HostConfig {
     pub modules: Vec<String>,
     /// SASL mechanisms offered, strongest first. PLAIN is only ever offered over TLS.
     pub sasl_mechanisms: Vec<String>,
+    /// In-band registration (XEP-0077) of new accounts on this host. Off unless set; the
+    /// embedded default turns it on for `localhost` so devices can register themselves.
+    /// Password change and account removal work either way.
+    pub allow_registration: bool,
 }
 
 impl Default for Config {
     fn default() -> Self {
         let mut hosts = BTreeMap::new();
-        hosts.insert("localhost".to_owned(), HostConfig::default());
+        hosts.insert(
+            "localhost".to_owned(),
+            HostConfig {
+                allow_registration: true,
+                ..HostConfig::default()
+            },
+        );
         Config {
             data_dir: PathBuf::from("./data"),
             log: LogConfig::default(),
@@ -170,6 +182,7 @@ impl Default for AuthConfig {
             scram_iterations: 4096,
             max_failures: 5,
             failure_window_secs: 60,
+            registrations_per_ip_per_hour: 10,
         }
     }
 }
@@ -197,6 +210,7 @@ impl Default for HostConfig {
                 "scopenode".into(),
             ],
             sasl_mechanisms: SASL_MECHANISMS.iter().map(|s| (*s).to_owned()).collect(),
+            allow_registration: false,
         }
     }
 }

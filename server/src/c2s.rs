@@ -415,6 +415,9 @@ async fn authenticate(
         features.push_str(&format!("<mechanism>{m}</mechanism>"));
     }
     features.push_str("</mechanisms>");
+    if host.allow_registration {
+        features.push_str(crate::ibr::FEATURE);
+    }
     if cb_data.is_some() {
         // XEP-0440: which channel-binding types the server can use.
         features.push_str(
@@ -434,6 +437,12 @@ async fn authenticate(
                 return Err(stream_err(C::NotWellFormed, "unexpected stream header"));
             }
         };
+        if crate::ibr::is_register_iq(&el) {
+            // XEP-0077 §3.1: registration happens on the secured stream, before SASL.
+            let answer = crate::ibr::register(shared, &host, peer.ip(), &el).await;
+            conn.send(&answer).await?;
+            continue;
+        }
         if is_stanza(&el) {
             return Err(stream_err(C::NotAuthorized, "authenticate first"));
         }
@@ -833,6 +842,23 @@ async fn inbound(
             let to_self = el
                 .attr("to")
                 .is_none_or(|t| t.eq_ignore_ascii_case(&s.host.domain));
+            if to_self && crate::ibr::is_register_iq(&el) {
+                let user = s.bare.split('@').next().unwrap_or("");
+                return match crate::ibr::account_iq(shared, user, &s.host.domain, &el).await {
+                    crate::ibr::AccountChange::Reply(r) => conn.send(&r).await,
+                    crate::ibr::AccountChange::Removed(r) => {
+                        conn.send(&r).await?;
+                        // XEP-0077 §3.2: every session of a removed account ends.
+                        for tx in shared.router.registry.sessions_of(&s.bare) {
+                            let _ = tx.try_send(Outgoing::Kick(StreamError::with_text(
+                                C::NotAuthorized,
+                                "the account was removed",
+                            )));
+                        }
+                        Ok(())
+                    }
+                };
+            }
             if to_self
                 && el.attr("type") == Some("set")
                 && el.get_child("session", ns::SESSION).is_some()

@@ -4,6 +4,7 @@
 //! - [`xml`]: sans-IO stream parsing (rxml), restricted XML and limits;
 //! - [`c2s`]: client connections: STARTTLS or direct TLS, SASL, binding, the session loop;
 //! - [`tls`]: rustls configurations, certificate per virtual host by SNI;
+//! - [`ibr`]: XEP-0077 in-band registration, password change and account removal;
 //! - [`sasl`]: SCRAM (with `tls-exporter` channel binding) and PLAIN over rsasl,
 //!   credentials as SCRAM keys only, failure throttling;
 //! - [`router`]: where a stanza goes (modules, sessions, errors) and the session registry;
@@ -20,6 +21,7 @@
 pub mod c2s;
 pub mod cli;
 pub mod error;
+pub mod ibr;
 pub mod router;
 pub mod sasl;
 pub mod server;

@@ -128,6 +128,14 @@ impl Registry {
             .collect()
     }
 
+    /// Outboxes of every session of an account (to end them all, e.g. when it is removed).
+    pub fn sessions_of(&self, bare: &str) -> Vec<mpsc::Sender<Outgoing>> {
+        self.by_bare
+            .get(bare)
+            .map(|e| e.iter().map(|s| s.tx.clone()).collect())
+            .unwrap_or_default()
+    }
+
     /// Number of bound sessions.
     pub fn session_count(&self) -> usize {
         self.by_bare.iter().map(|e| e.len()).sum()
@@ -144,6 +152,8 @@ pub struct Host {
     pub iq_handlers: HashMap<&'static str, Arc<dyn Module>>,
     /// SASL mechanisms offered on this host, in order.
     pub mechanisms: Vec<String>,
+    /// Whether new accounts may register in-band (XEP-0077).
+    pub allow_registration: bool,
     /// The context handed to this host's modules.
     pub cx: Context,
 }

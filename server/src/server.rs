@@ -80,6 +80,8 @@ pub struct Shared {
     pub module_storage: Arc<dyn ModuleStorage>,
     /// Failed-authentication throttle.
     pub throttle: AuthThrottle,
+    /// In-band registrations per client address.
+    pub registrations: crate::ibr::RegistrationLimit,
     /// TLS configurations.
     pub tls: TlsSetup,
     /// Cancelled once to stop everything.
@@ -180,6 +182,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
             modules,
             iq_handlers,
             mechanisms: hc.sasl_mechanisms.clone(),
+            allow_registration: hc.allow_registration,
             cx,
         });
     }
@@ -211,6 +214,9 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         throttle: AuthThrottle::new(
             config.auth.max_failures,
             Duration::from_secs(config.auth.failure_window_secs),
+        ),
+        registrations: crate::ibr::RegistrationLimit::new(
+            config.auth.registrations_per_ip_per_hour,
         ),
         config,
         limits,

@@ -1,0 +1,202 @@
+//! XEP-0077 In-Band Registration: new accounts before authentication (when the host allows
+//! it), password change and account removal after.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use openspimed_module_api::{Condition, Element, StanzaError, iq_result};
+
+use crate::error::storage_failure;
+use crate::router::Host;
+use crate::server::Shared;
+
+/// `jabber:iq:register`
+pub const NS: &str = "jabber:iq:register";
+/// The stream feature advertising registration.
+pub const FEATURE: &str = "<register xmlns='http://jabber.org/features/iq-register'/>";
+
+/// Counts registrations per client address and hour.
+pub struct RegistrationLimit {
+    /// Window start and count per address.
+    by_ip: DashMap<IpAddr, (Instant, u32)>,
+    /// Registrations allowed per address and hour (0: no limit).
+    per_hour: u32,
+}
+
+impl RegistrationLimit {
+    /// A limiter with the configured rate.
+    pub fn new(per_hour: u32) -> Self {
+        RegistrationLimit {
+            by_ip: DashMap::new(),
+            per_hour,
+        }
+    }
+
+    /// Whether the address has used up its registrations for this hour.
+    fn exhausted(&self, ip: IpAddr) -> bool {
+        let hour = Duration::from_secs(3600);
+        self.per_hour != 0
+            && self
+                .by_ip
+                .get(&ip)
+                .is_some_and(|e| e.0.elapsed() < hour && e.1 >= self.per_hour)
+    }
+
+    /// Counts a successful registration.
+    fn record(&self, ip: IpAddr) {
+        let hour = Duration::from_secs(3600);
+        if self.by_ip.len() > 100_000 {
+            self.by_ip.retain(|_, e| e.0.elapsed() < hour);
+        }
+        let mut e = self.by_ip.entry(ip).or_insert((Instant::now(), 0));
+        if e.0.elapsed() >= hour {
+            *e = (Instant::now(), 0);
+        }
+        e.1 += 1;
+    }
+}
+
+/// Whether an iq is a registration request.
+pub fn is_register_iq(el: &Element) -> bool {
+    el.name() == "iq" && el.get_child("query", NS).is_some()
+}
+
+fn error(iq: &Element, err: StanzaError) -> Element {
+    err.reply_to(iq)
+        .unwrap_or_else(|| Element::new("iq", iq.ns_handle().clone()))
+}
+
+fn field(query: &Element, name: &str) -> Option<String> {
+    query
+        .get_child(name, NS)
+        .map(|f| f.text().trim().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+/// Registration before authentication (XEP-0077 §3.1). Returns the answer to send.
+pub async fn register(shared: &Shared, host: &Host, ip: IpAddr, iq: &Element) -> Element {
+    let Some(query) = iq.get_child("query", NS) else {
+        return error(iq, Condition::BadRequest.into());
+    };
+    if !host.allow_registration {
+        return error(iq, Condition::ServiceUnavailable.into());
+    }
+    match iq.attr("type") {
+        Some("get") => iq_result(iq).with_child(
+            Element::new("query", NS)
+                .with_child(
+                    Element::new("instructions", NS)
+                        .with_text("Choose a username and password for use with this service."),
+                )
+                .with_child(Element::new("username", NS))
+                .with_child(Element::new("password", NS)),
+        ),
+        Some("set") => {
+            let (Some(user), Some(password)) = (field(query, "username"), field(query, "password"))
+            else {
+                return error(
+                    iq,
+                    StanzaError::new(Condition::NotAcceptable)
+                        .with_text("username and password are required"),
+                );
+            };
+            let node = crate::sasl::normalize_user(&user);
+            if node.is_empty() {
+                return error(
+                    iq,
+                    StanzaError::new(Condition::JidMalformed).with_text("not a valid username"),
+                );
+            }
+            if shared.registrations.exhausted(ip) {
+                return error(
+                    iq,
+                    StanzaError::new(Condition::ResourceConstraint)
+                        .with_text("too many registrations from this address; try later"),
+                );
+            }
+            let creds =
+                crate::sasl::derive_credentials(&password, shared.config.auth.scram_iterations);
+            match shared
+                .accounts
+                .create_account(&node, &host.domain, &creds)
+                .await
+            {
+                Ok(true) => {
+                    shared.registrations.record(ip);
+                    tracing::info!(account = %format!("{node}@{}", host.domain), "registered in-band");
+                    iq_result(iq)
+                }
+                Ok(false) => error(iq, Condition::Conflict.into()),
+                Err(e) => error(iq, storage_failure("registering an account", &e)),
+            }
+        }
+        _ => error(iq, Condition::BadRequest.into()),
+    }
+}
+
+/// What an authenticated registration iq asks for.
+pub enum AccountChange {
+    /// Just answer.
+    Reply(Element),
+    /// Answer, then end every session of the account (it was removed).
+    Removed(Element),
+}
+
+/// Registration requests of an authenticated account (XEP-0077 §3.2–3.3): its current
+/// registration, password change, removal.
+pub async fn account_iq(shared: &Shared, user: &str, domain: &str, iq: &Element) -> AccountChange {
+    let Some(query) = iq.get_child("query", NS) else {
+        return AccountChange::Reply(error(iq, Condition::BadRequest.into()));
+    };
+    let reply = |el: Element| {
+        let mut el = el;
+        el.remove_attr("from");
+        el
+    };
+    match iq.attr("type") {
+        Some("get") => AccountChange::Reply(reply(
+            iq_result(iq).with_child(
+                Element::new("query", NS)
+                    .with_child(Element::new("registered", NS))
+                    .with_child(Element::new("username", NS).with_text(user))
+                    .with_child(Element::new("password", NS)),
+            ),
+        )),
+        Some("set") if query.get_child("remove", NS).is_some() => {
+            match shared.accounts.delete_account(user, domain).await {
+                Ok(_) => {
+                    tracing::info!(account = %format!("{user}@{domain}"), "account removed in-band");
+                    AccountChange::Removed(reply(iq_result(iq)))
+                }
+                Err(e) => AccountChange::Reply(reply(error(
+                    iq,
+                    storage_failure("removing an account", &e),
+                ))),
+            }
+        }
+        Some("set") => {
+            let (Some(name), Some(password)) = (field(query, "username"), field(query, "password"))
+            else {
+                return AccountChange::Reply(reply(error(iq, Condition::BadRequest.into())));
+            };
+            if crate::sasl::normalize_user(&name) != user {
+                return AccountChange::Reply(reply(error(
+                    iq,
+                    StanzaError::new(Condition::NotAuthorized)
+                        .with_text("you can only change your own password"),
+                )));
+            }
+            let creds =
+                crate::sasl::derive_credentials(&password, shared.config.auth.scram_iterations);
+            match shared.accounts.set_credentials(user, domain, &creds).await {
+                Ok(_) => AccountChange::Reply(reply(iq_result(iq))),
+                Err(e) => AccountChange::Reply(reply(error(
+                    iq,
+                    storage_failure("changing a password", &e),
+                ))),
+            }
+        }
+        _ => AccountChange::Reply(reply(error(iq, Condition::BadRequest.into()))),
+    }
+}
