@@ -83,11 +83,24 @@ enum Command {
         /// The spime's full JID.
         spime: String,
     },
-    /// Device loop: answer claim requests from allowed owners.
+    /// Device loop: answer claim requests from allowed owners, and report periodically
+    /// what a command prints (`name=value` per line) when --every, --to and --command are set.
     Serve {
         /// Bare JIDs allowed to claim this spime (repeat).
         #[arg(long = "allow")]
         allow: Vec<String>,
+        /// Seconds between periodic reports.
+        #[arg(long)]
+        every: Option<u64>,
+        /// The scope to report to.
+        #[arg(long, env = "SPIME_TO")]
+        to: Option<String>,
+        /// Shell command whose output (name=value lines) is one entry.
+        #[arg(long)]
+        command: Option<String>,
+        /// Sign the periodic reports.
+        #[arg(long)]
+        sign: bool,
         /// Days a claim key stays valid.
         #[arg(long, default_value_t = 365)]
         days: u64,
@@ -325,6 +338,27 @@ fn entries_from_file(path: &Path) -> Result<Vec<Entry>, String> {
         .collect()
 }
 
+/// One entry from a command's output: `name=value` per line.
+fn entry_from_command(cmd: &str) -> Result<Entry, String> {
+    let out = std::process::Command::new("sh")
+        .args(["-c", cmd])
+        .output()
+        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let fields: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect();
+    parse_fields(&fields)
+}
+
 async fn run(cli: Cli) -> Result<(), String> {
     let dir = cli
         .profile
@@ -457,24 +491,57 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Serve {
             allow,
+            every,
+            to,
+            command,
+            sign,
             days,
             duration,
         } => {
             let account = profile.account()?;
             let key = profile.key()?;
             let mut s = login(&account, timeout).await?;
+            let periodic = match (every, to, command) {
+                (Some(e), Some(t), Some(c)) => Some((Duration::from_secs(e.max(1)), t, c)),
+                (None, _, None) => None,
+                _ => {
+                    return Err("periodic reports need --every, --to and --command together".into());
+                }
+            };
+            let signer = sign.then_some((&key, account.cert.as_str()));
+            if let Some((_, to, cmd)) = &periodic {
+                s.report(to, vec![entry_from_command(cmd)?], signer, None)
+                    .await
+                    .map_err(|e| format!("{to} refused the report: {e}"))?;
+            }
             println!("serving claims as {}", s.jid);
             let allowed = |jid: &str| allow.iter().any(|a| a == jid);
-            let n = s
-                .answer_claims(
-                    &key,
-                    &allowed,
-                    Duration::from_secs(days * 86_400),
-                    Duration::from_secs(duration.unwrap_or(u64::MAX / 4)),
-                )
-                .await
-                .map_err(describe)?;
-            println!("answered {n} claim(s)");
+            let validity = Duration::from_secs(days * 86_400);
+            let until =
+                std::time::Instant::now() + Duration::from_secs(duration.unwrap_or(u64::MAX / 4));
+            let mut answered = 0;
+            loop {
+                let left = until.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                let slice = periodic
+                    .as_ref()
+                    .map(|(e, _, _)| (*e).min(left))
+                    .unwrap_or(left);
+                answered += s
+                    .answer_claims(&key, &allowed, validity, slice)
+                    .await
+                    .map_err(describe)?;
+                if let Some((_, to, cmd)) = &periodic
+                    && std::time::Instant::now() < until
+                {
+                    s.report(to, vec![entry_from_command(cmd)?], signer, None)
+                        .await
+                        .map_err(|e| format!("{to} refused the report: {e}"))?;
+                }
+            }
+            println!("answered {answered} claim(s)");
         }
         Command::Seek {
             spime: target,

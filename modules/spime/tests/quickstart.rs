@@ -167,7 +167,21 @@ async fn quickstart_commands_and_their_outputs() {
     let mut serve = spime(
         &net,
         "device",
-        &["serve", "--allow", "alice@localhost", "--for", "30"],
+        &[
+            "serve",
+            "--allow",
+            "alice@localhost",
+            "--for",
+            "30",
+            // A periodic report from a command's output: one right away, then every 60 s.
+            "--every",
+            "60",
+            "--to",
+            "demo@scopenode.localhost/co2",
+            "--sign",
+            "--command",
+            "printf 'date=2026-11-21T13:00:00Z\\nppm=420.0\\n'",
+        ],
     )
     .stdout(Stdio::piped())
     .stderr(Stdio::piped())
@@ -212,7 +226,7 @@ async fn quickstart_commands_and_their_outputs() {
         .iter()
         .map(|r| r["ppm"].as_str().unwrap())
         .collect();
-    assert_eq!(ppms, ["418.25", "415.0", "412.5"], "newest first");
+    assert_eq!(ppms, ["420.0", "418.25", "415.0", "412.5"], "newest first");
     assert_eq!(rows[0]["from"], "demo@scopenode.localhost/co2");
     // 5. The device seeks itself (table).
     let o = run(
@@ -224,7 +238,7 @@ async fn quickstart_commands_and_their_outputs() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let table = out(&o);
     assert!(table.starts_with("from\tdate\tppm"), "{table}");
-    assert_eq!(table.lines().count(), 4, "{table}");
+    assert_eq!(table.lines().count(), 5, "{table}");
 
     // Bad input: one line and a non-zero exit each.
     let line = one_error_line(
