@@ -34,10 +34,10 @@ enum Command {
     /// Create an RSA key pair in the profile.
     Keygen {
         /// Key size.
-        #[arg(long, default_value_t = 2048)]
+        #[arg(long, env = "SPIME_BITS", default_value_t = 2048)]
         bits: usize,
         /// Replace an existing key.
-        #[arg(long)]
+        #[arg(long, env = "SPIME_FORCE")]
         force: bool,
     },
     /// Create the account in-band, then publish the profile's key.
@@ -65,17 +65,17 @@ enum Command {
         /// The scope's JID (node@scopenode-domain/scope).
         #[arg(long, env = "SPIME_TO")]
         to: String,
-        /// A field of the entry, name=value (repeat).
-        #[arg(long = "field")]
+        /// A field of the entry, name=value (repeat; `ele:m=120` adds unit='m').
+        #[arg(long = "field", env = "SPIME_FIELD")]
         fields: Vec<String>,
         /// Entries from a CSV (header row = field names) or JSON (array of objects) file, or - for stdin.
-        #[arg(long)]
+        #[arg(long, env = "SPIME_FILE")]
         file: Option<PathBuf>,
         /// Sign with the profile's key.
-        #[arg(long)]
+        #[arg(long, env = "SPIME_SIGN")]
         sign: bool,
         /// Encrypt to the ScopeNode's key.
-        #[arg(long)]
+        #[arg(long, env = "SPIME_ENCRYPT")]
         encrypt: bool,
     },
     /// Ask a spime for a claim key and keep it in the profile.
@@ -86,26 +86,29 @@ enum Command {
     /// Device loop: answer claim requests from allowed owners, and report periodically
     /// what a command prints (`name=value` per line) when --every, --to and --command are set.
     Serve {
-        /// Bare JIDs allowed to claim this spime (repeat).
-        #[arg(long = "allow")]
+        /// Bare JIDs allowed to claim this spime (repeat, or comma-separated).
+        #[arg(long = "allow", env = "SPIME_ALLOW", value_delimiter = ',')]
         allow: Vec<String>,
+        /// Ask on the terminal for claimers not in --allow.
+        #[arg(long, env = "SPIME_INTERACTIVE")]
+        interactive: bool,
         /// Seconds between periodic reports.
-        #[arg(long)]
+        #[arg(long, env = "SPIME_EVERY")]
         every: Option<u64>,
         /// The scope to report to.
         #[arg(long, env = "SPIME_TO")]
         to: Option<String>,
         /// Shell command whose output (name=value lines) is one entry.
-        #[arg(long)]
+        #[arg(long, env = "SPIME_COMMAND")]
         command: Option<String>,
         /// Sign the periodic reports.
-        #[arg(long)]
+        #[arg(long, env = "SPIME_SIGN")]
         sign: bool,
         /// Days a claim key stays valid.
-        #[arg(long, default_value_t = 365)]
+        #[arg(long, env = "SPIME_CLAIM_DAYS", default_value_t = 365)]
         days: u64,
         /// Stop after this many seconds (default: run until killed).
-        #[arg(long = "for")]
+        #[arg(long = "for", env = "SPIME_FOR")]
         duration: Option<u64>,
     },
     /// Seek a spime's entries at the ScopeNodes and print them.
@@ -113,13 +116,13 @@ enum Command {
         /// The sought spime's full JID.
         spime: String,
         /// Ask for answers encrypted to the profile's key.
-        #[arg(long)]
+        #[arg(long, env = "SPIME_ENCRYPTED")]
         encrypted: bool,
         /// Seconds to collect answers.
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, env = "SPIME_WAIT", default_value_t = 5)]
         wait: u64,
         /// Print JSON instead of a table.
-        #[arg(long)]
+        #[arg(long, env = "SPIME_JSON")]
         json: bool,
     },
 }
@@ -491,6 +494,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Serve {
             allow,
+            interactive,
             every,
             to,
             command,
@@ -515,7 +519,19 @@ async fn run(cli: Cli) -> Result<(), String> {
                     .map_err(|e| format!("{to} refused the report: {e}"))?;
             }
             println!("serving claims as {}", s.jid);
-            let allowed = |jid: &str| allow.iter().any(|a| a == jid);
+            let allowed = |jid: &str| {
+                if allow.iter().any(|a| a == jid) {
+                    return true;
+                }
+                if !interactive {
+                    return false;
+                }
+                // Interactive policy: the device's operator decides on the terminal.
+                eprint!("{jid} asks to claim this spime. Allow? [y/N] ");
+                let mut answer = String::new();
+                std::io::stdin().read_line(&mut answer).is_ok()
+                    && matches!(answer.trim(), "y" | "Y" | "yes")
+            };
             let validity = Duration::from_secs(days * 86_400);
             let until =
                 std::time::Instant::now() + Duration::from_secs(duration.unwrap_or(u64::MAX / 4));
