@@ -9,8 +9,8 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 struct Net {
-    /// The running server.
-    server: Option<openspimed::RunningServer>,
+    /// The server: a real `openspimed` process (this test binary re-executed as it).
+    server: Option<std::process::Child>,
     /// Data and profiles.
     dir: tempfile::TempDir,
     /// `127.0.0.1:PORT` of the STARTTLS listener.
@@ -19,7 +19,9 @@ struct Net {
     ca: std::path::PathBuf,
 }
 
-async fn start() -> Net {
+const AS_SERVER: &str = "OPENSPIMED_TEST_AS_SERVER";
+
+fn start() -> Net {
     let dir = tempfile::tempdir().unwrap();
     let ca = openspimed_certs::DevCa::new("quickstart CA").unwrap();
     let (cert, key) = ca
@@ -33,20 +35,24 @@ async fn start() -> Net {
     std::fs::write(dir.path().join("c.pem"), cert).unwrap();
     std::fs::write(dir.path().join("k.pem"), key).unwrap();
     std::fs::write(dir.path().join("ca.pem"), &ca.cert_pem).unwrap();
-    // The embedded default, on free ports and a temporary directory.
-    let mut config = openspimed_config::Config {
-        data_dir: dir.path().join("data"),
-        ..Default::default()
-    };
-    config.listeners.c2s = vec!["127.0.0.1:0".parse().unwrap()];
-    config.listeners.c2s_direct_tls = vec![];
-    let host = config.hosts.get_mut("localhost").unwrap();
-    host.certificate = Some(dir.path().join("c.pem"));
-    host.key = Some(dir.path().join("k.pem"));
-    let server = openspimed::start(config).await.unwrap();
+    // The embedded default's OpenSpime network, on a free port and a temporary directory.
+    let config = dir.path().join("openspimed.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{}\"\n[listeners]\nc2s = [\"127.0.0.1:0\"]\nc2s_direct_tls = []\n\
+             [hosts.localhost]\ncertificate = \"c.pem\"\nkey = \"k.pem\"\nallow_registration = true\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.env(AS_SERVER, "1")
+        .args(["--config", config.to_str().unwrap(), "run"]);
+    let (child, addr) = openspimed_tests::spawn_server(cmd);
     Net {
-        addr: server.c2s_addrs[0].to_string(),
-        server: Some(server),
+        addr: addr.to_string(),
+        server: Some(child),
         ca: dir.path().join("ca.pem"),
         dir,
     }
@@ -104,9 +110,22 @@ async fn register(net: &Net, profile: &str, jid: &str) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+fn main() -> std::process::ExitCode {
+    if std::env::var_os(AS_SERVER).is_some() {
+        return openspimed::cli::main();
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(quickstart_commands_and_their_outputs());
+    println!("test quickstart_commands_and_their_outputs ... ok");
+    println!("1 passed, 0 failed");
+    std::process::ExitCode::SUCCESS
+}
+
 async fn quickstart_commands_and_their_outputs() {
-    let mut net = start().await;
+    let mut net = start();
     // 1. A device and its owner register (XEP-0077) and publish their keys.
     register(&net, "device", "sensor1@localhost/spime").await;
     register(&net, "owner", "alice@localhost/laptop").await;
@@ -322,8 +341,9 @@ async fn quickstart_commands_and_their_outputs() {
     std::fs::write(&acct, good).unwrap();
 
     // Server down.
-    if let Some(s) = net.server.take() {
-        s.shutdown(std::time::Duration::from_secs(5)).await;
+    if let Some(mut s) = net.server.take() {
+        s.kill().unwrap();
+        s.wait().unwrap();
     }
     let line = one_error_line(&run(&net, "device", &["seek", "sensor1@localhost/spime"]).await);
     assert!(line.contains("cannot reach the server"), "{line}");
