@@ -259,6 +259,12 @@ async fn quickstart_commands_and_their_outputs() {
     assert!(table.starts_with("from\tdate\tppm"), "{table}");
     assert_eq!(table.lines().count(), 5, "{table}");
 
+    // keygen writes a key once and refuses to overwrite it without --force.
+    let o = run(&net, "spare", &["keygen", "--bits", "1024"]).await;
+    assert!(out(&o).starts_with("wrote a 1024-bit key to "), "{}", out(&o));
+    let line = one_error_line(&run(&net, "spare", &["keygen"]).await);
+    assert!(line.contains("use --force"), "{line}");
+
     // Bad input: one line and a non-zero exit each.
     let line = one_error_line(
         &run(
