@@ -261,7 +261,11 @@ async fn quickstart_commands_and_their_outputs() {
 
     // keygen writes a key once and refuses to overwrite it without --force.
     let o = run(&net, "spare", &["keygen", "--bits", "1024"]).await;
-    assert!(out(&o).starts_with("wrote a 1024-bit key to "), "{}", out(&o));
+    assert!(
+        out(&o).starts_with("wrote a 1024-bit key to "),
+        "{}",
+        out(&o)
+    );
     let line = one_error_line(&run(&net, "spare", &["keygen"]).await);
     assert!(line.contains("use --force"), "{line}");
 

@@ -261,6 +261,17 @@ fn migrate(conn: &Connection) -> Result<(), StorageError> {
     Ok(())
 }
 
+/// Runs a query (statement cached on the connection) and collects every row.
+fn all<T, P, F>(c: &Connection, sql: &str, params: P, f: F) -> Result<Vec<T>, StorageError>
+where
+    P: rusqlite::Params,
+    F: FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+{
+    let mut st = c.prepare_cached(sql).map_err(backend)?;
+    let rows = st.query_map(params, f).map_err(backend)?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+}
+
 fn keys_from_row(row: &rusqlite::Row<'_>, base: usize) -> rusqlite::Result<ScramKeys> {
     Ok(ScramKeys {
         salt: row.get(base)?,
@@ -404,13 +415,12 @@ impl AccountStore for SqliteStore {
     async fn list_accounts(&self, domain: &str) -> Result<Vec<String>, StorageError> {
         let domain = domain.to_owned();
         self.read(move |conn| {
-            let mut stmt = conn
-                .prepare("SELECT username FROM accounts WHERE domain = ?1 ORDER BY username")
-                .map_err(backend)?;
-            let rows = stmt
-                .query_map(params![domain], |r| r.get::<_, String>(0))
-                .map_err(backend)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+            all(
+                conn,
+                "SELECT username FROM accounts WHERE domain = ?1 ORDER BY username",
+                params![domain],
+                |r| r.get::<_, String>(0),
+            )
         })
         .await
     }
@@ -491,16 +501,13 @@ impl KeyStore for SqliteStore {
     async fn list_keys(&self, service: Option<&str>) -> Result<Vec<StoredKey>, StorageFailure> {
         let service = service.map(str::to_owned);
         self.read(move |conn| {
-            let mut stmt = conn
-                .prepare(
-                    "SELECT service, jid, spki_der, created_unix, revoked_unix FROM cert_keys
+            all(
+                conn,
+                "SELECT service, jid, spki_der, created_unix, revoked_unix FROM cert_keys
                      WHERE ?1 IS NULL OR service = ?1 ORDER BY service, jid",
-                )
-                .map_err(backend)?;
-            let rows = stmt
-                .query_map(params![service], stored_key)
-                .map_err(backend)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+                params![service],
+                stored_key,
+            )
         })
         .await
         .map_err(Into::into)
@@ -559,16 +566,13 @@ impl SensorStore for SqliteStore {
         let (node, spime) = own(node, spime);
         Ok(self
             .read(move |c| {
-                let mut st = c
-                    .prepare_cached(
-                        "SELECT node, scope, spime, at_unix, xml FROM sensor_entries
+                all(
+                    c,
+                    "SELECT node, scope, spime, at_unix, xml FROM sensor_entries
                          WHERE node = ?1 AND spime = ?2 ORDER BY at_unix DESC, seq DESC LIMIT ?3",
-                    )
-                    .map_err(backend)?;
-                let rows = st
-                    .query_map(params![node, spime, limit as i64], sensor_entry)
-                    .map_err(backend)?;
-                rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+                    params![node, spime, limit as i64],
+                    sensor_entry,
+                )
             })
             .await?)
     }
@@ -582,18 +586,15 @@ impl SensorStore for SqliteStore {
         let (node, spime) = (node.map(str::to_owned), spime.map(str::to_owned));
         Ok(self
             .read(move |c| {
-                let mut st = c
-                    .prepare(
-                        "SELECT node, scope, spime, at_unix, xml FROM sensor_entries
+                all(
+                    c,
+                    "SELECT node, scope, spime, at_unix, xml FROM sensor_entries
                          WHERE (?1 IS NULL OR node = ?1) AND (?2 IS NULL OR spime = ?2)
                            AND (?3 IS NULL OR at_unix >= ?3)
                          ORDER BY at_unix, seq",
-                    )
-                    .map_err(backend)?;
-                let rows = st
-                    .query_map(params![node, spime, since_unix], sensor_entry)
-                    .map_err(backend)?;
-                rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+                    params![node, spime, since_unix],
+                    sensor_entry,
+                )
             })
             .await?)
     }
@@ -601,18 +602,13 @@ impl SensorStore for SqliteStore {
     async fn entry_counts(&self) -> Result<Vec<(String, String, u64)>, StorageFailure> {
         Ok(self
             .read(move |c| {
-                let mut st = c
-                    .prepare(
-                        "SELECT node, scope, COUNT(*) FROM sensor_entries GROUP BY node, scope
+                all(
+                    c,
+                    "SELECT node, scope, COUNT(*) FROM sensor_entries GROUP BY node, scope
                          ORDER BY node, scope",
-                    )
-                    .map_err(backend)?;
-                let rows = st
-                    .query_map([], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64))
-                    })
-                    .map_err(backend)?;
-                rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64)),
+                )
             })
             .await?)
     }
@@ -809,20 +805,17 @@ impl PubSubStore for SqliteStore {
         let service = service.to_owned();
         Ok(self
             .read(move |c| {
-                let mut st = c
-                    .prepare(
-                        "SELECT node, config FROM pubsub_nodes WHERE service = ?1 ORDER BY node",
-                    )
-                    .map_err(backend)?;
-                let rows = st
-                    .query_map(params![service], |r| {
+                all(
+                    c,
+                    "SELECT node, config FROM pubsub_nodes WHERE service = ?1 ORDER BY node",
+                    params![service],
+                    |r| {
                         Ok(NodeRecord {
                             node: r.get(0)?,
                             config: r.get(1)?,
                         })
-                    })
-                    .map_err(backend)?;
-                rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+                    },
+                )
             })
             .await?)
     }
@@ -859,22 +852,19 @@ impl PubSubStore for SqliteStore {
         let service = service.to_owned();
         Ok(self
             .read(move |c| {
-                let mut st = c
-                    .prepare(
-                        "SELECT node, jid, affiliation FROM pubsub_affiliations WHERE service = ?1
+                all(
+                    c,
+                    "SELECT node, jid, affiliation FROM pubsub_affiliations WHERE service = ?1
                          ORDER BY node, jid",
-                    )
-                    .map_err(backend)?;
-                let rows = st
-                    .query_map(params![service], |r| {
+                    params![service],
+                    |r| {
                         Ok(AffiliationRecord {
                             node: r.get(0)?,
                             jid: r.get(1)?,
                             affiliation: r.get(2)?,
                         })
-                    })
-                    .map_err(backend)?;
-                rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+                    },
+                )
             })
             .await?)
     }
@@ -928,23 +918,20 @@ impl PubSubStore for SqliteStore {
         let service = service.to_owned();
         Ok(self
             .read(move |c| {
-                let mut st = c
-                    .prepare(
-                        "SELECT node, jid, subid, state FROM pubsub_subscriptions WHERE service = ?1
+                all(
+                    c,
+                    "SELECT node, jid, subid, state FROM pubsub_subscriptions WHERE service = ?1
                          ORDER BY node, jid, subid",
-                    )
-                    .map_err(backend)?;
-                let rows = st
-                    .query_map(params![service], |r| {
+                    params![service],
+                    |r| {
                         Ok(SubscriptionRecord {
                             node: r.get(0)?,
                             jid: r.get(1)?,
                             subid: r.get(2)?,
                             state: r.get(3)?,
                         })
-                    })
-                    .map_err(backend)?;
-                rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+                    },
+                )
             })
             .await?)
     }
