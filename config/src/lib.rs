@@ -27,6 +27,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Authentication policy.
     pub auth: AuthConfig,
+    /// Prometheus metrics.
+    pub metrics: MetricsConfig,
     /// Virtual hosts (self-hosted domains), keyed by domain.
     pub hosts: BTreeMap<String, HostConfig>,
     /// Options of each module, keyed by module name; shared by every host that enables it.
@@ -102,6 +104,25 @@ pub struct AuthConfig {
     pub registrations_per_ip_per_hour: u32,
 }
 
+/// `[metrics]`
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Serve Prometheus metrics at `http://LISTEN/metrics`.
+    pub enabled: bool,
+    /// Address of the metrics endpoint; keep it private (loopback or an internal network).
+    pub listen: SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 5280)),
+        }
+    }
+}
+
 /// `[hosts."example.org"]`
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -137,6 +158,7 @@ impl Default for Config {
             listeners: ListenersConfig::default(),
             limits: LimitsConfig::default(),
             auth: AuthConfig::default(),
+            metrics: MetricsConfig::default(),
             hosts,
             modules: BTreeMap::new(),
         }

@@ -23,6 +23,7 @@ use crate::error::{StreamError, StreamErrorCondition as C};
 use crate::router::{Host, Outgoing};
 use crate::sasl::{self, AuthFailure, Exchange, Step};
 use crate::server::Shared;
+use crate::telemetry;
 use crate::xml::{StreamEvent, StreamHeader, StreamParser};
 
 /// How a connection ends: with a stream error we must send, or just closed.
@@ -116,6 +117,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             if n == 0 {
                 return Err(Fail::Closed);
             }
+            metrics::counter!(telemetry::BYTES_IN).increment(n as u64);
             self.end = n;
         }
     }
@@ -178,12 +180,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 
     async fn write_raw(&mut self, bytes: &[u8]) -> Result<(), Fail> {
+        metrics::counter!(telemetry::BYTES_OUT).increment(bytes.len() as u64);
         self.io.write_all(bytes).await.map_err(|_| Fail::Closed)?;
         self.io.flush().await.map_err(|_| Fail::Closed)
     }
 
     /// Serializes elements into the write buffer without sending.
     fn queue(&mut self, el: &Element) {
+        let kind = match el.name() {
+            "message" => "message",
+            "presence" => "presence",
+            "iq" => "iq",
+            _ => "other",
+        };
+        metrics::counter!(telemetry::STANZAS_OUT, "kind" => kind).increment(1);
         el.write_to(&mut self.wbuf, ns::CLIENT);
     }
 
@@ -192,6 +202,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         if self.wbuf.is_empty() {
             return Ok(());
         }
+        metrics::counter!(telemetry::BYTES_OUT).increment(self.wbuf.len() as u64);
         let res = self.io.write_all(&self.wbuf).await;
         self.wbuf.clear();
         if self.wbuf.capacity() > 64 * 1024 {
@@ -220,6 +231,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 let _ = self.send_header(&StreamHeader::default()).await;
             }
             tracing::debug!(condition = err.condition.as_str(), text = ?err.text, "stream error");
+            metrics::counter!(telemetry::STREAM_ERRORS, "condition" => err.condition.as_str())
+                .increment(1);
             out.extend_from_slice(&err.to_bytes());
         }
         if self.header_sent {
@@ -240,12 +253,19 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, direct
     let tls = if direct_tls {
         let acceptor = TlsAcceptor::from(shared.tls.direct.clone());
         match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
-            Ok(Ok(s)) => s,
+            Ok(Ok(s)) => {
+                metrics::counter!(telemetry::TLS_HANDSHAKES, "result" => "ok").increment(1);
+                s
+            }
             Ok(Err(e)) => {
+                metrics::counter!(telemetry::TLS_HANDSHAKES, "result" => "failed").increment(1);
                 tracing::debug!(%peer, %e, "TLS handshake failed");
                 return;
             }
-            Err(_) => return,
+            Err(_) => {
+                metrics::counter!(telemetry::TLS_HANDSHAKES, "result" => "failed").increment(1);
+                return;
+            }
         }
     } else {
         match negotiate_starttls(&shared, tcp, handshake).await {
@@ -327,8 +347,14 @@ async fn negotiate_starttls(
             // Bytes the client sent after <starttls/> before the handshake are discarded
             // (RFC 6120 §5.4.3.3): only the raw socket moves on.
             match tokio::time::timeout(handshake, acceptor.accept(conn.io)).await {
-                Ok(Ok(s)) => Some(s),
-                _ => None,
+                Ok(Ok(s)) => {
+                    metrics::counter!(telemetry::TLS_HANDSHAKES, "result" => "ok").increment(1);
+                    Some(s)
+                }
+                _ => {
+                    metrics::counter!(telemetry::TLS_HANDSHAKES, "result" => "failed").increment(1);
+                    None
+                }
             }
         }
         Err(f) => {
@@ -589,6 +615,8 @@ async fn sasl_exchange(
                 }
             }
             Step::Success { user, data } => {
+                metrics::counter!(telemetry::SASL_AUTHENTICATIONS, "mechanism" => mechanism.clone(), "result" => "success")
+                    .increment(1);
                 shared.throttle.succeeded(&account);
                 let body = if data.is_empty() {
                     String::new()
@@ -604,6 +632,8 @@ async fn sasl_exchange(
                 return Ok(Some(user));
             }
             Step::Failure(f) => {
+                metrics::counter!(telemetry::SASL_AUTHENTICATIONS, "mechanism" => mechanism.clone(), "result" => "failure")
+                    .increment(1);
                 shared.throttle.failed(peer.ip(), &account);
                 tracing::info!(%peer, mechanism, condition = f.condition(), "authentication failed");
                 send_failure(conn, f.condition()).await?;
@@ -750,6 +780,9 @@ async fn bind_resource(
 /// The session loop: stanzas from the client, stanzas for the client, shutdown.
 async fn established(shared: Arc<Shared>, mut conn: Conn<TlsStream<TcpStream>>, mut s: Session) {
     conn.shrink();
+    let sessions =
+        metrics::gauge!(telemetry::SESSIONS, "kind" => "c2s", "host" => s.host.domain.clone());
+    sessions.increment(1.0);
     let idle = Duration::from_secs(shared.config.limits.c2s_idle_timeout_secs.max(1));
     let why = loop {
         tokio::select! {
@@ -800,6 +833,7 @@ async fn established(shared: Arc<Shared>, mut conn: Conn<TlsStream<TcpStream>>, 
         }
     };
     shared.router.registry.unbind(&s.bare, s.id);
+    sessions.decrement(1.0);
     tracing::debug!(jid = %s.full, "session ended");
     conn.close(why).await;
 }
@@ -823,6 +857,22 @@ async fn inbound(
             "stanzas must be in jabber:client",
         ));
     }
+    let kind = match el.name() {
+        "message" => "message",
+        "presence" => "presence",
+        _ => "iq",
+    };
+    let stype = match el.attr("type") {
+        None => "none",
+        Some(
+            t @ ("chat" | "normal" | "headline" | "groupchat" | "error" | "get" | "set" | "result"
+            | "unavailable" | "subscribe" | "subscribed" | "unsubscribe" | "unsubscribed"
+            | "probe"),
+        ) => t,
+        Some(_) => "other",
+    }
+    .to_owned();
+    metrics::counter!(telemetry::STANZAS_IN, "kind" => kind, "type" => stype).increment(1);
     // RFC 6120 §8.1.2.1: the server stamps the full JID; a client-supplied from is replaced.
     el.set_attr("from", s.full.clone());
     match el.name() {

@@ -10,6 +10,7 @@
 //! - [`router`]: where a stanza goes (modules, sessions, errors) and the session registry;
 //! - [`storage`]: narrow storage traits and their SQLite implementation;
 //! - [`error`]: the one place internal failures become stream or stanza errors;
+//! - [`telemetry`]: Prometheus metrics and the `/metrics` endpoint;
 //! - [`server`]: start-up (storage, certificates, modules, listeners) and shutdown;
 //! - [`cli`]: the command line (`run`, `check`, account administration).
 //!
@@ -26,6 +27,7 @@ pub mod router;
 pub mod sasl;
 pub mod server;
 pub mod storage;
+pub mod telemetry;
 pub mod tls;
 pub mod xml;
 

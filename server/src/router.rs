@@ -230,6 +230,13 @@ impl Router {
 
     /// Routes a stanza whose `from` is already authenticated.
     pub async fn route(&self, stanza: Element) {
+        let start = std::time::Instant::now();
+        self.route_inner(stanza).await;
+        metrics::histogram!(crate::telemetry::ROUTING_SECONDS)
+            .record(start.elapsed().as_secs_f64());
+    }
+
+    async fn route_inner(&self, stanza: Element) {
         let to = match stanza.attr("to") {
             None => None,
             Some(t) => match Jid::new(t) {
@@ -404,6 +411,8 @@ impl Router {
 
     /// Answers `stanza` with `err` (never an error to an error, RFC 6120 §8.3.1).
     pub async fn bounce(&self, stanza: &Element, err: StanzaError) {
+        metrics::counter!(crate::telemetry::STANZA_ERRORS, "condition" => err.condition.as_str())
+            .increment(1);
         if let Some(reply) = err.reply_to(stanza) {
             Box::pin(self.route(reply)).await;
         }

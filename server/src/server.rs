@@ -107,6 +107,8 @@ pub struct RunningServer {
     pub c2s_addrs: Vec<SocketAddr>,
     /// Bound direct-TLS c2s addresses.
     pub direct_tls_addrs: Vec<SocketAddr>,
+    /// Bound `/metrics` address, when enabled.
+    pub metrics_addr: Option<SocketAddr>,
     /// Shared state (accounts, router) for the admin API and tests.
     pub shared: Arc<Shared>,
     /// Every listener and connection task, to wait for at shutdown.
@@ -229,6 +231,20 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         next_session_id: AtomicU64::new(1),
         default_host,
     });
+    crate::telemetry::handle();
+    for (domain, host) in &shared.config.hosts {
+        let cert = host.certificate.clone().unwrap_or_else(|| {
+            openspimed_certs::dev_certificate_paths(&shared.config.data_dir.join("certs"), domain).0
+        });
+        if let Ok(info) = openspimed_certs::inspect(&cert) {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0);
+            metrics::gauge!(crate::telemetry::CERT_EXPIRY_DAYS, "host" => domain.clone())
+                .set((info.not_after_unix - now) as f64 / 86_400.0);
+        }
+    }
     let tracker = TaskTracker::new();
     let mut c2s_addrs = Vec::new();
     let mut direct_tls_addrs = Vec::new();
@@ -250,9 +266,20 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
             tracker.spawn(accept_loop(l, direct, shared.clone(), tracker.clone()));
         }
     }
+    let metrics_addr = if shared.config.metrics.enabled {
+        let addr = shared.config.metrics.listen;
+        let bound = crate::telemetry::serve(addr, shared.shutdown.clone())
+            .await
+            .map_err(|source| StartError::Bind { addr, source })?;
+        tracing::info!(addr = %bound, kind = "metrics", "listening");
+        Some(bound)
+    } else {
+        None
+    };
     Ok(RunningServer {
         c2s_addrs,
         direct_tls_addrs,
+        metrics_addr,
         shared,
         tracker,
     })
@@ -285,12 +312,17 @@ async fn accept_loop(
             }
         };
         let open = shared.connections.fetch_add(1, Ordering::Relaxed);
+        let listener_kind = if direct { "c2s_direct_tls" } else { "c2s" };
         if open >= shared.config.limits.max_connections {
+            metrics::counter!(crate::telemetry::CONNECTIONS_REFUSED, "listener" => listener_kind)
+                .increment(1);
             shared.connections.fetch_sub(1, Ordering::Relaxed);
             tracing::warn!(%peer, "connection refused: max_connections reached");
             drop(tcp);
             continue;
         }
+        metrics::counter!(crate::telemetry::CONNECTIONS_ACCEPTED, "listener" => listener_kind)
+            .increment(1);
         let _ = tcp.set_nodelay(true);
         let shared2 = shared.clone();
         tracker.spawn(async move {

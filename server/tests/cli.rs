@@ -30,7 +30,7 @@ fn write_config(dir: &Path, host_extra: &str) -> std::path::PathBuf {
     std::fs::write(
         &path,
         format!(
-            "data_dir = \"{}\"\n[listeners]\nc2s = [\"127.0.0.1:0\"]\nc2s_direct_tls = [\"127.0.0.1:0\"]\n\
+            "data_dir = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n[listeners]\nc2s = [\"127.0.0.1:0\"]\nc2s_direct_tls = [\"127.0.0.1:0\"]\n\
              [hosts.\"example.test\"]\n{host_extra}\n",
             dir.join("data").display()
         ),

@@ -71,6 +71,7 @@ impl TestServer {
         };
         config.listeners.c2s = vec!["127.0.0.1:0".parse().expect("addr")];
         config.listeners.c2s_direct_tls = vec!["127.0.0.1:0".parse().expect("addr")];
+        config.metrics.listen = "127.0.0.1:0".parse().expect("addr");
         if let Some(h) = config.hosts.get_mut("localhost") {
             h.certificate = Some(cert_path);
             h.key = Some(key_path);

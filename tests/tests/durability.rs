@@ -51,7 +51,7 @@ async fn reports_answered_before_sigkill_are_stored() {
     std::fs::write(
         &config,
         format!(
-            "data_dir = \"{}\"\n[listeners]\nc2s = [\"127.0.0.1:0\"]\nc2s_direct_tls = []\n\
+            "data_dir = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n[listeners]\nc2s = [\"127.0.0.1:0\"]\nc2s_direct_tls = []\n\
              [hosts.localhost]\ncertificate = \"c.pem\"\nkey = \"k.pem\"\n",
             data.display()
         ),

@@ -151,6 +151,9 @@ pub async fn stored_key(
     if j.resource().is_some() {
         candidates.push(j.to_bare().to_string());
     }
+    let count = |result: &'static str| {
+        metrics::counter!("openspimed_certsvc_lookups_total", "result" => result).increment(1);
+    };
     for c in candidates {
         let found = store
             .key(service, &c)
@@ -158,13 +161,16 @@ pub async fn stored_key(
             .map_err(|e| ModuleError::Internal(e.to_string()))?;
         if let Some(k) = found {
             if k.revoked_unix.is_some() {
+                count("revoked");
                 return Ok(None);
             }
+            count("found");
             return RsaPublicKey::from_public_key_der(&k.spki_der)
                 .map(Some)
                 .map_err(|e| ModuleError::Internal(format!("stored key unreadable: {e}")));
         }
     }
+    count("not_found");
     Ok(None)
 }
 
@@ -259,6 +265,8 @@ impl CertService {
         };
         let requester = stanza.attr("from").unwrap_or("");
         if !self.limiter.allow(&format!("{requester}\u{0}{asked}")) {
+            metrics::counter!("openspimed_certsvc_lookups_total", "result" => "rate_limited")
+                .increment(1);
             return Ok(Outcome::Error(
                 StanzaError::new(Condition::ResourceConstraint)
                     .with_text("too many identical key requests"),
@@ -266,12 +274,19 @@ impl CertService {
         }
         match stored_key(cx.storage.keys(), &service.jid, asked).await? {
             // The requested JID is echoed byte for byte (pyopenspime compares strings).
-            Some(key) => Ok(Outcome::Reply(
-                iq_result(stanza).with_child(keyinfo::pubkeys(asked, &key, service.form)),
-            )),
-            None => Ok(Outcome::Error(
-                StanzaError::new(Condition::ItemNotFound).with_text("no public key for that JID"),
-            )),
+            Some(key) => Ok({
+                Outcome::Reply(iq_result(stanza).with_child(keyinfo::pubkeys(
+                    asked,
+                    &key,
+                    service.form,
+                )))
+            }),
+            None => Ok({
+                Outcome::Error(
+                    StanzaError::new(Condition::ItemNotFound)
+                        .with_text("no public key for that JID"),
+                )
+            }),
         }
     }
 }
@@ -296,12 +311,15 @@ async fn publish(
     };
     // Only the key's own authenticated JID (or its bare JID) may publish it.
     if owner != from && owner.to_string() != from.to_bare().to_string() {
+        metrics::counter!("openspimed_certsvc_publications_total", "result" => "forbidden")
+            .increment(1);
         return Ok(Outcome::Error(
             StanzaError::new(Condition::Forbidden)
                 .with_text("a key can only be published by its own JID"),
         ));
     }
     store_key(cx.storage.keys(), &service.jid, &jid, &key).await?;
+    metrics::counter!("openspimed_certsvc_publications_total", "result" => "stored").increment(1);
     Ok(Outcome::Reply(iq_result(stanza)))
 }
 

@@ -859,6 +859,7 @@ impl Request<'_> {
                 .await
                 .map_err(internal)?;
         }
+        metrics::counter!("openspimed_pubsub_publishes_total").increment(1);
         let mut ev_item = Element::new("item", pns::EVENT).with_attr("id", id.clone());
         if node.config.deliver_payloads {
             ev_item.push_child(item_payload.clone());

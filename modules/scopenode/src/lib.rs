@@ -260,6 +260,17 @@ impl ScopeNodes {
         if let Ok(mut s) = self.stats.lock() {
             *s.entry(what.to_owned()).or_insert(0) += 1;
         }
+        // The same events as Prometheus counters, the reason as a label.
+        let (name, result, reason) = if let Some(r) = what.strip_prefix("reports_rejected_") {
+            ("openspimed_scopenode_reports_total", "rejected", r)
+        } else if what == "reports_accepted" {
+            ("openspimed_scopenode_reports_total", "accepted", "")
+        } else if let Some(r) = what.strip_prefix("seeks_ignored_") {
+            ("openspimed_scopenode_seeks_total", "ignored", r)
+        } else {
+            ("openspimed_scopenode_seeks_total", "answered", "")
+        };
+        metrics::counter!(name, "result" => result, "reason" => reason.to_owned()).increment(1);
     }
 
     fn key(&self, node: &str) -> Option<Arc<RsaPrivateKey>> {
@@ -316,7 +327,13 @@ impl ScopeNodes {
                 .key_for(cert, signer)
                 .await
                 .map_err(|_| OpenSpimeError::NoPublicKey(signer.to_owned()))?;
-            match openspime::crypto::verify(payload, ctx, signature, &key) {
+            let verified = openspime::crypto::verify(payload, ctx, signature, &key);
+            metrics::counter!(
+                "openspimed_openspime_signature_verifications_total",
+                "result" => if verified.is_ok() { "valid" } else { "invalid" }
+            )
+            .increment(1);
+            match verified {
                 Ok(()) => return Ok(()),
                 Err(e) if attempt == 1 => return Err(e),
                 // The cached key may be stale (profile §4): fetch it again once.
@@ -345,7 +362,15 @@ impl ScopeNodes {
             )));
         }
         let key = self.key(&node.jid);
-        let (payload, ctx) = c.open(key.as_deref()).map_err(proto)?;
+        let opened = c.open(key.as_deref());
+        if c.is_encrypted() {
+            metrics::counter!(
+                "openspimed_openspime_decryptions_total",
+                "result" => if opened.is_ok() { "ok" } else { "failed" }
+            )
+            .increment(1);
+        }
+        let (payload, ctx) = opened.map_err(proto)?;
         match (
             c.signature(),
             c.originator.as_ref().and_then(|o| o.cert.as_deref()),

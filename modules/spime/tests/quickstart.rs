@@ -40,7 +40,7 @@ fn start() -> Net {
     std::fs::write(
         &config,
         format!(
-            "data_dir = \"{}\"\n[listeners]\nc2s = [\"127.0.0.1:0\"]\nc2s_direct_tls = []\n\
+            "data_dir = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n[listeners]\nc2s = [\"127.0.0.1:0\"]\nc2s_direct_tls = []\n\
              [hosts.localhost]\ncertificate = \"c.pem\"\nkey = \"k.pem\"\nallow_registration = true\n",
             dir.path().join("data").display()
         ),

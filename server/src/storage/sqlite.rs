@@ -207,14 +207,18 @@ impl SqliteStore {
         F: FnOnce(&mut Connection) -> Result<T, StorageError> + Send + 'static,
     {
         let conn = self.reader.clone();
-        tokio::task::spawn_blocking(move || {
+        let start = std::time::Instant::now();
+        let r = tokio::task::spawn_blocking(move || {
             let mut guard = conn
                 .lock()
                 .map_err(|_| StorageError::Backend("connection mutex poisoned".into()))?;
             f(&mut guard)
         })
         .await
-        .map_err(|e| StorageError::Backend(format!("storage task failed: {e}")))?
+        .map_err(|e| StorageError::Backend(format!("storage task failed: {e}")))?;
+        metrics::histogram!(crate::telemetry::STORAGE_SECONDS, "operation" => "read")
+            .record(start.elapsed().as_secs_f64());
+        r
     }
 
     /// Runs a write through the group-commit writer; returns once it is durable.
@@ -223,6 +227,7 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StorageError> + Send + 'static,
     {
+        let start = std::time::Instant::now();
         let (reply, rx) = oneshot::channel();
         let job = WriteJob {
             run: Box::new(move |c| f(c).map(|v| Box::new(v) as Box<dyn Any + Send>)),
@@ -234,6 +239,8 @@ impl SqliteStore {
         let any = rx
             .await
             .map_err(|_| StorageError::Backend("the writer dropped a job".into()))??;
+        metrics::histogram!(crate::telemetry::STORAGE_SECONDS, "operation" => "write")
+            .record(start.elapsed().as_secs_f64());
         any.downcast::<T>()
             .map(|b| *b)
             .map_err(|_| StorageError::Backend("writer result of the wrong type".into()))

@@ -81,7 +81,7 @@ where
     std::fs::write(
         &cfg,
         format!(
-            "data_dir = \"{}\"\n[log]\nlevel = \"warn,openspimed::server=info\"\n\
+            "data_dir = \"{}\"\n[log]\nlevel = \"warn,openspimed::server=info\"\n[metrics]\nenabled = false\n\
              [listeners]\nc2s = [\"127.0.0.1:0\"]\nc2s_direct_tls = []\n\
              [limits]\nmax_connections = 1000000\n\
              [hosts.localhost]\ncertificate = \"c.pem\"\nkey = \"k.pem\"\n",

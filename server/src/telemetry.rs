@@ -1,0 +1,141 @@
+//! Prometheus metrics: the process-wide recorder (histograms with buckets, not summaries),
+//! the metric names in one place, and a minimal `/metrics` HTTP endpoint.
+//!
+//! Names follow Prometheus conventions: `openspimed_` prefix, base units, `_total` for
+//! counters, low-cardinality labels (never a JID).
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Connections accepted, by listener (`c2s`, `c2s_direct_tls`).
+pub const CONNECTIONS_ACCEPTED: &str = "openspimed_connections_accepted_total";
+/// Connections refused at accept (`max_connections`).
+pub const CONNECTIONS_REFUSED: &str = "openspimed_connections_refused_total";
+/// TLS handshakes by result.
+pub const TLS_HANDSHAKES: &str = "openspimed_tls_handshakes_total";
+/// SASL authentications by mechanism and result.
+pub const SASL_AUTHENTICATIONS: &str = "openspimed_sasl_authentications_total";
+/// Bound sessions, by kind and host.
+pub const SESSIONS: &str = "openspimed_sessions";
+/// Stanzas received from clients, by kind and type.
+pub const STANZAS_IN: &str = "openspimed_stanzas_received_total";
+/// Stanzas written to clients, by kind.
+pub const STANZAS_OUT: &str = "openspimed_stanzas_sent_total";
+/// Stanza errors generated, by condition.
+pub const STANZA_ERRORS: &str = "openspimed_stanza_errors_total";
+/// Stream errors sent, by condition.
+pub const STREAM_ERRORS: &str = "openspimed_stream_errors_total";
+/// Time to route one stanza (including the module handling it).
+pub const ROUTING_SECONDS: &str = "openspimed_routing_duration_seconds";
+/// Bytes read from clients.
+pub const BYTES_IN: &str = "openspimed_received_bytes_total";
+/// Bytes written to clients.
+pub const BYTES_OUT: &str = "openspimed_sent_bytes_total";
+/// Storage operation latency, by operation (`read`, `write`).
+pub const STORAGE_SECONDS: &str = "openspimed_storage_operation_duration_seconds";
+/// Days until each host's certificate expires.
+pub const CERT_EXPIRY_DAYS: &str = "openspimed_certificate_expiry_days";
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// The process-wide recorder's handle, installing the recorder on first use.
+pub fn handle() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let latency = [
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            2.5,
+        ];
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency)
+            .unwrap_or_else(|_| PrometheusBuilder::new());
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        // A recorder installed elsewhere (another library) wins; ours still renders.
+        let _ = metrics::set_global_recorder(recorder);
+        describe();
+        handle
+    })
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        CONNECTIONS_ACCEPTED,
+        "Client connections accepted, by listener."
+    );
+    describe_counter!(CONNECTIONS_REFUSED, "Client connections refused at accept.");
+    describe_counter!(TLS_HANDSHAKES, "TLS handshakes, by result.");
+    describe_counter!(
+        SASL_AUTHENTICATIONS,
+        "SASL authentications, by mechanism and result."
+    );
+    describe_gauge!(SESSIONS, "Bound sessions, by kind and host.");
+    describe_counter!(
+        STANZAS_IN,
+        "Stanzas received from clients, by kind and type."
+    );
+    describe_counter!(STANZAS_OUT, "Stanzas written to clients, by kind.");
+    describe_counter!(STANZA_ERRORS, "Stanza errors generated, by condition.");
+    describe_counter!(STREAM_ERRORS, "Stream errors sent, by condition.");
+    describe_histogram!(
+        ROUTING_SECONDS,
+        metrics::Unit::Seconds,
+        "Time to route one stanza."
+    );
+    describe_counter!(BYTES_IN, metrics::Unit::Bytes, "Bytes read from clients.");
+    describe_counter!(BYTES_OUT, metrics::Unit::Bytes, "Bytes written to clients.");
+    describe_histogram!(
+        STORAGE_SECONDS,
+        metrics::Unit::Seconds,
+        "Storage operation latency."
+    );
+    describe_gauge!(CERT_EXPIRY_DAYS, "Days until a host's certificate expires.");
+}
+
+/// Serves `GET /metrics` on `addr` until `shutdown`; returns the bound address.
+pub async fn serve(addr: SocketAddr, shutdown: CancellationToken) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let handle = handle();
+    tokio::spawn(async move {
+        loop {
+            let (mut sock, _) = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
+            };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut n = 0;
+                // Read the request head (small; anything longer is not a scrape).
+                while n < buf.len() {
+                    match sock.read(&mut buf[n..]).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => n += k,
+                    }
+                    if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+                let head = String::from_utf8_lossy(&buf[..n]);
+                let (status, body) = if head.starts_with("GET /metrics ") {
+                    ("200 OK", handle.render())
+                } else {
+                    ("404 Not Found", "not found\n".to_owned())
+                };
+                let resp = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = sock.write_all(resp.as_bytes()).await;
+                let _ = sock.shutdown().await;
+            });
+        }
+    });
+    Ok(local)
+}
