@@ -237,12 +237,8 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
             openspimed_certs::dev_certificate_paths(&shared.config.data_dir.join("certs"), domain).0
         });
         if let Ok(info) = openspimed_certs::inspect(&cert) {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs() as i64)
-                .unwrap_or(0);
-            metrics::gauge!(crate::telemetry::CERT_EXPIRY_DAYS, "host" => domain.clone())
-                .set((info.not_after_unix - now) as f64 / 86_400.0);
+            metrics::gauge!(crate::telemetry::CERT_EXPIRY, "host" => domain.clone())
+                .set(info.not_after_unix as f64);
         }
     }
     let tracker = TaskTracker::new();

@@ -38,8 +38,8 @@ pub const BYTES_IN: &str = "openspimed_received_bytes_total";
 pub const BYTES_OUT: &str = "openspimed_sent_bytes_total";
 /// Storage operation latency, by operation (`read`, `write`).
 pub const STORAGE_SECONDS: &str = "openspimed_storage_operation_duration_seconds";
-/// Days until each host's certificate expires.
-pub const CERT_EXPIRY_DAYS: &str = "openspimed_certificate_expiry_days";
+/// When each host's certificate expires (Unix time, seconds; base units per Prometheus).
+pub const CERT_EXPIRY: &str = "openspimed_certificate_expiry_timestamp_seconds";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -94,7 +94,11 @@ fn describe() {
         metrics::Unit::Seconds,
         "Storage operation latency."
     );
-    describe_gauge!(CERT_EXPIRY_DAYS, "Days until a host's certificate expires.");
+    describe_gauge!(
+        CERT_EXPIRY,
+        metrics::Unit::Seconds,
+        "When a host's certificate expires (Unix time)."
+    );
 }
 
 /// Serves `GET /metrics` on `addr` until `shutdown`; returns the bound address.

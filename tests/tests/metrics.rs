@@ -273,12 +273,68 @@ async fn counters_move_by_exactly_what_happened() {
     );
     assert!(delta("openspimed_received_bytes_total", &[]) > 0.0);
     assert!(delta("openspimed_sent_bytes_total", &[]) > 0.0);
+    let expiry = get(
+        &after,
+        "openspimed_certificate_expiry_timestamp_seconds",
+        &[("host", "localhost")],
+    );
     assert!(
-        get(
-            &after,
-            "openspimed_certificate_expiry_days",
-            &[("host", "localhost")]
-        ) > 1.0
+        expiry > openspime::date::now() as f64 + 86_400.0,
+        "{expiry}"
     );
     server.stop().await;
+}
+
+/// Metric names mentioned in a text (`openspimed_…`), histogram suffixes removed.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while let Some(pos) = text[i..].find("openspimed_") {
+        let start = i + pos;
+        let mut end = start;
+        while end < bytes.len() && (bytes[end].is_ascii_lowercase() || bytes[end] == b'_') {
+            end += 1;
+        }
+        let name = &text[start..end];
+        let name = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        out.insert(name.to_owned());
+        i = end;
+    }
+    out
+}
+
+#[test]
+fn dashboard_and_alerts_use_only_metrics_the_code_defines() {
+    let defined: std::collections::BTreeSet<String> = [
+        include_str!("../../server/src/telemetry.rs"),
+        include_str!("../../modules/pubsub/src/lib.rs"),
+        include_str!("../../modules/certsvc/src/lib.rs"),
+        include_str!("../../modules/scopenode/src/lib.rs"),
+    ]
+    .iter()
+    .flat_map(|src| metric_names(src))
+    .collect();
+    for (file, text) in [
+        (
+            "deploy/grafana/openspimed.json",
+            include_str!("../../deploy/grafana/openspimed.json"),
+        ),
+        (
+            "deploy/prometheus/alerts.yml",
+            include_str!("../../deploy/prometheus/alerts.yml"),
+        ),
+    ] {
+        let used = metric_names(text);
+        assert!(!used.is_empty(), "{file} uses no metric");
+        for name in used {
+            assert!(
+                defined.contains(&name),
+                "{file} uses {name}, which the code does not define"
+            );
+        }
+    }
 }

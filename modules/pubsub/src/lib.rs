@@ -407,6 +407,7 @@ impl Request<'_> {
             .iter()
             .filter(|s| s.state == "subscribed")
         {
+            metrics::counter!("openspimed_pubsub_notifications_total").increment(1);
             let msg = Element::new("message", ns::CLIENT)
                 .with_attr("from", self.svc.jid.clone())
                 .with_attr("to", sub.jid.clone())
