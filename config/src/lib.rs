@@ -29,6 +29,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Prometheus metrics.
     pub metrics: MetricsConfig,
+    /// Certificate reloading.
+    pub tls: TlsConfig,
     /// Virtual hosts (self-hosted domains), keyed by domain.
     pub hosts: BTreeMap<String, HostConfig>,
     /// Options of each module, keyed by module name; shared by every host that enables it.
@@ -123,6 +125,22 @@ impl Default for MetricsConfig {
     }
 }
 
+/// `[tls]`
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// How often (seconds) certificate and key files are checked for changes, so that
+    /// certificates an ACME client renews in place are picked up without SIGHUP; 0 turns
+    /// watching off.
+    pub watch_secs: u64,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig { watch_secs: 60 }
+    }
+}
+
 /// `[hosts."example.org"]`
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -159,6 +177,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             auth: AuthConfig::default(),
             metrics: MetricsConfig::default(),
+            tls: TlsConfig::default(),
             hosts,
             modules: BTreeMap::new(),
         }

@@ -32,6 +32,10 @@ pub enum Command {
     Run,
     /// Check the configuration and certificates and say what is wrong.
     Check,
+    /// Ask the running server (through its control socket in the data directory) to reload
+    /// certificates and the log level, and print what it reloaded and what needs a restart.
+    /// Same as sending it SIGHUP, with the answer.
+    Reload,
     /// Create an account.
     Adduser {
         /// The account's JID (user@domain).
@@ -175,7 +179,8 @@ pub fn main() -> ExitCode {
         Err(e) => return fail(format!("cannot start the runtime: {e}")),
     };
     match cli.command {
-        Command::Run => rt.block_on(run(config)),
+        Command::Run => rt.block_on(run(config, cli.config)),
+        Command::Reload => rt.block_on(reload(&config)),
         Command::Check => check(&config),
         Command::Adduser { jid, password } => {
             rt.block_on(set_password(&config, &jid, password, true))
@@ -191,26 +196,81 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_logging(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// Sets up logging; returns how to change the filter later (for reloads).
+fn init_logging(config: &Config) -> Option<crate::control::SetLogFilter> {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.log.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    let _ = match config.log.format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
+    fn setter<L, S: 'static>(
+        handle: tracing_subscriber::reload::Handle<L, S>,
+    ) -> crate::control::SetLogFilter
+    where
+        L: From<EnvFilter> + Send + Sync + 'static,
+    {
+        Box::new(move |level: &str| {
+            let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+            handle.reload(filter).map_err(|e| e.to_string())
+        })
+    }
+    match config.log.format {
+        LogFormat::Json => {
+            let b = builder.json().with_filter_reloading();
+            let handle = b.reload_handle();
+            b.try_init().ok().map(|()| setter(handle))
+        }
+        LogFormat::Text => {
+            let b = builder.with_filter_reloading();
+            let handle = b.reload_handle();
+            b.try_init().ok().map(|()| setter(handle))
+        }
+    }
 }
 
-async fn run(config: Config) -> ExitCode {
-    init_logging(&config);
+async fn run(config: Config, path: Option<PathBuf>) -> ExitCode {
+    let set_log_filter = init_logging(&config);
     let server = match crate::server::start(config).await {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
+    let reloader = std::sync::Arc::new(crate::control::Reloader::new(
+        server.shared.clone(),
+        path,
+        set_log_filter,
+    ));
+    #[cfg(unix)]
+    {
+        let socket = crate::control::socket_path(&server.shared.config);
+        let r = reloader.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::control::serve(&socket, r).await {
+                tracing::warn!(socket = %socket.display(), error = %e, "no control socket; `openspimed reload` will not reach this server (SIGHUP still works)");
+            }
+        });
+        let r = reloader.clone();
+        let token = server.shutdown_token();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                tracing::warn!("cannot listen for SIGHUP");
+                return;
+            };
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    got = hup.recv() => if got.is_none() { return },
+                }
+                let r = r.clone();
+                let _ = tokio::task::spawn_blocking(move || r.reload()).await;
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    drop(reloader);
     let token = server.shutdown_token();
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -219,6 +279,33 @@ async fn run(config: Config) -> ExitCode {
     });
     server.wait(Duration::from_secs(5)).await;
     ExitCode::SUCCESS
+}
+
+/// `openspimed reload`: asks the running server to reload and prints its report.
+async fn reload(config: &Config) -> ExitCode {
+    #[cfg(unix)]
+    {
+        let socket = crate::control::socket_path(config);
+        match crate::control::request(&socket, "reload").await {
+            Ok(answer) => {
+                print!("{answer}");
+                if answer.lines().any(|l| l.starts_with("error:")) {
+                    ExitCode::FAILURE
+                } else {
+                    ExitCode::SUCCESS
+                }
+            }
+            Err(e) => fail(format!(
+                "cannot reach the server at {}: {e} (is it running with this configuration?)",
+                socket.display()
+            )),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = config;
+        fail("reload needs a Unix control socket; restart the server instead")
+    }
 }
 
 async fn wait_for_signal() {
@@ -300,6 +387,7 @@ fn check(config: &Config) -> ExitCode {
             Err(e) => errors.push(format!("hosts.\"{domain}\": {e}")),
         }
     }
+    notes.extend(busy_ports(config));
     for n in &notes {
         println!("note: {n}");
     }
@@ -313,6 +401,35 @@ fn check(config: &Config) -> ExitCode {
     } else {
         fail(errors.join("\n"))
     }
+}
+
+/// Listener addresses something else already listens on (possibly this server, running).
+fn busy_ports(config: &Config) -> Vec<String> {
+    let metrics = config
+        .metrics
+        .enabled
+        .then_some(("metrics.listen", config.metrics.listen));
+    config
+        .listeners
+        .c2s
+        .iter()
+        .map(|a| ("listeners.c2s", *a))
+        .chain(
+            config
+                .listeners
+                .c2s_direct_tls
+                .iter()
+                .map(|a| ("listeners.c2s_direct_tls", *a)),
+        )
+        .chain(metrics)
+        .filter(|(_, addr)| addr.port() != 0)
+        .filter_map(|(name, addr)| match std::net::TcpListener::bind(addr) {
+            Ok(_) => None,
+            Err(e) => Some(format!(
+                "{name}: cannot listen on {addr} now ({e}); fine if openspimed is running there"
+            )),
+        })
+        .collect()
 }
 
 fn parse_account(config: &Config, jid: &str) -> Result<(String, String), String> {
@@ -794,4 +911,26 @@ async fn data(config: &Config, action: DataAction) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn check_names_listener_addresses_in_use() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let mut config = Config::default();
+        config.metrics.enabled = false;
+        config.listeners.c2s = vec![addr];
+        config.listeners.c2s_direct_tls = vec![];
+        let busy = busy_ports(&config);
+        assert_eq!(busy.len(), 1, "{busy:?}");
+        assert!(busy[0].starts_with(&format!("listeners.c2s: cannot listen on {addr}")));
+        drop(taken);
+        assert_eq!(busy_ports(&config), Vec::<String>::new());
+    }
 }

@@ -21,6 +21,7 @@
 
 pub mod c2s;
 pub mod cli;
+pub mod control;
 pub mod error;
 pub mod ibr;
 pub mod router;

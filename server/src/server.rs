@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -98,6 +99,88 @@ impl Shared {
     /// A fresh unique session id.
     pub fn session_id(&self) -> u64 {
         self.next_session_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Every host's certificate and key file (configured or generated), in host order.
+    fn certificate_files(&self) -> Vec<(String, PathBuf, PathBuf)> {
+        let dev_dir = self.config.data_dir.join("certs");
+        self.config
+            .hosts
+            .iter()
+            .map(|(domain, host)| match (&host.certificate, &host.key) {
+                (Some(c), Some(k)) => (domain.clone(), c.clone(), k.clone()),
+                _ => {
+                    let (c, k) = openspimed_certs::dev_certificate_paths(&dev_dir, domain);
+                    (domain.clone(), c, k)
+                }
+            })
+            .collect()
+    }
+
+    /// Sets the certificate-expiry gauge of every host from its certificate file.
+    fn record_certificate_expiry(&self) {
+        for (domain, cert, _) in self.certificate_files() {
+            if let Ok(info) = openspimed_certs::inspect(&cert) {
+                metrics::gauge!(crate::telemetry::CERT_EXPIRY, "host" => domain)
+                    .set(info.not_after_unix as f64);
+            }
+        }
+    }
+
+    /// Re-reads every host's certificate and key. New TLS handshakes use the new set;
+    /// established sessions keep theirs. When any file is missing, unreadable or does not
+    /// match its key, the running set stays in place and the problems are returned.
+    pub fn reload_certificates(&self) -> Result<usize, Vec<String>> {
+        let table = crate::tls::load_table(&self.config, &crate::tls::provider())?;
+        let hosts = table.by_name.len();
+        self.tls.resolver.replace(table);
+        self.record_certificate_expiry();
+        tracing::info!(hosts, "certificates reloaded");
+        Ok(hosts)
+    }
+}
+
+/// What identifies a version of a certificate or key file: its modification time and size.
+type FileStamp = Option<(std::time::SystemTime, u64)>;
+
+fn stamps(shared: &Shared) -> Vec<FileStamp> {
+    let stamp = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| (m.modified().unwrap_or(std::time::UNIX_EPOCH), m.len()))
+    };
+    shared
+        .certificate_files()
+        .iter()
+        .flat_map(|(_, c, k)| [stamp(c), stamp(k)])
+        .collect()
+}
+
+/// Reloads certificates when their files change on disk (ACME clients renew in place).
+/// A half-written renewal (certificate and key not yet matching) keeps the running
+/// certificates and is retried when the files change again.
+async fn watch_certificates(shared: Arc<Shared>, every: Duration) {
+    let mut seen = stamps(&shared);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = stamps(&shared);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        match shared.reload_certificates() {
+            Ok(_) => {}
+            Err(problems) => {
+                for p in problems {
+                    tracing::warn!(problem = %p, "changed certificate files not loaded; keeping the current ones");
+                }
+            }
+        }
     }
 }
 
@@ -232,16 +315,14 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         default_host,
     });
     crate::telemetry::handle();
-    for (domain, host) in &shared.config.hosts {
-        let cert = host.certificate.clone().unwrap_or_else(|| {
-            openspimed_certs::dev_certificate_paths(&shared.config.data_dir.join("certs"), domain).0
-        });
-        if let Ok(info) = openspimed_certs::inspect(&cert) {
-            metrics::gauge!(crate::telemetry::CERT_EXPIRY, "host" => domain.clone())
-                .set(info.not_after_unix as f64);
-        }
-    }
+    shared.record_certificate_expiry();
     let tracker = TaskTracker::new();
+    if shared.config.tls.watch_secs > 0 {
+        tracker.spawn(watch_certificates(
+            shared.clone(),
+            Duration::from_secs(shared.config.tls.watch_secs),
+        ));
+    }
     let mut c2s_addrs = Vec::new();
     let mut direct_tls_addrs = Vec::new();
     for (listeners, direct, addrs) in [

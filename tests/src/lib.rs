@@ -177,7 +177,20 @@ impl TestServer {
 /// Starts a server process (stderr piped) and waits until its log reports the first c2s
 /// listener; returns the child and that address. The log keeps being drained so the
 /// server never blocks on a full pipe.
-pub fn spawn_server(mut cmd: std::process::Command) -> (std::process::Child, SocketAddr) {
+pub fn spawn_server(cmd: std::process::Command) -> (std::process::Child, SocketAddr) {
+    let (child, addr, _log) = spawn_server_logged(cmd);
+    (child, addr)
+}
+
+/// [`spawn_server`], also handing over every later log line, so a test can wait for an
+/// event the server logs (the lines are dropped once the receiver is).
+pub fn spawn_server_logged(
+    mut cmd: std::process::Command,
+) -> (
+    std::process::Child,
+    SocketAddr,
+    std::sync::mpsc::Receiver<String>,
+) {
     use std::io::BufRead;
     let mut child = cmd
         .stderr(std::process::Stdio::piped())
@@ -197,13 +210,27 @@ pub fn spawn_server(mut cmd: std::process::Command) -> (std::process::Child, Soc
             break a.parse().expect("an address in the log");
         }
     };
+    let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let mut sink = String::new();
-        while err.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
-            sink.clear();
+        let mut line = String::new();
+        while err.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+            let _ = tx.send(std::mem::take(&mut line));
         }
     });
-    (child, addr)
+    (child, addr, rx)
+}
+
+/// Waits (at most 30 s) for a log line containing `needle` and returns it.
+pub fn wait_for_log(log: &std::sync::mpsc::Receiver<String>, needle: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match log.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return line,
+            Ok(_) => {}
+            Err(e) => panic!("no log line with {needle:?}: {e}"),
+        }
+    }
 }
 
 /// A TLS client configuration trusting only the CA in `ca_pem`.
@@ -255,16 +282,23 @@ impl Raw<TcpStream> {
     }
 
     /// Negotiates STARTTLS (after [`Raw::open`]) and returns the TLS client.
-    pub async fn starttls(mut self, cfg: Arc<ClientConfig>) -> Raw<TlsStream<TcpStream>> {
+    pub async fn starttls(self, cfg: Arc<ClientConfig>) -> Raw<TlsStream<TcpStream>> {
+        self.try_starttls(cfg).await.expect("TLS handshake")
+    }
+
+    /// [`Raw::starttls`], returning the handshake's failure (e.g. an untrusted certificate).
+    pub async fn try_starttls(
+        mut self,
+        cfg: Arc<ClientConfig>,
+    ) -> std::io::Result<Raw<TlsStream<TcpStream>>> {
         self.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
             .await;
         let proceed = self.element().await;
         assert!(proceed.is("proceed", ns::TLS), "{proceed}");
         let tls = TlsConnector::from(cfg)
             .connect(ServerName::try_from("localhost").expect("name"), self.io)
-            .await
-            .expect("TLS handshake");
-        Raw::new(tls)
+            .await?;
+        Ok(Raw::new(tls))
     }
 }
 

@@ -1,0 +1,223 @@
+//! Certificates reload without a restart: by SIGHUP, by `openspimed reload` through the
+//! control socket, and by watching the files. The server runs as a real child process (this
+//! test binary re-executed as `openspimed`); each time, a new TLS connection must present
+//! the new certificate while the session opened before stays up.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, ExitCode};
+use std::time::Duration;
+
+use openspimed::storage::AccountStore;
+use openspimed::storage::sqlite::SqliteStore;
+use openspimed_certs::DevCa;
+use openspimed_tests::{Raw, client_tls_config, spawn_server_logged, wait_for_log};
+
+const AS_SERVER: &str = "OPENSPIMED_TEST_AS_SERVER";
+
+fn main() -> ExitCode {
+    if std::env::var_os(AS_SERVER).is_some() {
+        return openspimed::cli::main();
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(sighup_and_control_socket_reload_certificates());
+    println!("test sighup_and_control_socket_reload_certificates ... ok");
+    rt.block_on(renewed_certificate_files_are_picked_up());
+    println!("test renewed_certificate_files_are_picked_up ... ok");
+    println!("2 passed, 0 failed");
+    ExitCode::SUCCESS
+}
+
+fn openspimed(config: &Path) -> Command {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.env(AS_SERVER, "1")
+        .env_remove("RUST_LOG")
+        .args(["--config", config.to_str().unwrap()]);
+    cmd
+}
+
+/// A configuration directory whose `localhost` certificate is issued by `ca`.
+struct Setup {
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    async fn new(ca: &DevCa, extra: &str) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let setup = Setup { dir };
+        setup.install(ca);
+        setup.write_config(extra);
+        let store = SqliteStore::open(&setup.dir.path().join("data/openspimed.sqlite")).unwrap();
+        let creds = openspimed::sasl::derive_credentials("pw", 4096);
+        assert!(
+            store
+                .create_account("alice", "localhost", &creds)
+                .await
+                .unwrap()
+        );
+        setup
+    }
+
+    fn config(&self) -> std::path::PathBuf {
+        self.dir.path().join("openspimed.toml")
+    }
+
+    fn write_config(&self, extra: &str) {
+        self.write_config_at_level(extra, "info");
+    }
+
+    fn write_config_at_level(&self, extra: &str, level: &str) {
+        std::fs::write(
+            self.config(),
+            format!(
+                "data_dir = \"{}\"\n{extra}\n[log]\nlevel = \"{level}\"\n[metrics]\nenabled = false\n\
+                 [listeners]\nc2s = [\"127.0.0.1:0\"]\nc2s_direct_tls = []\n\
+                 [hosts.localhost]\ncertificate = \"c.pem\"\nkey = \"k.pem\"\n",
+                self.dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+    }
+
+    /// Writes a certificate for `localhost` issued by `ca`, in place.
+    fn install(&self, ca: &DevCa) {
+        let (cert, key) = ca.issue(&["localhost"]).unwrap();
+        std::fs::write(self.dir.path().join("c.pem"), cert).unwrap();
+        std::fs::write(self.dir.path().join("k.pem"), key).unwrap();
+    }
+}
+
+/// Whether a full STARTTLS handshake succeeds for a client trusting only `ca`. The client
+/// configuration is new each time: a cached session would be resumed without the server
+/// presenting any certificate.
+async fn handshake_ok(addr: SocketAddr, ca: &DevCa) -> bool {
+    let mut raw = Raw::connect(addr).await;
+    raw.open("localhost").await;
+    raw.try_starttls(client_tls_config(&ca.cert_pem, None))
+        .await
+        .is_ok()
+}
+
+async fn assert_alive(session: &mut Raw<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>) {
+    session
+        .send("<iq type='get' id='alive' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    let pong = tokio::time::timeout(Duration::from_secs(15), session.stanza("iq"))
+        .await
+        .unwrap();
+    assert_eq!(pong.attr("type"), Some("result"), "{pong}");
+}
+
+async fn sighup_and_control_socket_reload_certificates() {
+    let (ca_a, ca_b, ca_c) = (
+        DevCa::new("reload CA A").unwrap(),
+        DevCa::new("reload CA B").unwrap(),
+        DevCa::new("reload CA C").unwrap(),
+    );
+    let setup = Setup::new(&ca_a, "[tls]\nwatch_secs = 0").await;
+    let mut cmd = openspimed(&setup.config());
+    cmd.arg("run");
+    let (mut child, addr, log) = spawn_server_logged(cmd);
+
+    let (mut before, _) = Raw::login_at(
+        addr,
+        client_tls_config(&ca_a.cert_pem, None),
+        "localhost",
+        "alice",
+        "pw",
+        "before",
+    )
+    .await;
+    assert!(!handshake_ok(addr, &ca_b).await, "B not served yet");
+
+    // SIGHUP.
+    setup.install(&ca_b);
+    let status = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    wait_for_log(&log, "certificates reloaded");
+    assert!(handshake_ok(addr, &ca_b).await, "B served after SIGHUP");
+    assert!(!handshake_ok(addr, &ca_a).await, "A no longer served");
+    let (mut after, _) = Raw::login_at(
+        addr,
+        client_tls_config(&ca_b.cert_pem, None),
+        "localhost",
+        "alice",
+        "pw",
+        "after",
+    )
+    .await;
+    assert_alive(&mut before).await;
+    assert_alive(&mut after).await;
+
+    // `openspimed reload`, with a configuration change that needs a restart.
+    setup.install(&ca_c);
+    setup.write_config_at_level(
+        "[tls]\nwatch_secs = 0\n[limits]\nmax_depth = 20",
+        "info,openspimed::c2s=debug",
+    );
+    let out = openspimed(&setup.config()).arg("reload").output().unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{report} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        report.contains("reloaded: certificates of 1 host(s)"),
+        "{report}"
+    );
+    assert!(report.contains("needs a restart: limits"), "{report}");
+    assert!(
+        report.contains("reloaded: log level \"info,openspimed::c2s=debug\""),
+        "{report}"
+    );
+    assert!(handshake_ok(addr, &ca_c).await, "C served after `reload`");
+    assert_alive(&mut before).await;
+
+    // A key that does not match its certificate: refused, the running set stays.
+    let (_, other_key) = ca_a.issue(&["localhost"]).unwrap();
+    std::fs::write(setup.dir.path().join("k.pem"), other_key).unwrap();
+    let out = openspimed(&setup.config()).arg("reload").output().unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{report}");
+    assert!(report.contains("error: "), "{report}");
+    assert!(handshake_ok(addr, &ca_c).await, "C still served");
+
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+async fn renewed_certificate_files_are_picked_up() {
+    let (ca_a, ca_b) = (
+        DevCa::new("watch CA A").unwrap(),
+        DevCa::new("watch CA B").unwrap(),
+    );
+    let setup = Setup::new(&ca_a, "[tls]\nwatch_secs = 1").await;
+    let mut cmd = openspimed(&setup.config());
+    cmd.arg("run");
+    let (mut child, addr, log) = spawn_server_logged(cmd);
+    let (mut before, _) = Raw::login_at(
+        addr,
+        client_tls_config(&ca_a.cert_pem, None),
+        "localhost",
+        "alice",
+        "pw",
+        "before",
+    )
+    .await;
+    // What an ACME client does: write the renewed files in place, nothing else.
+    setup.install(&ca_b);
+    wait_for_log(&log, "certificates reloaded");
+    assert!(handshake_ok(addr, &ca_b).await);
+    assert_alive(&mut before).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
