@@ -75,7 +75,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             rbuf: vec![0u8; READ_BUF].into_boxed_slice(),
             start: 0,
             end: 0,
-            parser: StreamParser::new(shared.limits),
+            parser: StreamParser::new(shared.parser_limits()),
             wbuf: Vec::with_capacity(512),
             header_sent: false,
             domain: shared.default_host.clone(),
@@ -85,7 +85,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// Starts a new stream after STARTTLS or SASL (RFC 6120 §4.3.3): a fresh parser, and
     /// nothing the client sent before counts.
     fn restart(&mut self, shared: &Shared) {
-        self.parser = StreamParser::new(shared.limits);
+        self.parser = StreamParser::new(shared.parser_limits());
         self.start = 0;
         self.end = 0;
         self.header_sent = false;
@@ -249,7 +249,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
 /// Serves one accepted TCP connection until it ends.
 pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, direct_tls: bool) {
-    let handshake = Duration::from_secs(shared.config.limits.handshake_timeout_secs);
+    let handshake = Duration::from_secs(shared.limits().handshake_timeout_secs);
     let tls = if direct_tls {
         let acceptor = TlsAcceptor::from(shared.tls.direct.clone());
         match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
@@ -742,7 +742,7 @@ async fn bind_resource(
             }
         };
         let id = shared.session_id();
-        let (tx, rx) = mpsc::channel(shared.config.limits.session_queue);
+        let (tx, rx) = mpsc::channel(shared.limits().session_queue);
         let full_str = full.to_string();
         if let Some(old) = shared
             .router
@@ -783,7 +783,7 @@ async fn established(shared: Arc<Shared>, mut conn: Conn<TlsStream<TcpStream>>, 
     let sessions =
         metrics::gauge!(telemetry::SESSIONS, "kind" => "c2s", "host" => s.host.domain.clone());
     sessions.increment(1.0);
-    let idle = Duration::from_secs(shared.config.limits.c2s_idle_timeout_secs.max(1));
+    let idle = Duration::from_secs(shared.limits().c2s_idle_timeout_secs.max(1));
     let why = loop {
         tokio::select! {
             biased;

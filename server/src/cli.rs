@@ -33,7 +33,8 @@ pub enum Command {
     /// Check the configuration and certificates and say what is wrong.
     Check,
     /// Ask the running server (through its control socket in the data directory) to reload
-    /// certificates and the log level, and print what it reloaded and what needs a restart.
+    /// certificates, the log level and the limits, and print what it reloaded and what needs
+    /// a restart.
     /// Same as sending it SIGHUP, with the answer.
     Reload,
     /// Create an account.

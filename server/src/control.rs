@@ -1,6 +1,7 @@
 //! Live reload, triggered by `SIGHUP` or by `openspimed reload` through the local control
-//! socket (`DATA_DIR/control.sock`, mode 0600): certificates are re-read and the log level
-//! is re-applied; every other configuration change is named as needing a restart.
+//! socket (`DATA_DIR/control.sock`, mode 0600): certificates are re-read, the log level
+//! and `[limits]` are re-applied; every other configuration change is named as needing a
+//! restart.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -107,6 +108,13 @@ impl Reloader {
                 None => report.push(ReloadLine::NeedsRestart("log.level".into())),
             }
         }
+        if new.limits != applied.limits {
+            self.shared.set_limits(new.limits.clone());
+            report.push(ReloadLine::Done(
+                "limits (for connections opened from now on)".into(),
+            ));
+            applied.limits = new.limits.clone();
+        }
         let changed = changed_sections(&applied, &new);
         if !changed.is_empty() {
             report.push(ReloadLine::NeedsRestart(changed.join(", ")));
@@ -114,7 +122,8 @@ impl Reloader {
     }
 }
 
-/// The configuration sections that differ, other than the log level (reloaded live).
+/// The configuration sections that differ; the ones reloaded live were updated in `old`
+/// before.
 fn changed_sections(old: &Config, new: &Config) -> Vec<&'static str> {
     let mut changed = Vec::new();
     let mut check = |name, differs: bool| {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use openspimed_config::Config;
+use openspimed_config::{Config, LimitsConfig};
 use openspimed_module_api::{Context, ModuleFactory, ModuleStorage, Route};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -69,10 +69,10 @@ pub enum StartError {
 
 /// State shared by every connection.
 pub struct Shared {
-    /// The configuration the server started with.
+    /// The configuration the server started with (`limits` excepted: see below).
     pub config: Config,
-    /// XML limits for client streams.
-    pub limits: Limits,
+    /// `[limits]` as currently in force: replaced on reload, read by each new connection.
+    limits: std::sync::RwLock<LimitsConfig>,
     /// Routing and sessions.
     pub router: Arc<Router>,
     /// Accounts, for authentication.
@@ -99,6 +99,33 @@ impl Shared {
     /// A fresh unique session id.
     pub fn session_id(&self) -> u64 {
         self.next_session_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The `[limits]` in force now.
+    pub fn limits(&self) -> LimitsConfig {
+        match self.limits.read() {
+            Ok(l) => l.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Puts new `[limits]` in force for connections (and stream restarts) from now on.
+    pub fn set_limits(&self, limits: LimitsConfig) {
+        match self.limits.write() {
+            Ok(mut l) => *l = limits,
+            Err(poisoned) => *poisoned.into_inner() = limits,
+        }
+    }
+
+    /// The XML parser's share of the limits in force.
+    pub fn parser_limits(&self) -> Limits {
+        let l = self.limits();
+        Limits {
+            stanza_bytes: l.c2s_stanza_bytes,
+            max_depth: l.max_depth,
+            max_attributes: l.max_attributes,
+            max_name_length: l.max_name_length,
+        }
     }
 
     /// Every host's certificate and key file (configured or generated), in host order.
@@ -280,12 +307,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         module.start(&cx).await?;
     }
 
-    let limits = Limits {
-        stanza_bytes: config.limits.c2s_stanza_bytes,
-        max_depth: config.limits.max_depth,
-        max_attributes: config.limits.max_attributes,
-        max_name_length: config.limits.max_name_length,
-    };
+    let limits = std::sync::RwLock::new(config.limits.clone());
     let mut c2s_listeners = Vec::new();
     for addr in &config.listeners.c2s {
         c2s_listeners.push(bind(*addr).await?);
@@ -390,7 +412,7 @@ async fn accept_loop(
         };
         let open = shared.connections.fetch_add(1, Ordering::Relaxed);
         let listener_kind = if direct { "c2s_direct_tls" } else { "c2s" };
-        if open >= shared.config.limits.max_connections {
+        if open >= shared.limits().max_connections {
             metrics::counter!(crate::telemetry::CONNECTIONS_REFUSED, "listener" => listener_kind)
                 .increment(1);
             shared.connections.fetch_sub(1, Ordering::Relaxed);

@@ -160,7 +160,7 @@ async fn sighup_and_control_socket_reload_certificates() {
     // `openspimed reload`, with a configuration change that needs a restart.
     setup.install(&ca_c);
     setup.write_config_at_level(
-        "[tls]\nwatch_secs = 0\n[limits]\nmax_depth = 20",
+        "[tls]\nwatch_secs = 0\n[limits]\nmax_depth = 4\n[auth]\nscram_iterations = 8192",
         "info,openspimed::c2s=debug",
     );
     let out = openspimed(&setup.config()).arg("reload").output().unwrap();
@@ -174,13 +174,33 @@ async fn sighup_and_control_socket_reload_certificates() {
         report.contains("reloaded: certificates of 1 host(s)"),
         "{report}"
     );
-    assert!(report.contains("needs a restart: limits"), "{report}");
+    assert!(report.contains("reloaded: limits"), "{report}");
+    assert!(report.contains("needs a restart: auth"), "{report}");
     assert!(
         report.contains("reloaded: log level \"info,openspimed::c2s=debug\""),
         "{report}"
     );
     assert!(handshake_ok(addr, &ca_c).await, "C served after `reload`");
     assert_alive(&mut before).await;
+    // The new depth limit holds for a new session, not for the one opened before.
+    let deep = "<message to='alice@localhost'><body/><x xmlns='urn:example'><a><b><c><d><e/></d></c></b></a></x></message>";
+    before.send(deep).await;
+    before
+        .send("<iq type='get' id='still' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    let got = before.stanza("iq").await;
+    assert_eq!(got.attr("id"), Some("still"), "{got}");
+    let (mut fresh, _) = Raw::login_at(
+        addr,
+        client_tls_config(&ca_c.cert_pem, None),
+        "localhost",
+        "alice",
+        "pw",
+        "fresh",
+    )
+    .await;
+    fresh.send(deep).await;
+    assert_eq!(fresh.stream_error().await, "policy-violation");
 
     // A key that does not match its certificate: refused, the running set stays.
     let (_, other_key) = ca_a.issue(&["localhost"]).unwrap();
