@@ -339,6 +339,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     crate::telemetry::handle();
     shared.record_certificate_expiry();
     let tracker = TaskTracker::new();
+    tracker.spawn(crate::telemetry::upkeep(shared.shutdown.clone()));
     if shared.config.tls.watch_secs > 0 {
         tracker.spawn(watch_certificates(
             shared.clone(),

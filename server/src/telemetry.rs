@@ -101,6 +101,21 @@ fn describe() {
     );
 }
 
+/// Folds the histogram samples recorded since the last scrape into their buckets every
+/// few seconds, until `shutdown`. The recorder keeps raw samples until then: without this,
+/// a server nobody scrapes (or with `/metrics` off) would grow by every sample it records.
+pub async fn upkeep(shutdown: CancellationToken) {
+    let handle = handle();
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => handle.run_upkeep(),
+        }
+    }
+}
+
 /// Serves `GET /metrics` on `addr` until `shutdown`; returns the bound address.
 pub async fn serve(addr: SocketAddr, shutdown: CancellationToken) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
