@@ -344,22 +344,17 @@ fn check(config: &Config) -> ExitCode {
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
     for (domain, host) in &config.hosts {
-        let (cert, key) = match (&host.certificate, &host.key) {
-            (Some(c), Some(k)) => (c.clone(), k.clone()),
-            (None, None) => {
-                let (c, k) =
-                    openspimed_certs::dev_certificate_paths(&config.data_dir.join("certs"), domain);
-                if !c.exists() {
-                    notes.push(format!(
-                        "hosts.\"{domain}\": no certificate configured; a self-signed one will be generated in {}",
-                        c.display()
-                    ));
-                    continue;
-                }
-                (c, k)
-            }
-            _ => continue, // already reported by problems()
-        };
+        if host.certificate.is_some() != host.key.is_some() {
+            continue; // already reported by problems()
+        }
+        let (cert, key) = crate::tls::certificate_paths(config, domain, host);
+        if host.certificate.is_none() && !cert.exists() {
+            notes.push(format!(
+                "hosts.\"{domain}\": no certificate configured; a self-signed one will be generated in {}",
+                cert.display()
+            ));
+            continue;
+        }
         if let Err(e) = openspimed_certs::load_pair(&cert, &key, &provider) {
             errors.push(format!("hosts.\"{domain}\": {e}"));
             continue;

@@ -130,16 +130,12 @@ impl Shared {
 
     /// Every host's certificate and key file (configured or generated), in host order.
     fn certificate_files(&self) -> Vec<(String, PathBuf, PathBuf)> {
-        let dev_dir = self.config.data_dir.join("certs");
         self.config
             .hosts
             .iter()
-            .map(|(domain, host)| match (&host.certificate, &host.key) {
-                (Some(c), Some(k)) => (domain.clone(), c.clone(), k.clone()),
-                _ => {
-                    let (c, k) = openspimed_certs::dev_certificate_paths(&dev_dir, domain);
-                    (domain.clone(), c, k)
-                }
+            .map(|(domain, host)| {
+                let (cert, key) = crate::tls::certificate_paths(&self.config, domain, host);
+                (domain.clone(), cert, key)
             })
             .collect()
     }

@@ -2,10 +2,11 @@
 //! the STARTTLS and direct-TLS (XEP-0368, ALPN `xmpp-client`) listeners.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use openspimed_certs::{SniResolver, SniTable};
-use openspimed_config::Config;
+use openspimed_config::{Config, HostConfig};
 use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
 
@@ -22,6 +23,15 @@ pub struct TlsSetup {
 /// The crypto provider openspimed uses everywhere, passed explicitly (ring).
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A host's certificate and key files: the configured pair, else where the generated
+/// self-signed pair lives (`DATA_DIR/certs`).
+pub fn certificate_paths(config: &Config, domain: &str, host: &HostConfig) -> (PathBuf, PathBuf) {
+    match (&host.certificate, &host.key) {
+        (Some(cert), Some(key)) => (cert.clone(), key.clone()),
+        _ => openspimed_certs::dev_certificate_paths(&config.data_dir.join("certs"), domain),
+    }
 }
 
 /// Loads (or generates, for hosts without configured files) every host's certificate.
