@@ -174,6 +174,22 @@ impl TestServer {
     }
 }
 
+/// Set in the environment of a `harness = false` test binary re-executed as `openspimed`
+/// (see [`server_command`]); its `main` then runs `openspimed::cli::main()` instead of tests.
+pub const AS_SERVER: &str = "OPENSPIMED_TEST_AS_SERVER";
+
+/// `openspimed --config CONFIG`, run as this test binary re-executed with [`AS_SERVER`]:
+/// a real server process without depending on where cargo put the `openspimed` binary.
+/// Logs at `info` whatever the caller's `RUST_LOG`, so tests can wait on log events.
+pub fn server_command(config: &std::path::Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(std::env::current_exe().expect("test binary"));
+    cmd.env(AS_SERVER, "1")
+        .env_remove("RUST_LOG")
+        .arg("--config")
+        .arg(config);
+    cmd
+}
+
 /// Starts a server process (stderr piped) and waits until its log reports the first c2s
 /// listener; returns the child and that address. The log keeps being drained so the
 /// server never blocks on a full pipe.

@@ -5,15 +5,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, ExitCode};
+use std::process::{Child, ExitCode};
 use std::time::Duration;
 
 use openspimed::storage::AccountStore;
 use openspimed::storage::sqlite::SqliteStore;
 use openspimed_module_api::SensorStore;
-use openspimed_tests::{Raw, client_tls_config};
-
-const AS_SERVER: &str = "OPENSPIMED_TEST_AS_SERVER";
+use openspimed_tests::{AS_SERVER, Raw, client_tls_config, server_command};
 
 fn main() -> ExitCode {
     if std::env::var_os(AS_SERVER).is_some() {
@@ -31,12 +29,8 @@ fn main() -> ExitCode {
 
 /// Starts the server child and returns it with its c2s address (read from its log).
 fn start_child(config: &std::path::Path) -> (Child, SocketAddr) {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.env(AS_SERVER, "1").env("RUST_LOG", "info").args([
-        "--config",
-        config.to_str().unwrap(),
-        "run",
-    ]);
+    let mut cmd = server_command(config);
+    cmd.arg("run");
     openspimed_tests::spawn_server(cmd)
 }
 

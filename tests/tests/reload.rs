@@ -6,16 +6,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Command, ExitCode};
+use std::process::{Child, Command, ExitCode};
+use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
 use openspimed::storage::AccountStore;
 use openspimed::storage::sqlite::SqliteStore;
 use openspimed_certs::DevCa;
-use openspimed_tests::{Raw, client_tls_config, spawn_server_logged, wait_for_log};
-
-const AS_SERVER: &str = "OPENSPIMED_TEST_AS_SERVER";
+use openspimed_tests::{
+    AS_SERVER, Raw, client_tls_config, server_command, spawn_server_logged, wait_for_log,
+};
 
 fn main() -> ExitCode {
     if std::env::var_os(AS_SERVER).is_some() {
@@ -31,14 +31,6 @@ fn main() -> ExitCode {
     println!("test renewed_certificate_files_are_picked_up ... ok");
     println!("2 passed, 0 failed");
     ExitCode::SUCCESS
-}
-
-fn openspimed(config: &Path) -> Command {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.env(AS_SERVER, "1")
-        .env_remove("RUST_LOG")
-        .args(["--config", config.to_str().unwrap()]);
-    cmd
 }
 
 /// A configuration directory whose `localhost` certificate is issued by `ca`.
@@ -84,6 +76,13 @@ impl Setup {
         .unwrap();
     }
 
+    /// Runs the server on this configuration; returns it, its c2s address and its log.
+    fn start(&self) -> (Child, SocketAddr, Receiver<String>) {
+        let mut cmd = server_command(&self.config());
+        cmd.arg("run");
+        spawn_server_logged(cmd)
+    }
+
     /// Writes a certificate for `localhost` issued by `ca`, in place.
     fn install(&self, ca: &DevCa) {
         let (cert, key) = ca.issue(&["localhost"]).unwrap();
@@ -91,6 +90,15 @@ impl Setup {
         std::fs::write(self.dir.path().join("k.pem"), key).unwrap();
     }
 }
+
+/// Logs `alice` in as `resource`, trusting only `ca`.
+async fn login(addr: SocketAddr, ca: &DevCa, resource: &str) -> (Session, String) {
+    let tls = client_tls_config(&ca.cert_pem, None);
+    Raw::login_at(addr, tls, "localhost", "alice", "pw", resource).await
+}
+
+/// A logged-in client.
+type Session = Raw<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
 
 /// Whether a full STARTTLS handshake succeeds for a client trusting only `ca`. The client
 /// configuration is new each time: a cached session would be resumed without the server
@@ -103,7 +111,7 @@ async fn handshake_ok(addr: SocketAddr, ca: &DevCa) -> bool {
         .is_ok()
 }
 
-async fn assert_alive(session: &mut Raw<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>) {
+async fn assert_alive(session: &mut Session) {
     session
         .send("<iq type='get' id='alive' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
         .await;
@@ -120,19 +128,9 @@ async fn sighup_and_control_socket_reload_certificates() {
         DevCa::new("reload CA C").unwrap(),
     );
     let setup = Setup::new(&ca_a, "[tls]\nwatch_secs = 0").await;
-    let mut cmd = openspimed(&setup.config());
-    cmd.arg("run");
-    let (mut child, addr, log) = spawn_server_logged(cmd);
+    let (mut child, addr, log) = setup.start();
 
-    let (mut before, _) = Raw::login_at(
-        addr,
-        client_tls_config(&ca_a.cert_pem, None),
-        "localhost",
-        "alice",
-        "pw",
-        "before",
-    )
-    .await;
+    let (mut before, _) = login(addr, &ca_a, "before").await;
     assert!(!handshake_ok(addr, &ca_b).await, "B not served yet");
 
     // SIGHUP.
@@ -145,15 +143,7 @@ async fn sighup_and_control_socket_reload_certificates() {
     wait_for_log(&log, "certificates reloaded");
     assert!(handshake_ok(addr, &ca_b).await, "B served after SIGHUP");
     assert!(!handshake_ok(addr, &ca_a).await, "A no longer served");
-    let (mut after, _) = Raw::login_at(
-        addr,
-        client_tls_config(&ca_b.cert_pem, None),
-        "localhost",
-        "alice",
-        "pw",
-        "after",
-    )
-    .await;
+    let (mut after, _) = login(addr, &ca_b, "after").await;
     assert_alive(&mut before).await;
     assert_alive(&mut after).await;
 
@@ -163,7 +153,10 @@ async fn sighup_and_control_socket_reload_certificates() {
         "[tls]\nwatch_secs = 0\n[limits]\nmax_depth = 4\n[auth]\nscram_iterations = 8192",
         "info,openspimed::c2s=debug",
     );
-    let out = openspimed(&setup.config()).arg("reload").output().unwrap();
+    let out = server_command(&setup.config())
+        .arg("reload")
+        .output()
+        .unwrap();
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -190,22 +183,17 @@ async fn sighup_and_control_socket_reload_certificates() {
         .await;
     let got = before.stanza("iq").await;
     assert_eq!(got.attr("id"), Some("still"), "{got}");
-    let (mut fresh, _) = Raw::login_at(
-        addr,
-        client_tls_config(&ca_c.cert_pem, None),
-        "localhost",
-        "alice",
-        "pw",
-        "fresh",
-    )
-    .await;
+    let (mut fresh, _) = login(addr, &ca_c, "fresh").await;
     fresh.send(deep).await;
     assert_eq!(fresh.stream_error().await, "policy-violation");
 
     // A key that does not match its certificate: refused, the running set stays.
     let (_, other_key) = ca_a.issue(&["localhost"]).unwrap();
     std::fs::write(setup.dir.path().join("k.pem"), other_key).unwrap();
-    let out = openspimed(&setup.config()).arg("reload").output().unwrap();
+    let out = server_command(&setup.config())
+        .arg("reload")
+        .output()
+        .unwrap();
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "{report}");
     assert!(report.contains("error: "), "{report}");
@@ -221,18 +209,8 @@ async fn renewed_certificate_files_are_picked_up() {
         DevCa::new("watch CA B").unwrap(),
     );
     let setup = Setup::new(&ca_a, "[tls]\nwatch_secs = 1").await;
-    let mut cmd = openspimed(&setup.config());
-    cmd.arg("run");
-    let (mut child, addr, log) = spawn_server_logged(cmd);
-    let (mut before, _) = Raw::login_at(
-        addr,
-        client_tls_config(&ca_a.cert_pem, None),
-        "localhost",
-        "alice",
-        "pw",
-        "before",
-    )
-    .await;
+    let (mut child, addr, log) = setup.start();
+    let (mut before, _) = login(addr, &ca_a, "before").await;
     // What an ACME client does: write the renewed files in place, nothing else.
     setup.install(&ca_b);
     wait_for_log(&log, "certificates reloaded");
