@@ -7,6 +7,8 @@
 //!   back from a service subdomain to its host, and can be [`SniResolver::replace`]d live;
 //! - [`inspect`] reads names and expiry for `openspimed check`.
 
+pub mod peer;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -208,12 +210,34 @@ impl DevCa {
 
     /// Issues a server certificate (PEM chain, PEM key) for these DNS names.
     pub fn issue(&self, names: &[&str]) -> Result<(String, String), CertError> {
+        self.issue_with_xmpp_names(names, &[], &[])
+    }
+
+    /// Issues a server certificate that also names domains as xmppAddr and as SRV-ID
+    /// `_xmpp-server.DOMAIN` (RFC 6120 §13.7.1.4, RFC 4985), as some XMPP CAs do.
+    pub fn issue_with_xmpp_names(
+        &self,
+        dns: &[&str],
+        xmpp_addrs: &[&str],
+        srv_domains: &[&str],
+    ) -> Result<(String, String), CertError> {
         let g = |e: rcgen::Error| CertError::Generate(e.to_string());
         let key = rcgen::KeyPair::generate().map_err(g)?;
-        let mut params = rcgen::CertificateParams::new(
-            names.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>(),
-        )
-        .map_err(g)?;
+        let mut params =
+            rcgen::CertificateParams::new(dns.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())
+                .map_err(g)?;
+        for d in xmpp_addrs {
+            params.subject_alt_names.push(rcgen::SanType::OtherName((
+                vec![1, 3, 6, 1, 5, 5, 7, 8, 5],
+                (*d).into(),
+            )));
+        }
+        for d in srv_domains {
+            params.subject_alt_names.push(rcgen::SanType::OtherName((
+                vec![1, 3, 6, 1, 5, 5, 7, 8, 7],
+                format!("_xmpp-server.{d}").into(),
+            )));
+        }
         params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
         let cert = params.signed_by(&key, &self.issuer).map_err(g)?;
         Ok((cert.pem(), key.serialize_pem()))

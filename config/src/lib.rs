@@ -31,6 +31,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// Certificate reloading.
     pub tls: TlsConfig,
+    /// Server-to-server federation (RFC 6120, XEP-0178, XEP-0220).
+    pub s2s: S2sConfig,
     /// Virtual hosts (self-hosted domains), keyed by domain.
     pub hosts: BTreeMap<String, HostConfig>,
     /// Options of each module, keyed by module name; shared by every host that enables it.
@@ -67,6 +69,11 @@ pub struct ListenersConfig {
     pub c2s: Vec<SocketAddr>,
     /// Client-to-server listeners with direct TLS (XEP-0368, ALPN `xmpp-client`).
     pub c2s_direct_tls: Vec<SocketAddr>,
+    /// Server-to-server listeners with STARTTLS (RFC 6120, port 5269). None in the embedded
+    /// default: no remote server can address `localhost`.
+    pub s2s: Vec<SocketAddr>,
+    /// Server-to-server listeners with direct TLS (XEP-0368, ALPN `xmpp-server`, port 5270).
+    pub s2s_direct_tls: Vec<SocketAddr>,
 }
 
 /// `[limits]`
@@ -141,6 +148,65 @@ impl Default for TlsConfig {
     }
 }
 
+/// `[s2s]`
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct S2sConfig {
+    /// PEM files of the certificate authorities trusted to vouch for remote domains
+    /// (RFC 6125 validation); the system bundle by default. Missing files are reported by
+    /// `openspimed check` and leave dialback as the only way in.
+    pub ca_files: Vec<PathBuf>,
+    /// Whether Server Dialback (XEP-0220) may authenticate a remote domain whose certificate
+    /// does not validate. On, as in Prosody and ejabberd; `[s2s.remote."x"] dialback`
+    /// overrides it per domain.
+    pub dialback: bool,
+    /// The secret dialback keys are derived from (XEP-0185). Unset: a random one per start,
+    /// which is right for one process; every node of a cluster needs the same value.
+    pub dialback_secret: Option<String>,
+    /// Seconds to resolve, connect, secure and authenticate an outgoing connection before
+    /// queued stanzas bounce with `remote-server-timeout`.
+    pub connect_timeout_secs: u64,
+    /// Seconds without traffic after which a server-to-server connection is closed.
+    pub idle_timeout_secs: u64,
+    /// Stanzas queued for one remote domain (while connecting or when the peer is slow);
+    /// more bounce with `resource-constraint`.
+    pub queue_length: usize,
+    /// Largest stanza a remote server may send, in bytes of XML.
+    pub stanza_bytes: usize,
+    /// Most incoming connections authenticated for one remote domain at a time.
+    pub max_connections_per_domain: usize,
+    /// Per remote domain: where it is (instead of DNS SRV) and its dialback policy.
+    pub remote: BTreeMap<String, RemoteConfig>,
+}
+
+impl Default for S2sConfig {
+    fn default() -> Self {
+        S2sConfig {
+            ca_files: vec![PathBuf::from("/etc/ssl/certs/ca-certificates.crt")],
+            dialback: true,
+            dialback_secret: None,
+            connect_timeout_secs: 10,
+            idle_timeout_secs: 600,
+            queue_length: 1000,
+            stanza_bytes: 512 * 1024,
+            max_connections_per_domain: 4,
+            remote: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[s2s.remote."example.net"]`
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RemoteConfig {
+    /// Addresses to connect to instead of looking up SRV records, tried in order.
+    pub addresses: Vec<SocketAddr>,
+    /// Whether `addresses` speak direct TLS (XEP-0368) instead of STARTTLS.
+    pub direct_tls: bool,
+    /// Overrides `s2s.dialback` for this domain (`false`: its certificate must validate).
+    pub dialback: Option<bool>,
+}
+
 /// `[hosts."example.org"]`
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -178,6 +244,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             metrics: MetricsConfig::default(),
             tls: TlsConfig::default(),
+            s2s: S2sConfig::default(),
             hosts,
             modules: BTreeMap::new(),
         }
@@ -198,6 +265,8 @@ impl Default for ListenersConfig {
         ListenersConfig {
             c2s: vec![SocketAddr::from(([0, 0, 0, 0], 5222))],
             c2s_direct_tls: vec![SocketAddr::from(([0, 0, 0, 0], 5223))],
+            s2s: Vec::new(),
+            s2s_direct_tls: Vec::new(),
         }
     }
 }
@@ -301,6 +370,11 @@ impl Config {
                 }
             }
         }
+        for p in &mut config.s2s.ca_files {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
         let problems = config.problems(&[]);
         if problems.is_empty() {
             Ok(config)
@@ -341,6 +415,30 @@ impl Config {
                 "auth.scram_iterations = {} is below RFC 7677's minimum of 4096",
                 self.auth.scram_iterations
             ));
+        }
+        if self.s2s.stanza_bytes < 10_000 {
+            out.push(format!(
+                "s2s.stanza_bytes = {} is below RFC 6120's minimum of 10000",
+                self.s2s.stanza_bytes
+            ));
+        }
+        if self.s2s.queue_length == 0 || self.s2s.max_connections_per_domain == 0 {
+            out.push(
+                "s2s.queue_length and s2s.max_connections_per_domain must be at least 1".to_owned(),
+            );
+        }
+        if self.s2s.connect_timeout_secs == 0 || self.s2s.idle_timeout_secs == 0 {
+            out.push(
+                "s2s.connect_timeout_secs and s2s.idle_timeout_secs must be at least 1".to_owned(),
+            );
+        }
+        for domain in self.s2s.remote.keys() {
+            if !is_valid_domain(domain) {
+                out.push(format!("s2s.remote.\"{domain}\": not a valid domain name"));
+            }
+            if self.hosts.contains_key(domain) {
+                out.push(format!("s2s.remote.\"{domain}\": is also a hosted domain"));
+            }
         }
         for (domain, host) in &self.hosts {
             if !is_valid_domain(domain) {
@@ -402,7 +500,7 @@ mod tests {
         if let toml::Value::Table(t) = v {
             for (k, child) in t {
                 // Host and module tables are keyed by operator-chosen names.
-                let seg = if prefix == "hosts" || prefix == "modules" {
+                let seg = if prefix == "hosts" || prefix == "modules" || prefix == "s2s.remote" {
                     "*".to_owned()
                 } else {
                     k.clone()
@@ -433,6 +531,14 @@ mod tests {
             h.certificate = Some("x".into());
             h.key = Some("x".into());
         }
+        full.s2s.dialback_secret = Some("x".into());
+        full.s2s.remote.insert(
+            "example.net".into(),
+            RemoteConfig {
+                dialback: Some(false),
+                ..RemoteConfig::default()
+            },
+        );
         let structs = toml::Value::try_from(&full).expect("serializable");
         let mut want = Vec::new();
         keys("", &structs, &mut want);
