@@ -13,7 +13,6 @@ use base64::engine::general_purpose::STANDARD as B64;
 use openspimed_module_api::jid::FullJid;
 use openspimed_module_api::{Condition, Element, StanzaError, iq_result, ns};
 use rand::RngCore;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
@@ -23,229 +22,9 @@ use crate::error::{StreamError, StreamErrorCondition as C};
 use crate::router::{Host, Outgoing};
 use crate::sasl::{self, AuthFailure, Exchange, Step};
 use crate::server::Shared;
+use crate::stream::{Conn, Fail, stream_err};
 use crate::telemetry;
-use crate::xml::{StreamEvent, StreamHeader, StreamParser};
-
-/// How a connection ends: with a stream error we must send, or just closed.
-#[derive(Debug)]
-enum Fail {
-    /// Send this stream error, close the stream and the socket.
-    Stream(StreamError),
-    /// The peer went away (EOF, I/O error, `</stream:stream>` answered).
-    Closed,
-}
-
-impl From<StreamError> for Fail {
-    fn from(e: StreamError) -> Self {
-        Fail::Stream(e)
-    }
-}
-
-fn stream_err(c: C, text: &str) -> Fail {
-    Fail::Stream(StreamError::with_text(c, text))
-}
-
-/// Read buffer per connection; small because most sessions are idle most of the time.
-const READ_BUF: usize = 4096;
-
-/// One XML stream over one transport: the only code that reads and writes the socket.
-struct Conn<S> {
-    /// The transport (TCP before STARTTLS, TLS after).
-    io: S,
-    /// Bytes read but not yet parsed: `rbuf[start..end]`.
-    rbuf: Box<[u8]>,
-    /// Start of unparsed bytes.
-    start: usize,
-    /// End of valid bytes.
-    end: usize,
-    /// Parser for the current stream (replaced on restart).
-    parser: StreamParser,
-    /// Serialization buffer, reused.
-    wbuf: Vec<u8>,
-    /// Whether our stream header went out (a stream error must follow a header).
-    header_sent: bool,
-    /// The domain we answer as.
-    domain: String,
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
-    fn new(io: S, shared: &Shared) -> Self {
-        Conn {
-            io,
-            rbuf: vec![0u8; READ_BUF].into_boxed_slice(),
-            start: 0,
-            end: 0,
-            parser: StreamParser::new(shared.parser_limits()),
-            wbuf: Vec::with_capacity(512),
-            header_sent: false,
-            domain: shared.default_host.clone(),
-        }
-    }
-
-    /// Starts a new stream after STARTTLS or SASL (RFC 6120 §4.3.3): a fresh parser, and
-    /// nothing the client sent before counts.
-    fn restart(&mut self, shared: &Shared) {
-        self.parser = StreamParser::new(shared.parser_limits());
-        self.start = 0;
-        self.end = 0;
-        self.header_sent = false;
-    }
-
-    /// The next stream event, or why the stream ends. Cancel-safe: the only await is the
-    /// socket read.
-    async fn next_event(&mut self) -> Result<StreamEvent, Fail> {
-        loop {
-            let mut pending = &self.rbuf[self.start..self.end];
-            let res = self.parser.next(&mut pending);
-            self.start = self.end - pending.len();
-            match res {
-                Ok(Some(ev)) => return Ok(ev),
-                Ok(None) => {
-                    self.start = 0;
-                    self.end = 0;
-                    // Between stanzas nothing is half-parsed: give scratch memory back
-                    // while the connection waits (most sessions are idle most of the time).
-                    self.parser.release_temporaries();
-                }
-                Err(e) => return Err(Fail::Stream(StreamError::with_text(e.condition, e.text))),
-            }
-            let n = self
-                .io
-                .read(&mut self.rbuf)
-                .await
-                .map_err(|_| Fail::Closed)?;
-            if n == 0 {
-                return Err(Fail::Closed);
-            }
-            metrics::counter!(telemetry::BYTES_IN).increment(n as u64);
-            self.end = n;
-        }
-    }
-
-    /// [`Conn::next_event`] bounded by a deadline and the server's shutdown.
-    async fn next_event_within(
-        &mut self,
-        shared: &Shared,
-        limit: Duration,
-    ) -> Result<StreamEvent, Fail> {
-        tokio::select! {
-            biased;
-            _ = shared.shutdown.cancelled() => Err(stream_err(C::SystemShutdown, "server shutting down")),
-            r = tokio::time::timeout(limit, self.next_event()) => match r {
-                Ok(r) => r,
-                Err(_) => Err(stream_err(C::ConnectionTimeout, "no activity")),
-            },
-        }
-    }
-
-    /// Reads the client's stream header, answers with ours, and picks the virtual host; a
-    /// header we cannot serve gets its stream error after our header (RFC 6120 §4.9.1.1).
-    async fn open_stream(&mut self, shared: &Shared, limit: Duration) -> Result<Arc<Host>, Fail> {
-        let header = match self.next_event_within(shared, limit).await? {
-            StreamEvent::Header(h) => h,
-            _ => return Err(stream_err(C::NotWellFormed, "expected a stream header")),
-        };
-        let host = pick_host(shared, &header);
-        if let Ok(h) = &host {
-            self.domain = h.domain.clone();
-        }
-        self.send_header(&header).await?;
-        host
-    }
-
-    /// Sends our stream header for `domain` (RFC 6120 §4.7).
-    async fn send_header(&mut self, header: &StreamHeader) -> Result<(), Fail> {
-        let mut id = [0u8; 12];
-        rand::rng().fill_bytes(&mut id);
-        let mut out = format!(
-            "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
-             xmlns:stream='http://etherx.jabber.org/streams' id='{}' from='{}' version='1.0' xml:lang='en'",
-            B64.encode(id),
-            self.domain
-        );
-        if let Some(from) = &header.from {
-            // Echo the client's address back as `to` (RFC 6120 §4.7.2), escaped.
-            let mut esc = Vec::new();
-            Element::new("x", "")
-                .with_attr("to", from.clone())
-                .write_to(&mut esc, "");
-            let esc = String::from_utf8_lossy(&esc);
-            if let Some(attr) = esc.strip_prefix("<x").and_then(|s| s.strip_suffix("/>")) {
-                out.push_str(attr);
-            }
-        }
-        out.push('>');
-        self.header_sent = true;
-        self.write_raw(out.as_bytes()).await
-    }
-
-    async fn write_raw(&mut self, bytes: &[u8]) -> Result<(), Fail> {
-        metrics::counter!(telemetry::BYTES_OUT).increment(bytes.len() as u64);
-        self.io.write_all(bytes).await.map_err(|_| Fail::Closed)?;
-        self.io.flush().await.map_err(|_| Fail::Closed)
-    }
-
-    /// Serializes elements into the write buffer without sending.
-    fn queue(&mut self, el: &Element) {
-        let kind = match el.name() {
-            "message" => "message",
-            "presence" => "presence",
-            "iq" => "iq",
-            _ => "other",
-        };
-        metrics::counter!(telemetry::STANZAS_OUT, "kind" => kind).increment(1);
-        el.write_to(&mut self.wbuf, ns::CLIENT);
-    }
-
-    /// Sends what [`Conn::queue`] buffered.
-    async fn flush_queued(&mut self) -> Result<(), Fail> {
-        if self.wbuf.is_empty() {
-            return Ok(());
-        }
-        metrics::counter!(telemetry::BYTES_OUT).increment(self.wbuf.len() as u64);
-        let res = self.io.write_all(&self.wbuf).await;
-        self.wbuf.clear();
-        if self.wbuf.capacity() > 64 * 1024 {
-            self.wbuf = Vec::with_capacity(512);
-        }
-        res.map_err(|_| Fail::Closed)?;
-        self.io.flush().await.map_err(|_| Fail::Closed)
-    }
-
-    /// Returns write-buffer memory after negotiation (the session loop grows it on demand).
-    fn shrink(&mut self) {
-        self.wbuf = Vec::new();
-    }
-
-    async fn send(&mut self, el: &Element) -> Result<(), Fail> {
-        self.queue(el);
-        self.flush_queued().await
-    }
-
-    /// Ends the stream: stream error if any (after a header, as RFC 6120 §4.9.1.1 wants),
-    /// closing tag, then the socket.
-    async fn close(mut self, why: Fail) {
-        let mut out = Vec::new();
-        if let Fail::Stream(err) = &why {
-            if !self.header_sent {
-                let _ = self.send_header(&StreamHeader::default()).await;
-            }
-            tracing::debug!(condition = err.condition.as_str(), text = ?err.text, "stream error");
-            metrics::counter!(telemetry::STREAM_ERRORS, "condition" => err.condition.as_str())
-                .increment(1);
-            out.extend_from_slice(&err.to_bytes());
-        }
-        if self.header_sent {
-            out.extend_from_slice(b"</stream:stream>");
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            let _ = self.io.write_all(&out).await;
-            let _ = self.io.flush().await;
-            let _ = self.io.shutdown().await;
-        })
-        .await;
-    }
-}
+use crate::xml::{StreamEvent, StreamHeader};
 
 /// Serves one accepted TCP connection until it ends.
 pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, direct_tls: bool) {
@@ -273,9 +52,33 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, direct
             None => return,
         }
     };
-    let conn = Conn::new(tls, &shared);
+    let conn = Conn::new(
+        tls,
+        shared.parser_limits(),
+        shared.default_host.clone(),
+        ns::CLIENT,
+    );
     let deadline = tokio::time::Instant::now() + handshake;
     secure_stream(shared, conn, peer, deadline).await;
+}
+
+/// Reads the client's stream header, answers with ours, and picks the virtual host; a
+/// header we cannot serve gets its stream error after our header (RFC 6120 §4.9.1.1).
+async fn open_stream<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    conn: &mut Conn<S>,
+    shared: &Shared,
+    limit: Duration,
+) -> Result<Arc<Host>, Fail> {
+    let header = match conn.next_event_within(shared, limit).await? {
+        StreamEvent::Header(h) => h,
+        _ => return Err(stream_err(C::NotWellFormed, "expected a stream header")),
+    };
+    let host = pick_host(shared, &header);
+    if let Ok(h) = &host {
+        conn.domain = h.domain.clone();
+    }
+    conn.send_header(&header).await?;
+    host
 }
 
 /// Validates a stream header and picks the virtual host (RFC 6120 §4.7, §4.9.3).
@@ -305,9 +108,14 @@ async fn negotiate_starttls(
     tcp: TcpStream,
     handshake: Duration,
 ) -> Option<TlsStream<TcpStream>> {
-    let mut conn = Conn::new(tcp, shared);
+    let mut conn = Conn::new(
+        tcp,
+        shared.parser_limits(),
+        shared.default_host.clone(),
+        ns::CLIENT,
+    );
     let result: Result<(), Fail> = async {
-        conn.open_stream(shared, handshake).await?;
+        open_stream(&mut conn, shared, handshake).await?;
         conn.write_raw(
             b"<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls></stream:features>",
         )
@@ -393,7 +201,7 @@ async fn secure_stream(
         Ok(v) => v,
         Err(f) => return conn.close(f).await,
     };
-    conn.restart(&shared);
+    conn.restart(shared.parser_limits());
     let bound = async {
         let header = match conn.next_event_within(&shared, remaining(deadline)).await? {
             StreamEvent::Header(h) => h,
@@ -428,7 +236,7 @@ async fn authenticate(
     deadline: tokio::time::Instant,
 ) -> Result<(Arc<Host>, String), Fail> {
     let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
-    let host = conn.open_stream(shared, left()).await?;
+    let host = open_stream(conn, shared, left()).await?;
     let offered: Vec<&str> = host
         .mechanisms
         .iter()
@@ -857,21 +665,7 @@ async fn inbound(
             "stanzas must be in jabber:client",
         ));
     }
-    let kind = match el.name() {
-        "message" => "message",
-        "presence" => "presence",
-        _ => "iq",
-    };
-    let stype = match el.attr("type") {
-        None => "none",
-        Some(
-            t @ ("chat" | "normal" | "headline" | "groupchat" | "error" | "get" | "set" | "result"
-            | "unavailable" | "subscribe" | "subscribed" | "unsubscribe" | "unsubscribed"
-            | "probe"),
-        ) => t,
-        Some(_) => "other",
-    }
-    .to_owned();
+    let (kind, stype) = telemetry::stanza_labels(&el);
     metrics::counter!(telemetry::STANZAS_IN, "kind" => kind, "type" => stype).increment(1);
     // RFC 6120 §8.1.2.1: the server stamps the full JID; a client-supplied from is replaced.
     el.set_attr("from", s.full.clone());

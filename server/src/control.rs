@@ -1,7 +1,7 @@
 //! Live reload, triggered by `SIGHUP` or by `openspimed reload` through the local control
-//! socket (`DATA_DIR/control.sock`, mode 0600): certificates are re-read, the log level
-//! and `[limits]` are re-applied; every other configuration change is named as needing a
-//! restart.
+//! socket (`DATA_DIR/control.sock`, mode 0600): certificates are re-read, the log level,
+//! `[limits]` and `[s2s.remote]` are re-applied; every other configuration change is named
+//! as needing a restart.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -115,6 +115,13 @@ impl Reloader {
             ));
             applied.limits = new.limits.clone();
         }
+        if new.s2s.remote != applied.s2s.remote {
+            self.shared.s2s.set_remotes(new.s2s.remote.clone());
+            report.push(ReloadLine::Done(
+                "s2s.remote (for server-to-server connections set up from now on)".into(),
+            ));
+            applied.s2s.remote = new.s2s.remote.clone();
+        }
         let changed = changed_sections(&applied, &new);
         if !changed.is_empty() {
             report.push(ReloadLine::NeedsRestart(changed.join(", ")));
@@ -138,6 +145,7 @@ fn changed_sections(old: &Config, new: &Config) -> Vec<&'static str> {
     check("auth", old.auth != new.auth);
     check("metrics", old.metrics != new.metrics);
     check("tls", old.tls != new.tls);
+    check("s2s", old.s2s != new.s2s);
     check("hosts", old.hosts != new.hosts);
     check("modules", old.modules != new.modules);
     changed

@@ -17,6 +17,7 @@ use openspimed_module_api::{
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{StreamError, module_failure, storage_failure};
+use crate::s2s::{S2s, SendError};
 use crate::storage::AccountStore;
 
 /// What a session's writer receives.
@@ -176,6 +177,8 @@ pub struct Router {
     /// Iqs modules sent and wait on, by (requesting JID, id): their answer goes here
     /// instead of to the module's handler.
     pending: DashMap<(String, String), oneshot::Sender<Element>>,
+    /// Federation: where stanzas for other domains go; set once at start.
+    remote: OnceLock<Arc<S2s>>,
 }
 
 impl Router {
@@ -188,6 +191,7 @@ impl Router {
             registry: Registry::default(),
             accounts,
             pending: DashMap::new(),
+            remote: OnceLock::new(),
         })
     }
 
@@ -221,6 +225,20 @@ impl Router {
         let _ = self.hosts.set(by_domain);
         let _ = self.jid_routes.set(jids);
         let _ = self.domain_routes.set(domains);
+    }
+
+    /// Connects federation: stanzas for domains not served here go to `s2s`.
+    pub fn set_remote(&self, s2s: Arc<S2s>) {
+        let _ = self.remote.set(s2s);
+    }
+
+    /// Whether a domain is served here: a virtual host or a hosted service domain.
+    pub fn is_local_domain(&self, domain: &str) -> bool {
+        self.host(domain).is_some()
+            || self
+                .domain_routes
+                .get()
+                .is_some_and(|m| m.contains_key(domain))
     }
 
     /// A virtual host by domain.
@@ -267,10 +285,7 @@ impl Router {
             return self.call(module, &host.cx, stanza).await;
         }
         let Some(host) = self.host(domain) else {
-            // No federation yet: every other domain is unreachable.
-            return self
-                .bounce(&stanza, StanzaError::new(Condition::RemoteServerNotFound))
-                .await;
+            return self.to_remote(stanza).await;
         };
         match to.node() {
             None => self.to_host(&host, stanza).await,
@@ -279,6 +294,33 @@ impl Router {
                 self.to_account(&bare, to.resource().map(|r| r.as_str()), stanza)
                     .await
             }
+        }
+    }
+
+    /// A stanza for another domain: queued for federation (RFC 6120 §10.4).
+    async fn to_remote(&self, stanza: Element) {
+        let Some(s2s) = self.remote.get() else {
+            return self
+                .bounce(&stanza, StanzaError::new(Condition::RemoteServerNotFound))
+                .await;
+        };
+        let from_local = stanza
+            .attr("from")
+            .and_then(|f| Jid::new(f).ok())
+            .is_some_and(|f| self.is_local_domain(f.domain().as_str()));
+        if !from_local {
+            // Never relay between two remote domains.
+            return self
+                .bounce(&stanza, StanzaError::new(Condition::NotAllowed))
+                .await;
+        }
+        if let Err((stanza, why)) = s2s.send(stanza) {
+            let err = match why {
+                SendError::Addressing => StanzaError::new(Condition::JidMalformed),
+                SendError::QueueFull => StanzaError::new(Condition::ResourceConstraint)
+                    .with_text("too many stanzas waiting for that domain"),
+            };
+            self.bounce(&stanza, err).await;
         }
     }
 

@@ -85,9 +85,11 @@ pub struct Shared {
     pub registrations: crate::ibr::RegistrationLimit,
     /// TLS configurations.
     pub tls: TlsSetup,
+    /// Federation.
+    pub s2s: Arc<crate::s2s::S2s>,
     /// Cancelled once to stop everything.
     pub shutdown: CancellationToken,
-    /// Open client connections (for `max_connections`).
+    /// Open connections, clients and servers (for `max_connections`).
     pub connections: AtomicUsize,
     /// Source of unique session ids.
     pub next_session_id: AtomicU64,
@@ -213,6 +215,10 @@ pub struct RunningServer {
     pub c2s_addrs: Vec<SocketAddr>,
     /// Bound direct-TLS c2s addresses.
     pub direct_tls_addrs: Vec<SocketAddr>,
+    /// Bound STARTTLS s2s addresses.
+    pub s2s_addrs: Vec<SocketAddr>,
+    /// Bound direct-TLS s2s addresses.
+    pub s2s_direct_tls_addrs: Vec<SocketAddr>,
     /// Bound `/metrics` address, when enabled.
     pub metrics_addr: Option<SocketAddr>,
     /// Shared state (accounts, router) for the admin API and tests.
@@ -312,6 +318,35 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     for addr in &config.listeners.c2s_direct_tls {
         direct_listeners.push(bind(*addr).await?);
     }
+    let mut s2s_listeners = Vec::new();
+    for addr in &config.listeners.s2s {
+        s2s_listeners.push(bind(*addr).await?);
+    }
+    let mut s2s_direct_listeners = Vec::new();
+    for addr in &config.listeners.s2s_direct_tls {
+        s2s_direct_listeners.push(bind(*addr).await?);
+    }
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let provider = crate::tls::provider();
+    let (peers, trust_problems) =
+        openspimed_certs::peer::PeerVerifier::from_files(&config.s2s.ca_files, &provider);
+    for p in trust_problems {
+        tracing::warn!(problem = %p, "s2s trust anchors: file skipped; remote domains without trusted certificates need dialback");
+    }
+    let remotes = Arc::new(std::sync::RwLock::new(config.s2s.remote.clone()));
+    let s2s = crate::s2s::S2s::new(
+        config.s2s.clone(),
+        peers,
+        remotes.clone(),
+        Arc::new(crate::s2s::resolve::Resolver::new(remotes)),
+        tls.resolver.clone(),
+        provider,
+        Arc::downgrade(&router),
+        shutdown.clone(),
+        tracker.clone(),
+    );
+    router.set_remote(s2s.clone());
     let default_host = config.hosts.keys().next().cloned().unwrap_or_default();
     let shared = Arc::new(Shared {
         throttle: AuthThrottle::new(
@@ -327,14 +362,14 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         accounts,
         module_storage: module_storage.clone(),
         tls,
-        shutdown: CancellationToken::new(),
+        s2s,
+        shutdown,
         connections: AtomicUsize::new(0),
         next_session_id: AtomicU64::new(1),
         default_host,
     });
     crate::telemetry::handle();
     shared.record_certificate_expiry();
-    let tracker = TaskTracker::new();
     tracker.spawn(crate::telemetry::upkeep(shared.shutdown.clone()));
     if shared.config.tls.watch_secs > 0 {
         tracker.spawn(watch_certificates(
@@ -344,22 +379,30 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     }
     let mut c2s_addrs = Vec::new();
     let mut direct_tls_addrs = Vec::new();
-    for (listeners, direct, addrs) in [
-        (c2s_listeners, false, &mut c2s_addrs),
-        (direct_listeners, true, &mut direct_tls_addrs),
+    let mut s2s_addrs = Vec::new();
+    let mut s2s_direct_tls_addrs = Vec::new();
+    for (listeners, kind, addrs) in [
+        (c2s_listeners, Listener::C2s, &mut c2s_addrs),
+        (
+            direct_listeners,
+            Listener::C2sDirectTls,
+            &mut direct_tls_addrs,
+        ),
+        (s2s_listeners, Listener::S2s, &mut s2s_addrs),
+        (
+            s2s_direct_listeners,
+            Listener::S2sDirectTls,
+            &mut s2s_direct_tls_addrs,
+        ),
     ] {
         for l in listeners {
             let local = l.local_addr().map_err(|source| StartError::Bind {
                 addr: SocketAddr::from(([0, 0, 0, 0], 0)),
                 source,
             })?;
-            tracing::info!(
-                addr = %local,
-                kind = if direct { "c2s direct TLS" } else { "c2s STARTTLS" },
-                "listening"
-            );
+            tracing::info!(addr = %local, kind = kind.describe(), "listening");
             addrs.push(local);
-            tracker.spawn(accept_loop(l, direct, shared.clone(), tracker.clone()));
+            tracker.spawn(accept_loop(l, kind, shared.clone(), tracker.clone()));
         }
     }
     let metrics_addr = if shared.config.metrics.enabled {
@@ -375,6 +418,8 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     Ok(RunningServer {
         c2s_addrs,
         direct_tls_addrs,
+        s2s_addrs,
+        s2s_direct_tls_addrs,
         metrics_addr,
         shared,
         tracker,
@@ -387,9 +432,44 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
         .map_err(|source| StartError::Bind { addr, source })
 }
 
+/// What a listener serves.
+#[derive(Clone, Copy, Debug)]
+enum Listener {
+    /// Clients, STARTTLS.
+    C2s,
+    /// Clients, direct TLS.
+    C2sDirectTls,
+    /// Servers, STARTTLS.
+    S2s,
+    /// Servers, direct TLS.
+    S2sDirectTls,
+}
+
+impl Listener {
+    /// The `listener` metric label.
+    fn label(self) -> &'static str {
+        match self {
+            Listener::C2s => "c2s",
+            Listener::C2sDirectTls => "c2s_direct_tls",
+            Listener::S2s => "s2s",
+            Listener::S2sDirectTls => "s2s_direct_tls",
+        }
+    }
+
+    /// For the "listening" log line.
+    fn describe(self) -> &'static str {
+        match self {
+            Listener::C2s => "c2s STARTTLS",
+            Listener::C2sDirectTls => "c2s direct TLS",
+            Listener::S2s => "s2s STARTTLS",
+            Listener::S2sDirectTls => "s2s direct TLS",
+        }
+    }
+}
+
 async fn accept_loop(
     listener: TcpListener,
-    direct: bool,
+    kind: Listener,
     shared: Arc<Shared>,
     tracker: TaskTracker,
 ) {
@@ -408,7 +488,7 @@ async fn accept_loop(
             }
         };
         let open = shared.connections.fetch_add(1, Ordering::Relaxed);
-        let listener_kind = if direct { "c2s_direct_tls" } else { "c2s" };
+        let listener_kind = kind.label();
         if open >= shared.limits().max_connections {
             metrics::counter!(crate::telemetry::CONNECTIONS_REFUSED, "listener" => listener_kind)
                 .increment(1);
@@ -422,7 +502,16 @@ async fn accept_loop(
         let _ = tcp.set_nodelay(true);
         let shared2 = shared.clone();
         tracker.spawn(async move {
-            c2s::serve(shared2.clone(), tcp, peer, direct).await;
+            match kind {
+                Listener::C2s => c2s::serve(shared2.clone(), tcp, peer, false).await,
+                Listener::C2sDirectTls => c2s::serve(shared2.clone(), tcp, peer, true).await,
+                Listener::S2s => {
+                    crate::s2s::incoming::serve(shared2.clone(), tcp, peer, false).await
+                }
+                Listener::S2sDirectTls => {
+                    crate::s2s::incoming::serve(shared2.clone(), tcp, peer, true).await
+                }
+            }
             shared2.connections.fetch_sub(1, Ordering::Relaxed);
         });
     }

@@ -22,9 +22,9 @@ pub const TLS_HANDSHAKES: &str = "openspimed_tls_handshakes_total";
 pub const SASL_AUTHENTICATIONS: &str = "openspimed_sasl_authentications_total";
 /// Bound sessions, by kind and host.
 pub const SESSIONS: &str = "openspimed_sessions";
-/// Stanzas received from clients, by kind and type.
+/// Stanzas received from clients and remote servers, by kind and type.
 pub const STANZAS_IN: &str = "openspimed_stanzas_received_total";
-/// Stanzas written to clients, by kind.
+/// Stanzas written to clients and remote servers, by kind.
 pub const STANZAS_OUT: &str = "openspimed_stanzas_sent_total";
 /// Stanza errors generated, by condition.
 pub const STANZA_ERRORS: &str = "openspimed_stanza_errors_total";
@@ -38,8 +38,46 @@ pub const BYTES_IN: &str = "openspimed_received_bytes_total";
 pub const BYTES_OUT: &str = "openspimed_sent_bytes_total";
 /// Storage operation latency, by operation (`read`, `write`).
 pub const STORAGE_SECONDS: &str = "openspimed_storage_operation_duration_seconds";
+/// Stanzas waiting in outgoing server-to-server queues (all remote domains together: a
+/// domain is not a label, to keep cardinality low).
+pub const S2S_QUEUED: &str = "openspimed_s2s_queued_stanzas";
+/// Server-to-server authentications, by direction (`in`, `out`), method (`sasl_external`,
+/// `dialback`, `none`) and result.
+pub const S2S_AUTHENTICATIONS: &str = "openspimed_s2s_authentications_total";
 /// When each host's certificate expires (Unix time, seconds; base units per Prometheus).
 pub const CERT_EXPIRY: &str = "openspimed_certificate_expiry_timestamp_seconds";
+
+/// The `kind` and `type` labels of a stanza for [`STANZAS_IN`] (a fixed set of values).
+pub fn stanza_labels(el: &openspimed_module_api::Element) -> (&'static str, &'static str) {
+    let kind = match el.name() {
+        "message" => "message",
+        "presence" => "presence",
+        _ => "iq",
+    };
+    let stype = match el.attr("type") {
+        None => "none",
+        Some(t) => [
+            "chat",
+            "normal",
+            "headline",
+            "groupchat",
+            "error",
+            "get",
+            "set",
+            "result",
+            "unavailable",
+            "subscribe",
+            "subscribed",
+            "unsubscribe",
+            "unsubscribed",
+            "probe",
+        ]
+        .into_iter()
+        .find(|k| *k == t)
+        .unwrap_or("other"),
+    };
+    (kind, stype)
+}
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -79,7 +117,18 @@ fn describe() {
         STANZAS_IN,
         "Stanzas received from clients, by kind and type."
     );
-    describe_counter!(STANZAS_OUT, "Stanzas written to clients, by kind.");
+    describe_counter!(
+        STANZAS_OUT,
+        "Stanzas written to clients and remote servers, by kind."
+    );
+    describe_gauge!(
+        S2S_QUEUED,
+        "Stanzas waiting in outgoing server-to-server queues."
+    );
+    describe_counter!(
+        S2S_AUTHENTICATIONS,
+        "Server-to-server authentications, by direction, method and result."
+    );
     describe_counter!(STANZA_ERRORS, "Stanza errors generated, by condition.");
     describe_counter!(STREAM_ERRORS, "Stream errors sent, by condition.");
     describe_histogram!(

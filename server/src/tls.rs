@@ -1,10 +1,12 @@
 //! rustls server configuration: one certificate resolver (SNI per virtual host) shared by
-//! the STARTTLS and direct-TLS (XEP-0368, ALPN `xmpp-client`) listeners.
+//! the STARTTLS and direct-TLS (XEP-0368, ALPN `xmpp-client` / `xmpp-server`) listeners of
+//! clients and servers.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use openspimed_certs::peer::DeferredClientVerifier;
 use openspimed_certs::{SniResolver, SniTable};
 use openspimed_config::{Config, HostConfig};
 use rustls::ServerConfig;
@@ -16,6 +18,11 @@ pub struct TlsSetup {
     pub starttls: Arc<ServerConfig>,
     /// For direct TLS (ALPN `xmpp-client`).
     pub direct: Arc<ServerConfig>,
+    /// For STARTTLS on s2s listeners: asks the remote server for its certificate, judged
+    /// later per domain ([`openspimed_certs::peer`]).
+    pub s2s_starttls: Arc<ServerConfig>,
+    /// For direct TLS on s2s listeners (ALPN `xmpp-server`).
+    pub s2s_direct: Arc<ServerConfig>,
     /// Shared by both; replaced on reload.
     pub resolver: Arc<SniResolver>,
 }
@@ -68,20 +75,26 @@ pub fn build(config: &Config) -> Result<TlsSetup, Vec<String>> {
     let provider = provider();
     let table = load_table(config, &provider)?;
     let resolver = Arc::new(SniResolver::new(table));
-    let make = |alpn: Option<&[u8]>| -> Result<Arc<ServerConfig>, Vec<String>> {
-        let mut sc = ServerConfig::builder_with_provider(provider.clone())
+    let make = |alpn: Option<&[u8]>, s2s: bool| -> Result<Arc<ServerConfig>, Vec<String>> {
+        let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(|e| vec![format!("TLS setup: {e}")])?
-            .with_no_client_auth()
-            .with_cert_resolver(resolver.clone());
+            .map_err(|e| vec![format!("TLS setup: {e}")])?;
+        let builder = if s2s {
+            builder.with_client_cert_verifier(DeferredClientVerifier::new(&provider))
+        } else {
+            builder.with_no_client_auth()
+        };
+        let mut sc = builder.with_cert_resolver(resolver.clone());
         if let Some(p) = alpn {
             sc.alpn_protocols = vec![p.to_vec()];
         }
         Ok(Arc::new(sc))
     };
     Ok(TlsSetup {
-        starttls: make(None)?,
-        direct: make(Some(b"xmpp-client"))?,
+        starttls: make(None, false)?,
+        direct: make(Some(b"xmpp-client"), false)?,
+        s2s_starttls: make(None, true)?,
+        s2s_direct: make(Some(b"xmpp-server"), true)?,
         resolver: resolver.clone(),
     })
 }

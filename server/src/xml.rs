@@ -47,6 +47,8 @@ pub struct StreamHeader {
     pub version: Option<String>,
     /// Default language of the stream.
     pub lang: Option<String>,
+    /// The stream id the responding side chose (server dialback keys are bound to it).
+    pub id: Option<String>,
 }
 
 /// One unit of an XML stream.
@@ -173,6 +175,7 @@ impl StreamParser {
                             (true, "to") => header.to = Some(value),
                             (true, "from") => header.from = Some(value),
                             (true, "version") => header.version = Some(value),
+                            (true, "id") => header.id = Some(value),
                             (false, "lang") if &*ans == ns::XML => header.lang = Some(value),
                             _ => {}
                         }

@@ -40,6 +40,8 @@ pub struct TestServer {
     pub c2s: SocketAddr,
     /// Direct-TLS address.
     pub direct: SocketAddr,
+    /// STARTTLS server-to-server address, when listening.
+    pub s2s: Option<SocketAddr>,
     /// The configuration it runs with (kept for restarts).
     pub config: Config,
 }
@@ -58,39 +60,46 @@ impl TestServer {
     /// Starts a server for `localhost` and the `extra` virtual hosts, each with its own
     /// certificate from the test CA.
     pub async fn start_hosts(extra: &[&str], tweak: impl FnOnce(&mut Config)) -> TestServer {
-        let dir = tempfile::tempdir().expect("tempdir");
         let ca = openspimed_certs::DevCa::new("openspimed test CA").expect("CA");
-        let (cert, key) = ca.issue(&["localhost", "*.localhost"]).expect("leaf");
-        let cert_path = dir.path().join("localhost.crt");
-        let key_path = dir.path().join("localhost.key");
-        std::fs::write(&cert_path, cert).expect("write cert");
-        std::fs::write(&key_path, key).expect("write key");
+        let mut hosts = vec!["localhost"];
+        hosts.extend_from_slice(extra);
+        Self::start_on(&ca, &hosts, tweak).await
+    }
+
+    /// Starts a server for exactly `hosts` (the first is [`TestServer::domain`]), with
+    /// certificates from `ca` (which it also trusts for server-to-server), and STARTTLS and
+    /// direct-TLS s2s listeners on 127.0.0.1:0.
+    pub async fn start_on(
+        ca: &openspimed_certs::DevCa,
+        hosts: &[&str],
+        tweak: impl FnOnce(&mut Config),
+    ) -> TestServer {
+        let dir = tempfile::tempdir().expect("tempdir");
         let mut config = Config {
             data_dir: dir.path().join("data"),
             ..Config::default()
         };
-        config.listeners.c2s = vec!["127.0.0.1:0".parse().expect("addr")];
-        config.listeners.c2s_direct_tls = vec!["127.0.0.1:0".parse().expect("addr")];
-        config.metrics.listen = "127.0.0.1:0".parse().expect("addr");
-        if let Some(h) = config.hosts.get_mut("localhost") {
-            h.certificate = Some(cert_path);
-            h.key = Some(key_path);
-        }
-        for host in extra {
+        let any: std::net::SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        config.listeners.c2s = vec![any];
+        config.listeners.c2s_direct_tls = vec![any];
+        config.listeners.s2s = vec![any];
+        config.listeners.s2s_direct_tls = vec![any];
+        config.metrics.listen = any;
+        let ca_path = dir.path().join("ca.pem");
+        std::fs::write(&ca_path, &ca.cert_pem).expect("write CA");
+        config.s2s.ca_files = vec![ca_path];
+        let mut default_hosts = std::mem::take(&mut config.hosts);
+        for host in hosts {
             let wildcard = format!("*.{host}");
             let (cert, key) = ca.issue(&[host, &wildcard]).expect("leaf");
             let cert_path = dir.path().join(format!("{host}.crt"));
             let key_path = dir.path().join(format!("{host}.key"));
             std::fs::write(&cert_path, cert).expect("write cert");
             std::fs::write(&key_path, key).expect("write key");
-            config.hosts.insert(
-                (*host).to_owned(),
-                openspimed_config::HostConfig {
-                    certificate: Some(cert_path),
-                    key: Some(key_path),
-                    ..Default::default()
-                },
-            );
+            let mut hc = default_hosts.remove(*host).unwrap_or_default();
+            hc.certificate = Some(cert_path);
+            hc.key = Some(key_path);
+            config.hosts.insert((*host).to_owned(), hc);
         }
         tweak(&mut config);
         let server = openspimed::start(config.clone())
@@ -100,11 +109,17 @@ impl TestServer {
             config,
             c2s: server.c2s_addrs[0],
             direct: server.direct_tls_addrs[0],
+            s2s: server.s2s_addrs.first().copied(),
             server: Some(server),
             dir,
-            ca_pem: ca.cert_pem,
-            domain: "localhost".into(),
+            ca_pem: ca.cert_pem.clone(),
+            domain: hosts.first().copied().unwrap_or("localhost").to_owned(),
         }
+    }
+
+    /// Shared state of the running server.
+    pub fn shared(&self) -> &Arc<openspimed::server::Shared> {
+        &self.server.as_ref().expect("running").shared
     }
 
     /// The account store of the running server.
@@ -161,6 +176,7 @@ impl TestServer {
         config.listeners.c2s = vec!["127.0.0.1:0".parse().expect("addr")];
         config.listeners.c2s_direct_tls = vec!["127.0.0.1:0".parse().expect("addr")];
         let server = openspimed::start(config).await.expect("server restarts");
+        self.s2s = server.s2s_addrs.first().copied();
         self.c2s = server.c2s_addrs[0];
         self.direct = server.direct_tls_addrs[0];
         self.server = Some(server);

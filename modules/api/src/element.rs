@@ -193,11 +193,40 @@ impl Element {
     /// Serializes into `out`. `parent_ns` is the namespace in scope as default (the stream's
     /// `jabber:client` for a stanza): `xmlns` is written only where the namespace changes.
     pub fn write_to(&self, out: &mut Vec<u8>, parent_ns: &str) {
+        self.write_impl(out, parent_ns, None);
+    }
+
+    /// Serializes a stanza for a stream whose content namespace is `stream_ns`
+    /// (`jabber:client` or `jabber:server`): stanzas are held in `jabber:client` inside the
+    /// server whichever stream they came from, and take the namespace of the stream they
+    /// leave on (RFC 6120 §4.8.3).
+    pub fn write_stanza_to(&self, out: &mut Vec<u8>, stream_ns: &str) {
+        self.write_impl(out, stream_ns, Some(stream_ns));
+    }
+
+    /// Renames the stanza namespace of an element and its descendants (`jabber:server` →
+    /// `jabber:client` for a stanza that arrived over server-to-server).
+    pub fn rename_ns(&mut self, from: &str, to: &Ns) {
+        if &*self.ns == from {
+            self.ns = to.clone();
+        }
+        for c in &mut self.children {
+            if let Node::Element(e) = c {
+                e.rename_ns(from, to);
+            }
+        }
+    }
+
+    fn write_impl(&self, out: &mut Vec<u8>, parent_ns: &str, stanza_ns: Option<&str>) {
+        let ns: &str = match stanza_ns {
+            Some(s) if &*self.ns == crate::ns::CLIENT || &*self.ns == crate::ns::SERVER => s,
+            _ => &self.ns,
+        };
         out.push(b'<');
         out.extend_from_slice(self.name.as_bytes());
-        if &*self.ns != parent_ns {
+        if ns != parent_ns {
             out.extend_from_slice(b" xmlns='");
-            escape_attr(out, &self.ns);
+            escape_attr(out, ns);
             out.push(b'\'');
         }
         let mut prefix_no = 0usize;
@@ -233,7 +262,7 @@ impl Element {
         out.push(b'>');
         for child in &self.children {
             match child {
-                Node::Element(e) => e.write_to(out, &self.ns),
+                Node::Element(e) => e.write_impl(out, ns, stanza_ns),
                 Node::Text(t) => escape_text(out, t),
             }
         }
@@ -437,6 +466,27 @@ mod tests {
             s,
             "<m xmlns='urn:x' v='it&apos;s &quot;&lt;&amp;&gt;&quot;'>&lt;&amp;&gt;</m>"
         );
+    }
+
+    #[test]
+    fn stanzas_take_the_namespace_of_the_stream_they_leave_on() {
+        let xml = "<message xmlns='jabber:client' to='a@b'><body>hi</body>\
+                   <x xmlns='urn:x'><y/></x></message>";
+        let mut el = Element::parse(xml).unwrap();
+        let mut out = Vec::new();
+        el.write_stanza_to(&mut out, crate::ns::SERVER);
+        let s2s = String::from_utf8(out).unwrap();
+        assert_eq!(
+            s2s,
+            "<message to='a@b'><body>hi</body><x xmlns='urn:x'><y/></x></message>"
+        );
+        let server =
+            Element::parse(&s2s.replace("<message", "<message xmlns='jabber:server'")).unwrap();
+        assert_eq!(server.ns(), crate::ns::SERVER);
+        let mut back = server;
+        back.rename_ns(crate::ns::SERVER, &Ns::from(crate::ns::CLIENT));
+        el.rename_ns("unused", &Ns::from("x"));
+        assert_eq!(back, el);
     }
 
     #[test]

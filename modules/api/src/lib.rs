@@ -12,7 +12,7 @@ pub mod stanza;
 pub mod storage;
 
 pub use async_trait::async_trait;
-pub use element::{Element, Node, ParseError, TreeBuilder};
+pub use element::{Element, Node, Ns, ParseError, TreeBuilder};
 pub use error::{Condition, ErrorType, StanzaError};
 pub use jid;
 pub use module::{

@@ -1,0 +1,471 @@
+//! Server-to-server federation (RFC 6120, XEP-0178, XEP-0220, XEP-0368) between two
+//! openspimed servers on loopback serving `a.example` and `b.example`, found through static
+//! `[s2s.remote]` addresses, with third-party clients (tokio-xmpp) over real TLS, and a raw
+//! server connection for what a well-behaved peer never sends.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use common::{iq, next_message, online};
+use openspime::keyinfo::{self, KeyForm};
+use openspime::{Container, Data, Entry, Field, crypto};
+use openspimed_certs::DevCa;
+use openspimed_config::RemoteConfig;
+use openspimed_module_api::{Element, ns, toml};
+use openspimed_tests::{Raw, TestServer, WAIT, error_condition};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::net::TcpStream;
+use tokio_xmpp::jid::Jid;
+use tokio_xmpp::parsers::message::{Lang, Message, MessageType};
+use tokio_xmpp::parsers::stanza_error::DefinedCondition;
+
+/// Points `server`'s static s2s addresses for `domain` at `target`'s STARTTLS listener (or
+/// its direct-TLS one) with this dialback policy.
+fn point(
+    server: &TestServer,
+    domain: &str,
+    target: &TestServer,
+    direct: bool,
+    dialback: Option<bool>,
+) {
+    let t = target.server.as_ref().unwrap();
+    let addr = if direct {
+        t.s2s_direct_tls_addrs[0]
+    } else {
+        t.s2s_addrs[0]
+    };
+    let mut remotes = server.config.s2s.remote.clone();
+    remotes.insert(
+        domain.to_owned(),
+        RemoteConfig {
+            addresses: vec![addr],
+            direct_tls: direct,
+            dialback,
+        },
+    );
+    server.shared().s2s.set_remotes(remotes);
+}
+
+fn chat(to: &str, body: &str) -> Message {
+    Message::chat(Some(Jid::new(to).unwrap())).with_body(Lang::new(), body.to_owned())
+}
+
+async fn send(client: &mut tokio_xmpp::Client, m: Message) {
+    client.send_stanza(m.into()).await.unwrap();
+}
+
+fn body(m: &Message) -> String {
+    m.bodies.values().next().cloned().unwrap_or_default()
+}
+
+/// Both servers, each with its users online, trading messages both ways.
+async fn exchange(a: &TestServer, b: &TestServer) {
+    a.add_account("alice", "a.example", "pw-a").await;
+    b.add_account("bob", "b.example", "pw-b").await;
+    let (mut alice, _) = online(a, "alice@a.example/phone", "pw-a", false).await;
+    let (mut bob, _) = online(b, "bob@b.example/laptop", "pw-b", false).await;
+
+    send(&mut alice, chat("bob@b.example/laptop", "hello from a")).await;
+    let got = next_message(&mut bob).await;
+    assert_eq!(
+        got.from.as_ref().unwrap().to_string(),
+        "alice@a.example/phone"
+    );
+    assert_eq!(body(&got), "hello from a");
+
+    // To the bare JID: delivered to the available resource (RFC 6121 §8.5.2.1.1).
+    bob.send_stanza(tokio_xmpp::parsers::presence::Presence::available().into())
+        .await
+        .unwrap();
+    send(&mut bob, chat("alice@a.example/phone", "hello from b")).await;
+    let got = next_message(&mut alice).await;
+    assert_eq!(
+        got.from.as_ref().unwrap().to_string(),
+        "bob@b.example/laptop"
+    );
+    assert_eq!(body(&got), "hello from b");
+
+    // An iq to the remote server itself is answered across the federation (XEP-0199).
+    let ping = Element::new("ping", ns::PING);
+    assert_eq!(
+        iq(&mut alice, "b.example", true, &ping).await.unwrap(),
+        None
+    );
+    // A remote account that does not exist: the remote server's error comes back.
+    let err = iq(&mut alice, "nobody@b.example/x", true, &ping)
+        .await
+        .unwrap_err();
+    assert_eq!(err.defined_condition, DefinedCondition::ServiceUnavailable);
+}
+
+fn metric_lines(name: &str) -> Vec<String> {
+    openspimed::telemetry::handle()
+        .render()
+        .lines()
+        .filter(|l| l.starts_with(name))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn trusted_certificates_authenticate_with_sasl_external_both_ways() {
+    let ca = DevCa::new("federation CA").unwrap();
+    let a = TestServer::start_on(&ca, &["a.example"], |_| {}).await;
+    let b = TestServer::start_on(&ca, &["b.example"], |_| {}).await;
+    // Dialback disallowed both ways: only valid certificates get through. a → b over
+    // direct TLS (XEP-0368), b → a over STARTTLS.
+    point(&a, "b.example", &b, true, Some(false));
+    point(&b, "a.example", &a, false, Some(false));
+    exchange(&a, &b).await;
+    let auth = metric_lines("openspimed_s2s_authentications_total");
+    for dir in ["in", "out"] {
+        let want = format!("direction=\"{dir}\",method=\"sasl_external\",result=\"success\"");
+        assert!(auth.iter().any(|l| l.contains(&want)), "{auth:?}");
+    }
+}
+
+#[tokio::test]
+async fn untrusted_certificates_fall_back_to_dialback() {
+    // Each server trusts only its own CA, so neither certificate validates remotely.
+    let ca_a = DevCa::new("CA of a").unwrap();
+    let ca_b = DevCa::new("CA of b").unwrap();
+    let a = TestServer::start_on(&ca_a, &["a.example"], |_| {}).await;
+    let b = TestServer::start_on(&ca_b, &["b.example"], |_| {}).await;
+    point(&a, "b.example", &b, false, None);
+    point(&b, "a.example", &a, false, None);
+    exchange(&a, &b).await;
+    let auth = metric_lines("openspimed_s2s_authentications_total");
+    for dir in ["in", "out"] {
+        let want = format!("direction=\"{dir}\",method=\"dialback\",result=\"success\"");
+        assert!(auth.iter().any(|l| l.contains(&want)), "{auth:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_certificate_for_the_wrong_domain_is_refused_when_dialback_is_disallowed() {
+    let ca = DevCa::new("federation CA").unwrap();
+    let a = TestServer::start_on(&ca, &["a.example"], |_| {}).await;
+    // b.example presents a certificate issued for another domain.
+    let b = TestServer::start_on(&ca, &["b.example"], |c| {
+        let (cert, key) = ca.issue(&["wrong.example"]).unwrap();
+        let host = c.hosts.get_mut("b.example").unwrap();
+        std::fs::write(host.certificate.as_ref().unwrap(), cert).unwrap();
+        std::fs::write(host.key.as_ref().unwrap(), key).unwrap();
+    })
+    .await;
+    point(&a, "b.example", &b, false, Some(false));
+    a.add_account("alice", "a.example", "pw-a").await;
+    let (mut alice, _) = online(&a, "alice@a.example/phone", "pw-a", false).await;
+
+    // a will not send to b: b's certificate does not name b.example.
+    send(&mut alice, chat("bob@b.example/laptop", "never delivered")).await;
+    let bounce = next_message(&mut alice).await;
+    assert_eq!(bounce.type_, MessageType::Error);
+    let err = bounce
+        .payloads
+        .iter()
+        .find(|p| p.name() == "error")
+        .unwrap();
+    assert!(
+        err.children()
+            .any(|c| c.name() == "remote-server-not-found"),
+        "{err:?}"
+    );
+    // Nor accept b.example from a peer whose certificate names another domain: no SASL
+    // EXTERNAL, and dialback refused by a's policy for b.example.
+    let header = s2s_header("b.example", "a.example");
+    let (mut peer, features) = raw_server(&a, &ca, &["wrong.example"], &header, "a.example").await;
+    assert!(!offers_external(&features), "{features}");
+    peer.send("<db:result xmlns:db='jabber:server:dialback' from='b.example' to='a.example'>00</db:result>")
+        .await;
+    let answer = peer.element().await;
+    assert!(answer.is("result", "jabber:server:dialback"), "{answer}");
+    assert_eq!(answer.attr("type"), Some("error"), "{answer}");
+    assert_eq!(error_condition(&answer).as_deref(), Some("not-authorized"));
+    // And nothing from it is routed.
+    peer.send(
+        "<message from='bob@b.example/x' to='alice@a.example/phone'><body>x</body></message>",
+    )
+    .await;
+    assert_eq!(peer.stream_error().await, "not-authorized");
+}
+
+/// A raw server-to-server stream to `target` secured with STARTTLS, presenting a client
+/// certificate for `names`; returns it with the features of the secured stream.
+async fn raw_server(
+    target: &TestServer,
+    ca: &DevCa,
+    names: &[&str],
+    header: &str,
+    to: &str,
+) -> (Raw<tokio_rustls::client::TlsStream<TcpStream>>, Element) {
+    let mut raw = Raw::connect(target.s2s.unwrap()).await;
+    raw.send(header).await;
+    let _ = raw.next().await;
+    let features = raw.element().await;
+    assert!(
+        features.get_child("starttls", ns::TLS).is_some(),
+        "{features}"
+    );
+    raw.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        .await;
+    assert!(raw.element().await.is("proceed", ns::TLS));
+    let (cert, key) = ca.issue(names).unwrap();
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert.as_bytes())
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).unwrap())
+        .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)
+    .unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from(to.to_owned()).unwrap(), raw.io)
+        .await
+        .unwrap();
+    let mut raw = Raw::new(tls);
+    raw.send(header).await;
+    let _ = raw.next().await;
+    let features = raw.element().await;
+    (raw, features)
+}
+
+fn s2s_header(from: &str, to: &str) -> String {
+    format!(
+        "<?xml version='1.0'?><stream:stream xmlns='jabber:server' \
+         xmlns:db='jabber:server:dialback' xmlns:stream='http://etherx.jabber.org/streams' \
+         from='{from}' to='{to}' version='1.0'>"
+    )
+}
+
+fn offers_external(features: &Element) -> bool {
+    features
+        .get_child("mechanisms", ns::SASL)
+        .is_some_and(|m| m.children().any(|c| c.text() == "EXTERNAL"))
+}
+
+#[tokio::test]
+async fn a_spoofed_from_domain_ends_the_stream_with_invalid_from() {
+    let ca = DevCa::new("federation CA").unwrap();
+    let b = TestServer::start_on(&ca, &["b.example"], |_| {}).await;
+    b.add_account("bob", "b.example", "pw-b").await;
+    let (mut bob, _) = online(&b, "bob@b.example/laptop", "pw-b", false).await;
+    let header = s2s_header("a.example", "b.example");
+    let (mut peer, features) = raw_server(&b, &ca, &["a.example"], &header, "b.example").await;
+    assert!(offers_external(&features), "{features}");
+    peer.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>")
+        .await;
+    assert!(peer.element().await.is("success", ns::SASL));
+    peer.restart();
+    peer.send(&header).await;
+    let _ = peer.next().await;
+    assert!(peer.element().await.is("features", ns::STREAM));
+    // From the authenticated domain: delivered.
+    peer.send(
+        "<message from='alice@a.example/x' to='bob@b.example/laptop' type='chat'><body>real</body></message>",
+    )
+    .await;
+    assert_eq!(body(&next_message(&mut bob).await), "real");
+    // From a domain this stream never authenticated: stream error.
+    peer.send(
+        "<message from='mallory@c.example/x' to='bob@b.example/laptop' type='chat'><body>fake</body></message>",
+    )
+    .await;
+    assert_eq!(peer.stream_error().await, "invalid-from");
+    // Stanzas before authentication are refused too.
+    let mut raw = Raw::connect(b.s2s.unwrap()).await;
+    raw.send(
+        "<?xml version='1.0'?><stream:stream xmlns='jabber:server' \
+         xmlns:stream='http://etherx.jabber.org/streams' from='a.example' to='nope.example' version='1.0'>",
+    )
+    .await;
+    assert_eq!(raw.stream_error().await, "host-unknown");
+}
+
+#[tokio::test]
+async fn unreachable_and_silent_domains_bounce() {
+    // A port nobody listens on, and a listener that accepts and then never speaks.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let ca = DevCa::new("federation CA").unwrap();
+    let a = TestServer::start_on(&ca, &["a.example"], |c| {
+        c.s2s.connect_timeout_secs = 1;
+        let at = |addr| RemoteConfig {
+            addresses: vec![addr],
+            ..RemoteConfig::default()
+        };
+        let mut r = BTreeMap::new();
+        r.insert("closed.example".to_owned(), at(closed));
+        r.insert("silent.example".to_owned(), at(silent_addr));
+        c.s2s.remote = r;
+    })
+    .await;
+    a.add_account("alice", "a.example", "pw-a").await;
+    let (mut alice, _) =
+        openspimed_tests::Raw::login_on(&a, "a.example", "alice", "pw-a", "r").await;
+    alice
+        .send("<message to='x@closed.example' id='c1' type='chat'><body>1</body></message>")
+        .await;
+    let m = alice.stanza("message").await;
+    assert_eq!(m.attr("id"), Some("c1"));
+    assert_eq!(
+        error_condition(&m).as_deref(),
+        Some("remote-server-not-found")
+    );
+    let started = std::time::Instant::now();
+    alice
+        .send("<message to='x@silent.example' id='s1' type='chat'><body>2</body></message>")
+        .await;
+    let m = alice.stanza("message").await;
+    assert_eq!(m.attr("id"), Some("s1"));
+    assert_eq!(
+        error_condition(&m).as_deref(),
+        Some("remote-server-timeout")
+    );
+    assert!(started.elapsed() < WAIT);
+    hold.abort();
+}
+
+fn vector_key(who: &str) -> openspime::RsaPrivateKey {
+    let v: serde_json::Value = serde_json::from_str(include_str!(
+        "../../modules/openspime/tests/data/openspime-0.9.json"
+    ))
+    .unwrap();
+    crypto::private_key_from_pem(v["keys"][who]["private_pem_pkcs1"].as_str().unwrap()).unwrap()
+}
+
+fn co2_report(ppm: &str) -> Element {
+    let f = |name: &str, value: &str| Field {
+        name: name.into(),
+        value: value.into(),
+        attrs: if name == "ele" {
+            vec![("unit".into(), "m".into())]
+        } else {
+            vec![]
+        },
+    };
+    Data {
+        entries: vec![Entry {
+            fields: vec![
+                f("date", "2008-04-02T17:54:22+01:00"),
+                f("exposure", "outdoor"),
+                f("lat", "45.475841199050905"),
+                f("lon", "9.172725677490234"),
+                f("ele", "120.0"),
+                f("ppm", ppm),
+            ],
+        }],
+    }
+    .to_element()
+}
+
+#[tokio::test]
+async fn a_spime_on_a_reports_signed_and_encrypted_to_a_scopenode_on_b() {
+    let ca = DevCa::new("federation CA").unwrap();
+    // a.example: the spime and the certification service holding its key (cert.a.example).
+    let a = TestServer::start_on(&ca, &["a.example"], |_| {}).await;
+    // b.example: the ScopeNode, which trusts cert.a.example for signatures.
+    let b = TestServer::start_on(&ca, &["b.example"], |c| {
+        c.modules.insert(
+            "scopenode".into(),
+            toml::from_str("trusted_cert_services = ['cert.a.example', 'cert.b.example']").unwrap(),
+        );
+    })
+    .await;
+    point(&a, "b.example", &b, false, None);
+    point(&b, "a.example", &a, false, None);
+    a.add_account("spime1", "a.example", "pw").await;
+    let spime_jid = "spime1@a.example/sensor";
+    let (mut spime, _) = online(&a, spime_jid, "pw", false).await;
+    let key = vector_key("sender");
+    let pubkeys = keyinfo::pubkeys(spime_jid, &key.to_public_key(), KeyForm::Standard);
+    assert_eq!(
+        iq(&mut spime, "cert.a.example", false, &pubkeys)
+            .await
+            .unwrap(),
+        None
+    );
+
+    // The ScopeNode's key, from its certification service on b, fetched across.
+    let get =
+        Element::new("pubkeys", openspime::ns::PUBKEY).with_attr("jid", "demo@scopenode.b.example");
+    let answer = iq(&mut spime, "cert.b.example", true, &get)
+        .await
+        .unwrap()
+        .unwrap();
+    let node_key = keyinfo::parse_pubkeys(&answer).unwrap().1;
+
+    // Signed with the key on cert.a.example, encrypted to the node: b fetches the key
+    // from a to verify, then stores the entry before answering.
+    let sealed = Container::seal(
+        co2_report("412.5"),
+        Some((&key, "cert.a.example", Some(spime_jid))),
+        None,
+        Some(&node_key),
+    )
+    .unwrap();
+    assert!(sealed.is_encrypted());
+    assert_eq!(
+        iq(
+            &mut spime,
+            "demo@scopenode.b.example/co2",
+            false,
+            &sealed.to_element()
+        )
+        .await
+        .unwrap(),
+        None
+    );
+    let stored = b
+        .storage()
+        .sensors()
+        .entries_for_spime("demo@scopenode.b.example", spime_jid, 10)
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert!(stored[0].xml.contains("<ppm>412.5</ppm>"), "{stored:?}");
+    // A forged signature is refused with the profile's error, across the federation too.
+    let other = vector_key("recipient");
+    let forged = Container::seal(
+        co2_report("1.0"),
+        Some((&other, "cert.a.example", Some(spime_jid))),
+        None,
+        Some(&node_key),
+    )
+    .unwrap();
+    let err = iq(
+        &mut spime,
+        "demo@scopenode.b.example/co2",
+        false,
+        &forged.to_element(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        err.other.unwrap().name(),
+        "signature-error-public-key-corrupted"
+    );
+}
