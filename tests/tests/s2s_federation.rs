@@ -469,3 +469,26 @@ async fn a_spime_on_a_reports_signed_and_encrypted_to_a_scopenode_on_b() {
         "signature-error-public-key-corrupted"
     );
 }
+
+#[tokio::test]
+async fn idle_server_streams_are_closed() {
+    let ca = DevCa::new("federation CA").unwrap();
+    let b = TestServer::start_on(&ca, &["b.example"], |c| c.s2s.idle_timeout_secs = 1).await;
+    let header = s2s_header("a.example", "b.example");
+    let (mut peer, features) = raw_server(&b, &ca, &["a.example"], &header, "b.example").await;
+    assert!(offers_external(&features), "{features}");
+    peer.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>")
+        .await;
+    assert!(peer.element().await.is("success", ns::SASL));
+    peer.restart();
+    peer.send(&header).await;
+    let _ = peer.next().await;
+    assert!(peer.element().await.is("features", ns::STREAM));
+    // Say nothing: the server closes the stream politely once idle_timeout_secs pass.
+    let started = std::time::Instant::now();
+    match peer.next().await {
+        openspimed_tests::Got::Close | openspimed_tests::Got::Eof => {}
+        other => panic!("expected the stream to close, got {other:?}"),
+    }
+    assert!(started.elapsed() >= std::time::Duration::from_millis(900));
+}

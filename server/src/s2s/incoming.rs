@@ -202,9 +202,22 @@ impl Incoming {
         }
         let idle = self.s2s.idle_timeout();
         loop {
-            // Until something is authenticated the handshake deadline applies.
-            let limit = if self.pairs.is_empty() { left() } else { idle };
-            let ev = match conn.next_event_within(&self.shared, limit).await {
+            // Until something is authenticated the handshake deadline applies; after that,
+            // an idle stream is closed without an error (RFC 6120 §4.4).
+            let ev = if self.pairs.is_empty() {
+                conn.next_event_within(&self.shared, left()).await
+            } else {
+                tokio::select! {
+                    biased;
+                    _ = self.shared.shutdown.cancelled() => {
+                        Err(stream_err(C::SystemShutdown, "server shutting down"))
+                    }
+                    r = tokio::time::timeout(idle, conn.next_event()) => {
+                        r.unwrap_or(Err(Fail::Closed))
+                    }
+                }
+            };
+            let ev = match ev {
                 Ok(ev) => ev,
                 Err(f) => return f,
             };
