@@ -1,0 +1,150 @@
+//! Two openspimed processes federate on loopback: `a.example` and `b.example`, each a real
+//! child process (this test binary re-executed as `openspimed`) with certificates from a
+//! test CA both trust. Each learns where the other listens through `[s2s.remote]`, put in
+//! force by `openspimed reload` (the ports are only known once both run), and their users
+//! exchange messages both ways.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitCode};
+use std::sync::mpsc::Receiver;
+
+use openspimed::storage::AccountStore;
+use openspimed::storage::sqlite::SqliteStore;
+use openspimed_certs::DevCa;
+use openspimed_tests::{
+    AS_SERVER, Raw, client_tls_config, server_command, spawn_server_logged, wait_for_log,
+};
+
+fn main() -> ExitCode {
+    if std::env::var_os(AS_SERVER).is_some() {
+        return openspimed::cli::main();
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(two_processes_exchange_messages());
+    println!("test two_processes_exchange_messages ... ok");
+    println!("1 passed, 0 failed");
+    ExitCode::SUCCESS
+}
+
+/// One server's directory: configuration, certificate, database.
+struct Domain {
+    /// The served domain.
+    name: &'static str,
+    /// Everything on disk.
+    dir: tempfile::TempDir,
+}
+
+impl Domain {
+    async fn new(ca: &DevCa, name: &'static str, user: &str) -> Domain {
+        let dir = tempfile::tempdir().unwrap();
+        let wildcard = format!("*.{name}");
+        let (cert, key) = ca.issue(&[name, &wildcard]).unwrap();
+        std::fs::write(dir.path().join("c.pem"), cert).unwrap();
+        std::fs::write(dir.path().join("k.pem"), key).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), &ca.cert_pem).unwrap();
+        let d = Domain { name, dir };
+        d.write_config("");
+        let store = SqliteStore::open(&d.dir.path().join("data/openspimed.sqlite")).unwrap();
+        let creds = openspimed::sasl::derive_credentials("pw", 4096);
+        assert!(store.create_account(user, name, &creds).await.unwrap());
+        d
+    }
+
+    fn config(&self) -> std::path::PathBuf {
+        self.dir.path().join("openspimed.toml")
+    }
+
+    fn write_config(&self, remote: &str) {
+        std::fs::write(
+            self.config(),
+            format!(
+                "data_dir = \"{}\"\n[metrics]\nenabled = false\n\
+                 [listeners]\nc2s = [\"127.0.0.1:0\"]\nc2s_direct_tls = []\n\
+                 s2s = [\"127.0.0.1:0\"]\ns2s_direct_tls = []\n\
+                 [s2s]\nca_files = [\"ca.pem\"]\ndialback = false\n{remote}\n\
+                 [hosts.\"{}\"]\ncertificate = \"c.pem\"\nkey = \"k.pem\"\n\
+                 modules = [\"disco\", \"ping\"]\n",
+                self.dir.path().join("data").display(),
+                self.name,
+            ),
+        )
+        .unwrap();
+    }
+
+    /// Runs the server; returns it, its c2s and s2s addresses, and its log.
+    fn start(&self) -> (Child, SocketAddr, SocketAddr, Receiver<String>) {
+        let mut cmd = server_command(&self.config());
+        cmd.arg("run");
+        let (child, c2s, log) = spawn_server_logged(cmd);
+        let line = wait_for_log(&log, "s2s STARTTLS");
+        let s2s = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("addr="))
+            .unwrap()
+            .parse()
+            .unwrap();
+        (child, c2s, s2s, log)
+    }
+
+    /// Points this server at `other`'s s2s address and reloads it through the control socket.
+    fn point_at(&self, other: &Domain, addr: SocketAddr, log: &Receiver<String>) {
+        self.write_config(&format!(
+            "[s2s.remote.\"{}\"]\naddresses = [\"{addr}\"]\n",
+            other.name
+        ));
+        let out = Command::new(std::env::current_exe().unwrap())
+            .env(AS_SERVER, "1")
+            .arg("--config")
+            .arg(self.config())
+            .arg("reload")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "reload failed: {text}");
+        assert!(text.contains("s2s.remote"), "{text}");
+        wait_for_log(log, "s2s.remote");
+    }
+}
+
+async fn two_processes_exchange_messages() {
+    let ca = DevCa::new("federation CA").unwrap();
+    let a = Domain::new(&ca, "a.example", "alice").await;
+    let b = Domain::new(&ca, "b.example", "bob").await;
+    let (mut child_a, c2s_a, s2s_a, log_a) = a.start();
+    let (mut child_b, c2s_b, s2s_b, log_b) = b.start();
+    a.point_at(&b, s2s_b, &log_a);
+    b.point_at(&a, s2s_a, &log_b);
+
+    let tls = client_tls_config(&ca.cert_pem, None);
+    let (mut alice, _) = Raw::login_at(c2s_a, tls.clone(), "a.example", "alice", "pw", "r").await;
+    let (mut bob, _) = Raw::login_at(c2s_b, tls, "b.example", "bob", "pw", "r").await;
+    alice
+        .send("<message to='bob@b.example/r' id='1' type='chat'><body>hi bob</body></message>")
+        .await;
+    let m = bob.stanza("message").await;
+    assert_eq!(m.attr("from"), Some("alice@a.example/r"), "{m}");
+    assert_eq!(
+        m.get_child("body", "jabber:client").unwrap().text(),
+        "hi bob"
+    );
+    bob.send("<message to='alice@a.example/r' id='2' type='chat'><body>hi alice</body></message>")
+        .await;
+    let m = alice.stanza("message").await;
+    assert_eq!(m.attr("from"), Some("bob@b.example/r"), "{m}");
+    assert_eq!(
+        m.get_child("body", "jabber:client").unwrap().text(),
+        "hi alice"
+    );
+    // Both directions authenticated with certificates (dialback is off in both configs).
+    wait_for_log(&log_a, "incoming s2s stream authenticated");
+    wait_for_log(&log_b, "incoming s2s stream authenticated");
+    child_a.kill().unwrap();
+    child_b.kill().unwrap();
+    let _ = child_a.wait();
+    let _ = child_b.wait();
+}
