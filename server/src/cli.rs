@@ -384,6 +384,7 @@ fn check(config: &Config) -> ExitCode {
         }
     }
     notes.extend(busy_ports(config));
+    notes.extend(s2s_notes(config, &provider));
     for n in &notes {
         println!("note: {n}");
     }
@@ -397,6 +398,91 @@ fn check(config: &Config) -> ExitCode {
     } else {
         fail(errors.join("\n"))
     }
+}
+
+/// Federation: trust anchors, and (when listening for servers and DNS answers) the SRV
+/// records remote servers will use to find each host.
+fn s2s_notes(config: &Config, provider: &rustls::crypto::CryptoProvider) -> Vec<String> {
+    let mut notes = Vec::new();
+    let (peers, problems) =
+        openspimed_certs::peer::PeerVerifier::from_files(&config.s2s.ca_files, provider);
+    for p in problems {
+        notes.push(format!(
+            "s2s.ca_files: {p}; remote certificates cannot be checked against it"
+        ));
+    }
+    if peers.root_count() == 0 && !config.s2s.dialback {
+        notes.push(
+            "s2s: no trusted CA and dialback off: no remote server can authenticate".to_owned(),
+        );
+    }
+    let listening = !config.listeners.s2s.is_empty() || !config.listeners.s2s_direct_tls.is_empty();
+    if !listening {
+        return notes;
+    }
+    let ports: Vec<(bool, u16)> = config
+        .listeners
+        .s2s
+        .iter()
+        .map(|a| (false, a.port()))
+        .chain(
+            config
+                .listeners
+                .s2s_direct_tls
+                .iter()
+                .map(|a| (true, a.port())),
+        )
+        .collect();
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return notes;
+    };
+    for domain in config.hosts.keys().filter(|d| d.contains('.')) {
+        let lookup = rt.block_on(async {
+            tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                crate::s2s::resolve::srv_records(domain),
+            )
+            .await
+        });
+        let records = match lookup {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) | Err(_) => {
+                notes.push("DNS not reachable: SRV records not checked (offline?)".to_owned());
+                break;
+            }
+        };
+        if records.is_empty() {
+            let default_port = ports.iter().any(|(direct, p)| !direct && *p == 5269);
+            notes.push(format!(
+                "hosts.\"{domain}\": no _xmpp-server._tcp SRV record; remote servers will connect to {domain}:5269{}",
+                if default_port { "" } else { ", where no s2s listener is configured" }
+            ));
+        }
+        for r in records {
+            let ours = ports
+                .iter()
+                .any(|(d, p)| *d == r.direct_tls && *p == r.port);
+            let kind = if r.direct_tls {
+                "_xmpps-server"
+            } else {
+                "_xmpp-server"
+            };
+            notes.push(format!(
+                "hosts.\"{domain}\": {kind}._tcp SRV → {}:{}{}",
+                r.target,
+                r.port,
+                if ours {
+                    ""
+                } else {
+                    " (no matching listener here)"
+                }
+            ));
+        }
+    }
+    notes
 }
 
 /// Listener addresses something else already listens on (possibly this server, running).
@@ -416,6 +502,14 @@ fn busy_ports(config: &Config) -> Vec<String> {
                 .c2s_direct_tls
                 .iter()
                 .map(|a| ("listeners.c2s_direct_tls", *a)),
+        )
+        .chain(config.listeners.s2s.iter().map(|a| ("listeners.s2s", *a)))
+        .chain(
+            config
+                .listeners
+                .s2s_direct_tls
+                .iter()
+                .map(|a| ("listeners.s2s_direct_tls", *a)),
         )
         .chain(metrics)
         .filter(|(_, addr)| addr.port() != 0)

@@ -144,6 +144,49 @@ impl Resolver {
     }
 }
 
+/// What DNS publishes for a domain's server-to-server service, for `openspimed check`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SrvRecord {
+    /// From `_xmpps-server._tcp` (direct TLS) rather than `_xmpp-server._tcp`.
+    pub direct_tls: bool,
+    /// The target host (`.` means "no service").
+    pub target: String,
+    /// The port.
+    pub port: u16,
+}
+
+/// The SRV records of `domain` (empty when there are none); an error when DNS cannot be
+/// asked at all (offline).
+pub async fn srv_records(domain: &str) -> Result<Vec<SrvRecord>, ResolveError> {
+    let failed = |reason: String| ResolveError::Failed {
+        domain: domain.to_owned(),
+        reason,
+    };
+    let dns = TokioResolver::builder_tokio()
+        .and_then(|b| b.build())
+        .map_err(|e| failed(e.to_string()))?;
+    let mut out = Vec::new();
+    for (prefix, direct_tls) in [("_xmpps-server._tcp.", true), ("_xmpp-server._tcp.", false)] {
+        let name = format!("{prefix}{domain}.");
+        match dns.lookup(name.as_str(), RecordType::SRV).await {
+            Ok(answer) => {
+                for rec in answer.answers() {
+                    if let RData::SRV(s) = &rec.data {
+                        out.push(SrvRecord {
+                            direct_tls,
+                            target: s.target.to_ascii(),
+                            port: s.port,
+                        });
+                    }
+                }
+            }
+            Err(e) if e.is_no_records_found() || e.is_nx_domain() => {}
+            Err(e) => return Err(failed(e.to_string())),
+        }
+    }
+    Ok(out)
+}
+
 impl Resolve for Resolver {
     fn resolve<'a>(&'a self, domain: &'a str) -> BoxFuture<'a, Result<Vec<Target>, ResolveError>> {
         Box::pin(async move {
