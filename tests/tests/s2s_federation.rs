@@ -492,3 +492,31 @@ async fn idle_server_streams_are_closed() {
     }
     assert!(started.elapsed() >= std::time::Duration::from_millis(900));
 }
+
+#[tokio::test]
+async fn connections_per_remote_domain_are_limited() {
+    let ca = DevCa::new("federation CA").unwrap();
+    let b = TestServer::start_on(&ca, &["b.example"], |c| {
+        c.s2s.max_connections_per_domain = 1
+    })
+    .await;
+    let header = s2s_header("a.example", "b.example");
+    // The first stream is counted once its EXTERNAL succeeded.
+    let (mut first, features) = raw_server(&b, &ca, &["a.example"], &header, "b.example").await;
+    assert!(offers_external(&features), "{features}");
+    first
+        .send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>")
+        .await;
+    assert!(first.element().await.is("success", ns::SASL));
+    // A second one from the same domain is over the limit.
+    let (mut second, _) = raw_server(&b, &ca, &["a.example"], &header, "b.example").await;
+    second
+        .send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>")
+        .await;
+    assert_eq!(second.stream_error().await, "resource-constraint");
+    // The first one goes on.
+    first.restart();
+    first.send(&header).await;
+    let _ = first.next().await;
+    assert!(first.element().await.is("features", ns::STREAM));
+}

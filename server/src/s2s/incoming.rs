@@ -278,13 +278,13 @@ impl Incoming {
                 )
                 .await;
         };
+        let local = conn.domain.clone();
+        self.authenticated(&domain, &local, "sasl_external")?;
         conn.write_raw(b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>")
             .await?;
         self.external_done = true;
-        let local = conn.domain.clone();
         conn.restart(self.s2s.limits(self.shared.parser_limits()));
-        self.secured_stream(conn, limit).await?;
-        self.authenticated(&domain, &local, "sasl_external")
+        self.secured_stream(conn, limit).await
     }
 
     /// Records an authenticated pair, within the per-domain connection limit.

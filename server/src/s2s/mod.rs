@@ -222,7 +222,6 @@ impl S2s {
 
     /// Bounces a stanza we could not deliver to a remote domain.
     async fn bounce(&self, stanza: &Element, condition: Condition, text: &str) {
-        metrics::gauge!(telemetry::S2S_QUEUED).decrement(1.0);
         if let Some(router) = self.router.upgrade() {
             router
                 .bounce(stanza, StanzaError::new(condition).with_text(text))

@@ -111,6 +111,7 @@ pub(super) async fn run(
             rx.close();
             let text = format!("cannot reach {remote}");
             while let Some(st) = rx.recv().await {
+                metrics::gauge!(telemetry::S2S_QUEUED).decrement(1.0);
                 s2s.bounce(&st, e.condition(), &text).await;
             }
             return;
