@@ -96,6 +96,11 @@ pub struct LimitsConfig {
     pub session_queue: usize,
     /// Most concurrent client connections; more are refused at accept.
     pub max_connections: usize,
+    /// Messages stored per account while it is offline (XEP-0160); more bounce with
+    /// `resource-constraint`.
+    pub offline_messages: usize,
+    /// Roster items per account (RFC 6121 §2.3.3: more are `not-allowed`).
+    pub roster_items: usize,
 }
 
 /// `[auth]`
@@ -282,6 +287,8 @@ impl Default for LimitsConfig {
             c2s_idle_timeout_secs: 900,
             session_queue: 1024,
             max_connections: 100_000,
+            offline_messages: 1000,
+            roster_items: 1000,
         }
     }
 }

@@ -491,6 +491,8 @@ struct Session {
     rx: mpsc::Receiver<Outgoing>,
     /// The host.
     host: Arc<Host>,
+    /// IM state of the session (directed presence).
+    im: crate::im::SessionIm,
 }
 
 /// Waits for the bind iq (RFC 6120 §7) and registers the session.
@@ -581,6 +583,7 @@ async fn bind_resource(
             id,
             rx,
             host: host.clone(),
+            im: crate::im::SessionIm::default(),
         });
     }
 }
@@ -630,7 +633,7 @@ async fn established(shared: Arc<Shared>, mut conn: Conn<TlsStream<TcpStream>>, 
                 };
                 match ev {
                     StreamEvent::Element(el) => {
-                        if let Err(f) = inbound(&shared, &mut conn, &s, el).await {
+                        if let Err(f) = inbound(&shared, &mut conn, &mut s, el).await {
                             break f;
                         }
                     }
@@ -640,6 +643,9 @@ async fn established(shared: Arc<Shared>, mut conn: Conn<TlsStream<TcpStream>>, 
             }
         }
     };
+    // RFC 6121 §4.5.2: contacts learn the resource went away.
+    let gone = Element::new("presence", ns::CLIENT).with_attr("type", "unavailable");
+    crate::im::broadcast(&shared.router, &s.bare, &s.full, s.id, gone, &s.im.directed).await;
     shared.router.registry.unbind(&s.bare, s.id);
     sessions.decrement(1.0);
     tracing::debug!(jid = %s.full, "session ended");
@@ -650,7 +656,7 @@ async fn established(shared: Arc<Shared>, mut conn: Conn<TlsStream<TcpStream>>, 
 async fn inbound(
     shared: &Arc<Shared>,
     conn: &mut Conn<TlsStream<TcpStream>>,
-    s: &Session,
+    s: &mut Session,
     mut el: Element,
 ) -> Result<(), Fail> {
     if !is_stanza(&el) {
@@ -703,6 +709,16 @@ async fn inbound(
                     }
                 };
             }
+            let to_own_account = el
+                .attr("to")
+                .is_none_or(|t| t.eq_ignore_ascii_case(&s.bare));
+            if to_own_account
+                && matches!(el.attr("type"), Some("get" | "set"))
+                && el.get_child("query", crate::im::NS_ROSTER).is_some()
+            {
+                let reply = crate::im::roster_iq(&shared.router, &s.bare, s.id, &el).await;
+                return conn.send(&reply).await;
+            }
             if to_self
                 && el.attr("type") == Some("set")
                 && el.get_child("session", ns::SESSION).is_some()
@@ -712,18 +728,30 @@ async fn inbound(
                 return conn.send(&reply).await;
             }
         }
-        "presence" if el.attr("to").is_none() => {
-            // Broadcast presence sets availability and priority for bare-JID delivery.
-            let priority = match el.attr("type") {
-                None => Some(
-                    el.get_child("priority", ns::CLIENT)
-                        .and_then(|p| p.text().trim().parse::<i8>().ok())
-                        .unwrap_or(0),
-                ),
-                Some("unavailable") => None,
-                _ => return Ok(()),
-            };
-            shared.router.registry.set_priority(&s.bare, s.id, priority);
+        "presence" => {
+            let router = &shared.router;
+            let ptype = el.attr("type").map(str::to_owned);
+            match (el.attr("to").is_some(), ptype.as_deref()) {
+                // Broadcast presence (RFC 6121 §4.2, §4.5).
+                (false, None | Some("unavailable")) => {
+                    crate::im::broadcast(router, &s.bare, &s.full, s.id, el, &s.im.directed).await;
+                }
+                (true, Some(t)) if crate::im::subscription::Kind::from_type(t).is_some() => {
+                    if let Some(kind) = crate::im::subscription::Kind::from_type(t) {
+                        crate::im::outbound_subscription(router, &s.bare, el, kind).await;
+                    }
+                }
+                // Directed presence (§4.6): remembered so the recipient learns when the
+                // resource goes unavailable.
+                (true, None | Some("unavailable")) => {
+                    if let Some(to) = el.attr("to") {
+                        s.im.directed_to(to);
+                    }
+                    router.route(el).await;
+                }
+                // Probes are the server's business; anything else without `to` is moot.
+                _ => {}
+            }
             return Ok(());
         }
         _ => {}

@@ -24,6 +24,7 @@ pub mod cli;
 pub mod control;
 pub mod error;
 pub mod ibr;
+pub mod im;
 pub mod router;
 pub mod s2s;
 pub mod sasl;

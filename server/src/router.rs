@@ -17,8 +17,9 @@ use openspimed_module_api::{
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{StreamError, module_failure, storage_failure};
+use crate::im::ImLimits;
 use crate::s2s::{S2s, SendError};
-use crate::storage::AccountStore;
+use crate::storage::{AccountStore, ImStore};
 
 /// What a session's writer receives.
 #[derive(Debug)]
@@ -41,6 +42,11 @@ struct SessionEntry {
     tx: mpsc::Sender<Outgoing>,
     /// Presence priority once available (RFC 6121 §4.7.2.3); `None` until initial presence.
     priority: Option<i8>,
+    /// The last available presence the resource broadcast, for the user's other resources
+    /// and for probes (RFC 6121 §4.3.2); `None` while unavailable.
+    presence: Option<Arc<Element>>,
+    /// Whether the resource asked for the roster, so it gets roster pushes (RFC 6121 §2.1.6).
+    roster_interest: bool,
 }
 
 /// Connected sessions by bare JID.
@@ -70,6 +76,8 @@ impl Registry {
             id,
             tx,
             priority: None,
+            presence: None,
+            roster_interest: false,
         });
         old
     }
@@ -92,16 +100,74 @@ impl Registry {
             .is_some_and(|e| e.iter().any(|s| s.resource == resource))
     }
 
-    /// Records a session's availability and priority from its broadcast presence.
-    pub fn set_priority(&self, bare: &str, id: u64, priority: Option<i8>) {
+    /// Records a session's broadcast presence (`None`: unavailable) and so its availability
+    /// and priority. Returns whether it was available before.
+    pub fn set_presence(&self, bare: &str, id: u64, presence: Option<Element>) -> bool {
+        let priority = presence.as_ref().map(|p| {
+            p.get_child("priority", openspimed_module_api::ns::CLIENT)
+                .and_then(|p| p.text().trim().parse::<i8>().ok())
+                .unwrap_or(0)
+        });
+        let mut was = false;
         if let Some(mut e) = self.by_bare.get_mut(bare) {
             for s in e.iter_mut().filter(|s| s.id == id) {
+                was = s.presence.is_some();
                 s.priority = priority;
+                s.presence = presence.clone().map(Arc::new);
+            }
+        }
+        was
+    }
+
+    /// Marks a session as interested in roster pushes.
+    pub fn set_roster_interest(&self, bare: &str, id: u64) {
+        if let Some(mut e) = self.by_bare.get_mut(bare) {
+            for s in e.iter_mut().filter(|s| s.id == id) {
+                s.roster_interest = true;
             }
         }
     }
 
-    fn full(&self, bare: &str, resource: &str) -> Option<mpsc::Sender<Outgoing>> {
+    /// Resources that asked for the roster, with their outboxes.
+    pub fn roster_sessions(&self, bare: &str) -> Vec<(String, mpsc::Sender<Outgoing>)> {
+        self.by_bare
+            .get(bare)
+            .map(|e| {
+                e.iter()
+                    .filter(|s| s.roster_interest)
+                    .map(|s| (s.resource.clone(), s.tx.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The last presence of every available resource, by resource.
+    pub fn presences(&self, bare: &str) -> Vec<(String, Arc<Element>)> {
+        self.by_bare
+            .get(bare)
+            .map(|e| {
+                e.iter()
+                    .filter_map(|s| s.presence.clone().map(|p| (s.resource.clone(), p)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Outboxes of every available resource (presence to a bare JID, RFC 6121 §8.5.2.1.2).
+    pub fn available(&self, bare: &str) -> Vec<mpsc::Sender<Outgoing>> {
+        self.by_bare
+            .get(bare)
+            .map(|e| {
+                e.iter()
+                    .filter(|s| s.presence.is_some())
+                    .map(|s| s.tx.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The outbox of one resource.
+    pub fn full(&self, bare: &str, resource: &str) -> Option<mpsc::Sender<Outgoing>> {
         self.by_bare.get(bare).and_then(|e| {
             e.iter()
                 .find(|s| s.resource == resource)
@@ -173,7 +239,11 @@ pub struct Router {
     /// Bound sessions.
     pub registry: Registry,
     /// To tell "no such account" from "account offline".
-    accounts: Arc<dyn AccountStore>,
+    pub(crate) accounts: Arc<dyn AccountStore>,
+    /// Rosters and offline messages (the IM core).
+    pub(crate) im: Arc<dyn ImStore>,
+    /// Offline quota and roster size, replaced when `[limits]` reloads.
+    im_limits: std::sync::RwLock<ImLimits>,
     /// Iqs modules sent and wait on, by (requesting JID, id): their answer goes here
     /// instead of to the module's handler.
     pending: DashMap<(String, String), oneshot::Sender<Element>>,
@@ -183,8 +253,14 @@ pub struct Router {
 
 impl Router {
     /// An empty router; call [`Router::install`] with the hosts before routing.
-    pub fn new(accounts: Arc<dyn AccountStore>) -> Arc<Router> {
+    pub fn new(
+        accounts: Arc<dyn AccountStore>,
+        im: Arc<dyn ImStore>,
+        im_limits: ImLimits,
+    ) -> Arc<Router> {
         Arc::new(Router {
+            im,
+            im_limits: std::sync::RwLock::new(im_limits),
             hosts: OnceLock::new(),
             jid_routes: OnceLock::new(),
             domain_routes: OnceLock::new(),
@@ -225,6 +301,22 @@ impl Router {
         let _ = self.hosts.set(by_domain);
         let _ = self.jid_routes.set(jids);
         let _ = self.domain_routes.set(domains);
+    }
+
+    /// The IM core's limits in force.
+    pub fn im_limits(&self) -> ImLimits {
+        match self.im_limits.read() {
+            Ok(l) => *l,
+            Err(poisoned) => *poisoned.into_inner(),
+        }
+    }
+
+    /// Puts new IM limits in force.
+    pub fn set_im_limits(&self, limits: ImLimits) {
+        match self.im_limits.write() {
+            Ok(mut l) => *l = limits,
+            Err(poisoned) => *poisoned.into_inner() = limits,
+        }
     }
 
     /// Connects federation: stanzas for domains not served here go to `s2s`.
@@ -366,6 +458,9 @@ impl Router {
     /// Stanzas to a local account (RFC 6121 §8.5).
     async fn to_account(&self, bare: &str, resource: Option<&str>, stanza: Element) {
         let kind = stanza.name();
+        if kind == "presence" {
+            return crate::im::inbound_presence(self, bare, resource, stanza).await;
+        }
         if let Some(res) = resource {
             if let Some(tx) = self.registry.full(bare, res) {
                 return self.push(&tx, stanza).await;
@@ -391,7 +486,6 @@ impl Router {
                 }
                 _ => {}
             },
-            // Subscriptions and presence broadcast need rosters (IM core).
             _ => {}
         }
     }
@@ -414,15 +508,24 @@ impl Router {
         if mtype == "headline" || mtype == "error" {
             return;
         }
-        // No available resource. Offline storage belongs to the IM core; until then the
-        // sender learns the message was not delivered.
+        // No available resource: stored for the next login (XEP-0160), if the account
+        // exists (RFC 6121 §8.5.2.2.1: otherwise service-unavailable).
         let (user, domain) = bare.split_once('@').unwrap_or((bare, ""));
-        if let Err(e) = self.accounts.account_exists(user, domain).await {
-            let err = storage_failure("checking an account", &e);
-            return self.bounce(&stanza, err).await;
+        match self.accounts.account_exists(user, domain).await {
+            Ok(true) => {
+                if let Err(err) = crate::im::store_offline(self, bare, &stanza).await {
+                    self.bounce(&stanza, err).await;
+                }
+            }
+            Ok(false) => {
+                self.bounce(&stanza, StanzaError::new(Condition::ServiceUnavailable))
+                    .await
+            }
+            Err(e) => {
+                let err = storage_failure("checking an account", &e);
+                self.bounce(&stanza, err).await
+            }
         }
-        self.bounce(&stanza, StanzaError::new(Condition::ServiceUnavailable))
-            .await
     }
 
     async fn push(&self, tx: &mpsc::Sender<Outgoing>, stanza: Element) {

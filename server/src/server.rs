@@ -113,6 +113,7 @@ impl Shared {
 
     /// Puts new `[limits]` in force for connections (and stream restarts) from now on.
     pub fn set_limits(&self, limits: LimitsConfig) {
+        self.router.set_im_limits(im_limits(&limits));
         match self.limits.write() {
             Ok(mut l) => *l = limits,
             Err(poisoned) => *poisoned.into_inner() = limits,
@@ -162,6 +163,13 @@ impl Shared {
         self.record_certificate_expiry();
         tracing::info!(hosts, "certificates reloaded");
         Ok(hosts)
+    }
+}
+
+fn im_limits(l: &LimitsConfig) -> crate::im::ImLimits {
+    crate::im::ImLimits {
+        offline_quota: l.offline_messages,
+        roster_items: l.roster_items,
     }
 }
 
@@ -265,8 +273,8 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         &config.data_dir.join("openspimed.sqlite"),
     )?);
     let accounts: Arc<dyn AccountStore> = store.clone();
-    let module_storage: Arc<dyn ModuleStorage> = store;
-    let router = Router::new(accounts.clone());
+    let module_storage: Arc<dyn ModuleStorage> = store.clone();
+    let router = Router::new(accounts.clone(), store.clone(), im_limits(&config.limits));
 
     let handle = router.handle();
     let mut hosts = Vec::new();

@@ -71,3 +71,67 @@ pub trait AccountStore: Send + Sync {
     /// Usernames of a domain, sorted.
     async fn list_accounts(&self, domain: &str) -> Result<Vec<String>, StorageError>;
 }
+
+/// One roster item (RFC 6121 §2.1.2) with the subscription state behind it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RosterItem {
+    /// The contact's bare JID.
+    pub jid: String,
+    /// The handle the user gave the contact.
+    pub name: Option<String>,
+    /// Groups the user put the contact in.
+    pub groups: Vec<String>,
+    /// Subscriptions both ways, pending requests, pre-approval.
+    pub state: crate::im::subscription::SubState,
+}
+
+/// A stored offline message, oldest first by `seq`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OfflineMessage {
+    /// Storage order; delivery removes messages up to it.
+    pub seq: i64,
+    /// The stanza as XML.
+    pub stanza: String,
+}
+
+/// Rosters and offline messages of local accounts (RFC 6121, XEP-0160).
+#[async_trait]
+pub trait ImStore: Send + Sync {
+    /// An account's roster and its version (RFC 6121 §2.6).
+    async fn roster(
+        &self,
+        user: &str,
+        domain: &str,
+    ) -> Result<(u64, Vec<RosterItem>), StorageError>;
+    /// One item of a roster.
+    async fn roster_item(
+        &self,
+        user: &str,
+        domain: &str,
+        contact: &str,
+    ) -> Result<Option<RosterItem>, StorageError>;
+    /// Stores an item (replacing the contact's) or, with `None`, removes the contact;
+    /// returns the roster's new version. Refused with `Ok(None)` when a new item would
+    /// exceed `max_items`.
+    async fn put_roster_item(
+        &self,
+        user: &str,
+        domain: &str,
+        contact: &str,
+        item: Option<RosterItem>,
+        max_items: usize,
+    ) -> Result<Option<u64>, StorageError>;
+    /// Stores a message for an unavailable account; `false` (nothing stored) when the
+    /// account already holds `quota` messages.
+    async fn store_offline(
+        &self,
+        user: &str,
+        domain: &str,
+        stanza: &str,
+        quota: usize,
+    ) -> Result<bool, StorageError>;
+    /// The account's offline messages, oldest first.
+    async fn offline(&self, user: &str, domain: &str) -> Result<Vec<OfflineMessage>, StorageError>;
+    /// Removes offline messages up to `seq` (they were delivered).
+    async fn delete_offline(&self, user: &str, domain: &str, seq: i64) -> Result<(), StorageError>;
+}

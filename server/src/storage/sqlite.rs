@@ -15,7 +15,10 @@ use openspimed_module_api::{
     SensorStore, StorageFailure, StoredKey, SubscriptionRecord,
 };
 
-use super::{AccountStore, Credentials, ScramKeys, StorageError};
+use super::{
+    AccountStore, Credentials, ImStore, OfflineMessage, RosterItem, ScramKeys, StorageError,
+};
+use crate::im::subscription::SubState;
 
 /// Schema migrations, applied in order; index + 1 is the `user_version` after each.
 const MIGRATIONS: &[&str] = &[
@@ -73,6 +76,24 @@ const MIGRATIONS: &[&str] = &[
         expires_unix INTEGER NOT NULL,
         PRIMARY KEY (node, osid, request_id)
     ) WITHOUT ROWID;",
+    // 5: rosters with subscription states (RFC 6121), roster versions, offline messages.
+    "CREATE TABLE roster (
+        domain TEXT NOT NULL, username TEXT NOT NULL, contact TEXT NOT NULL,
+        name TEXT, groups TEXT NOT NULL,
+        sub_to INTEGER NOT NULL, sub_from INTEGER NOT NULL,
+        pending_out INTEGER NOT NULL, pending_in INTEGER NOT NULL, preapproved INTEGER NOT NULL,
+        PRIMARY KEY (domain, username, contact)
+    ) WITHOUT ROWID;
+    CREATE TABLE roster_versions (
+        domain TEXT NOT NULL, username TEXT NOT NULL, version INTEGER NOT NULL,
+        PRIMARY KEY (domain, username)
+    ) WITHOUT ROWID;
+    CREATE TABLE offline_messages (
+        seq INTEGER PRIMARY KEY,
+        domain TEXT NOT NULL, username TEXT NOT NULL,
+        stanza TEXT NOT NULL, stored_unix INTEGER NOT NULL
+    );
+    CREATE INDEX offline_by_account ON offline_messages (domain, username, seq);",
 ];
 
 /// A write's result, type-erased while it crosses the writer thread.
@@ -414,6 +435,14 @@ impl AccountStore for SqliteStore {
                     params![domain, user],
                 )
                 .map_err(backend)?;
+            // What belonged to the account goes with it (XEP-0077 §3.2).
+            for table in ["roster", "roster_versions", "offline_messages"] {
+                conn.execute(
+                    &format!("DELETE FROM {table} WHERE domain = ?1 AND username = ?2"),
+                    params![domain, user],
+                )
+                .map_err(backend)?;
+            }
             Ok(n == 1)
         })
         .await
@@ -428,6 +457,218 @@ impl AccountStore for SqliteStore {
                 params![domain],
                 |r| r.get::<_, String>(0),
             )
+        })
+        .await
+    }
+}
+
+fn roster_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RosterItem> {
+    let groups: String = r.get(2)?;
+    Ok(RosterItem {
+        jid: r.get(0)?,
+        name: r.get(1)?,
+        groups: serde_json::from_str(&groups).unwrap_or_default(),
+        state: SubState {
+            to: r.get(3)?,
+            from: r.get(4)?,
+            pending_out: r.get(5)?,
+            pending_in: r.get(6)?,
+            preapproved: r.get(7)?,
+        },
+    })
+}
+
+const ROSTER_COLUMNS: &str =
+    "contact, name, groups, sub_to, sub_from, pending_out, pending_in, preapproved";
+
+fn roster_version(c: &Connection, domain: &str, user: &str) -> Result<u64, StorageError> {
+    c.query_row(
+        "SELECT version FROM roster_versions WHERE domain = ?1 AND username = ?2",
+        params![domain, user],
+        |r| r.get::<_, i64>(0),
+    )
+    .optional()
+    .map(|v| v.unwrap_or(0).max(0) as u64)
+    .map_err(backend)
+}
+
+#[async_trait]
+impl ImStore for SqliteStore {
+    async fn roster(
+        &self,
+        user: &str,
+        domain: &str,
+    ) -> Result<(u64, Vec<RosterItem>), StorageError> {
+        let (user, domain) = (user.to_owned(), domain.to_owned());
+        self.read(move |conn| {
+            let tx = conn.transaction().map_err(backend)?;
+            let version = roster_version(&tx, &domain, &user)?;
+            let items = all(
+                &tx,
+                &format!(
+                    "SELECT {ROSTER_COLUMNS} FROM roster WHERE domain = ?1 AND username = ?2 \
+                     ORDER BY contact"
+                ),
+                params![domain, user],
+                roster_row,
+            )?;
+            Ok((version, items))
+        })
+        .await
+    }
+
+    async fn roster_item(
+        &self,
+        user: &str,
+        domain: &str,
+        contact: &str,
+    ) -> Result<Option<RosterItem>, StorageError> {
+        let (user, domain, contact) = (user.to_owned(), domain.to_owned(), contact.to_owned());
+        self.read(move |conn| {
+            conn.query_row(
+                &format!(
+                    "SELECT {ROSTER_COLUMNS} FROM roster \
+                     WHERE domain = ?1 AND username = ?2 AND contact = ?3"
+                ),
+                params![domain, user, contact],
+                roster_row,
+            )
+            .optional()
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn put_roster_item(
+        &self,
+        user: &str,
+        domain: &str,
+        contact: &str,
+        item: Option<RosterItem>,
+        max_items: usize,
+    ) -> Result<Option<u64>, StorageError> {
+        let (user, domain, contact) = (user.to_owned(), domain.to_owned(), contact.to_owned());
+        self.write(move |conn: &Connection| {
+            match item {
+                Some(it) => {
+                    let exists: bool = conn
+                        .query_row(
+                            "SELECT 1 FROM roster WHERE domain = ?1 AND username = ?2 AND contact = ?3",
+                            params![domain, user, contact],
+                            |_| Ok(true),
+                        )
+                        .optional()
+                        .map_err(backend)?
+                        .unwrap_or(false);
+                    if !exists {
+                        let n: i64 = conn
+                            .query_row(
+                                "SELECT COUNT(*) FROM roster WHERE domain = ?1 AND username = ?2",
+                                params![domain, user],
+                                |r| r.get(0),
+                            )
+                            .map_err(backend)?;
+                        if n as usize >= max_items {
+                            return Ok(None);
+                        }
+                    }
+                    let groups = serde_json::to_string(&it.groups).map_err(backend)?;
+                    conn.execute(
+                        "INSERT OR REPLACE INTO roster (domain, username, contact, name, groups, \
+                         sub_to, sub_from, pending_out, pending_in, preapproved) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                        params![
+                            domain,
+                            user,
+                            contact,
+                            it.name,
+                            groups,
+                            it.state.to,
+                            it.state.from,
+                            it.state.pending_out,
+                            it.state.pending_in,
+                            it.state.preapproved
+                        ],
+                    )
+                    .map_err(backend)?;
+                }
+                None => {
+                    conn.execute(
+                        "DELETE FROM roster WHERE domain = ?1 AND username = ?2 AND contact = ?3",
+                        params![domain, user, contact],
+                    )
+                    .map_err(backend)?;
+                }
+            }
+            let version = roster_version(conn, &domain, &user)? + 1;
+            conn.execute(
+                "INSERT OR REPLACE INTO roster_versions (domain, username, version) VALUES (?1, ?2, ?3)",
+                params![domain, user, version as i64],
+            )
+            .map_err(backend)?;
+            Ok(Some(version))
+        })
+        .await
+    }
+
+    async fn store_offline(
+        &self,
+        user: &str,
+        domain: &str,
+        stanza: &str,
+        quota: usize,
+    ) -> Result<bool, StorageError> {
+        let (user, domain, stanza) = (user.to_owned(), domain.to_owned(), stanza.to_owned());
+        self.write(move |conn: &Connection| {
+            let n: i64 = conn
+                .query_row(
+                    "SELECT COUNT(*) FROM offline_messages WHERE domain = ?1 AND username = ?2",
+                    params![domain, user],
+                    |r| r.get(0),
+                )
+                .map_err(backend)?;
+            if n as usize >= quota {
+                return Ok(false);
+            }
+            conn.execute(
+                "INSERT INTO offline_messages (domain, username, stanza, stored_unix) \
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![domain, user, stanza, now_unix()],
+            )
+            .map_err(backend)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn offline(&self, user: &str, domain: &str) -> Result<Vec<OfflineMessage>, StorageError> {
+        let (user, domain) = (user.to_owned(), domain.to_owned());
+        self.read(move |conn| {
+            all(
+                conn,
+                "SELECT seq, stanza FROM offline_messages WHERE domain = ?1 AND username = ?2 \
+                 ORDER BY seq",
+                params![domain, user],
+                |r| {
+                    Ok(OfflineMessage {
+                        seq: r.get(0)?,
+                        stanza: r.get(1)?,
+                    })
+                },
+            )
+        })
+        .await
+    }
+
+    async fn delete_offline(&self, user: &str, domain: &str, seq: i64) -> Result<(), StorageError> {
+        let (user, domain) = (user.to_owned(), domain.to_owned());
+        self.write(move |conn: &Connection| {
+            conn.execute(
+                "DELETE FROM offline_messages WHERE domain = ?1 AND username = ?2 AND seq <= ?3",
+                params![domain, user, seq],
+            )
+            .map_err(backend)?;
+            Ok(())
         })
         .await
     }
