@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use common::{iq, next_message, online};
+use futures::StreamExt;
 use openspime::keyinfo::{self, KeyForm};
 use openspime::{Container, Data, Entry, Field, crypto};
 use openspimed_certs::DevCa;
@@ -22,6 +23,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::net::TcpStream;
 use tokio_xmpp::jid::Jid;
 use tokio_xmpp::parsers::message::{Lang, Message, MessageType};
+use tokio_xmpp::parsers::presence::{Presence, Type as PresenceType};
 use tokio_xmpp::parsers::stanza_error::DefinedCondition;
 
 /// Points `server`'s static s2s addresses for `domain` at `target`'s STARTTLS listener (or
@@ -90,6 +92,36 @@ async fn exchange(a: &TestServer, b: &TestServer) {
     );
     assert_eq!(body(&got), "hello from b");
 
+    // A presence subscription handshake across the federation ends with `both`, and each
+    // sees the other's presence (RFC 6121 §3).
+    for c in [&mut alice, &mut bob] {
+        roster_get(c).await;
+        c.send_stanza(Presence::available().into()).await.unwrap();
+    }
+    let sub = |to: &str, t| Presence::new(t).with_to(Jid::new(to).unwrap());
+    send_presence(&mut alice, sub("bob@b.example", PresenceType::Subscribe)).await;
+    wait_presence(&mut bob, "alice@a.example", PresenceType::Subscribe).await;
+    send_presence(&mut bob, sub("alice@a.example", PresenceType::Subscribed)).await;
+    wait_presence(&mut alice, "bob@b.example/laptop", PresenceType::None).await;
+    send_presence(&mut bob, sub("alice@a.example", PresenceType::Subscribe)).await;
+    wait_presence(&mut alice, "bob@b.example", PresenceType::Subscribe).await;
+    send_presence(&mut alice, sub("bob@b.example", PresenceType::Subscribed)).await;
+    wait_presence(&mut bob, "alice@a.example/phone", PresenceType::None).await;
+    assert_eq!(
+        roster_get(&mut alice)
+            .await
+            .get("bob@b.example")
+            .map(String::as_str),
+        Some("both")
+    );
+    assert_eq!(
+        roster_get(&mut bob)
+            .await
+            .get("alice@a.example")
+            .map(String::as_str),
+        Some("both")
+    );
+
     // An iq to the remote server itself is answered across the federation (XEP-0199).
     let ping = Element::new("ping", ns::PING);
     assert_eq!(
@@ -101,6 +133,48 @@ async fn exchange(a: &TestServer, b: &TestServer) {
         .await
         .unwrap_err();
     assert_eq!(err.defined_condition, DefinedCondition::ServiceUnavailable);
+}
+
+async fn send_presence(client: &mut tokio_xmpp::Client, p: Presence) {
+    client.send_stanza(p.into()).await.unwrap();
+}
+
+/// The next presence from `from` (bare, or a resource of it) of type `t`.
+async fn wait_presence(client: &mut tokio_xmpp::Client, from: &str, t: PresenceType) {
+    loop {
+        let ev = tokio::time::timeout(WAIT, client.next())
+            .await
+            .expect("presence in time");
+        if let Some(tokio_xmpp::Event::Stanza(tokio_xmpp::Stanza::Presence(p))) = ev {
+            let f = p.from.as_ref().map(|j| j.to_string()).unwrap_or_default();
+            if p.type_ == t && (f == from || f.starts_with(&format!("{from}/"))) {
+                return;
+            }
+        }
+    }
+}
+
+/// The user's roster: contact → subscription.
+async fn roster_get(client: &mut tokio_xmpp::Client) -> BTreeMap<String, String> {
+    let q: tokio_xmpp::minidom::Element = "<query xmlns='jabber:iq:roster'/>".parse().unwrap();
+    let resp = tokio::time::timeout(
+        WAIT,
+        client.send_iq(None, tokio_xmpp::IqRequest::Get(q)).await,
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let tokio_xmpp::IqResponse::Result(Some(el)) = resp else {
+        panic!("roster: {resp:?}")
+    };
+    el.children()
+        .map(|i| {
+            (
+                i.attr("jid").unwrap_or_default().to_owned(),
+                i.attr("subscription").unwrap_or("none").to_owned(),
+            )
+        })
+        .collect()
 }
 
 fn metric_lines(name: &str) -> Vec<String> {
