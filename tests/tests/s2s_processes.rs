@@ -25,8 +25,8 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(two_processes_exchange_messages());
-    println!("test two_processes_exchange_messages ... ok");
+    rt.block_on(two_processes_exchange_messages_and_subscriptions());
+    println!("test two_processes_exchange_messages_and_subscriptions ... ok");
     println!("1 passed, 0 failed");
     ExitCode::SUCCESS
 }
@@ -111,7 +111,7 @@ impl Domain {
     }
 }
 
-async fn two_processes_exchange_messages() {
+async fn two_processes_exchange_messages_and_subscriptions() {
     let ca = DevCa::new("federation CA").unwrap();
     let a = Domain::new(&ca, "a.example", "alice").await;
     let b = Domain::new(&ca, "b.example", "bob").await;
@@ -140,6 +140,38 @@ async fn two_processes_exchange_messages() {
         m.get_child("body", "jabber:client").unwrap().text(),
         "hi alice"
     );
+    // A presence subscription handshake across the two processes ends with `both`.
+    alice.send("<presence/>").await;
+    bob.send("<presence/>").await;
+    alice
+        .send("<presence to='bob@b.example' type='subscribe'/>")
+        .await;
+    let p = next_presence(&mut bob, "subscribe").await;
+    assert_eq!(p.attr("from"), Some("alice@a.example"));
+    bob.send("<presence to='alice@a.example' type='subscribed'/>")
+        .await;
+    let p = next_presence(&mut alice, "available").await;
+    assert_eq!(p.attr("from"), Some("bob@b.example/r"));
+    bob.send("<presence to='alice@a.example' type='subscribe'/>")
+        .await;
+    next_presence(&mut alice, "subscribe").await;
+    alice
+        .send("<presence to='bob@b.example' type='subscribed'/>")
+        .await;
+    let p = next_presence(&mut bob, "available").await;
+    assert_eq!(p.attr("from"), Some("alice@a.example/r"));
+    for (client, contact) in [(&mut alice, "bob@b.example"), (&mut bob, "alice@a.example")] {
+        client
+            .send("<iq type='get' id='roster'><query xmlns='jabber:iq:roster'/></iq>")
+            .await;
+        let r = client.stanza("iq").await;
+        let item = r
+            .get_child("query", "jabber:iq:roster")
+            .and_then(|q| q.children().find(|i| i.attr("jid") == Some(contact)))
+            .unwrap_or_else(|| panic!("{contact} in {r}"))
+            .clone();
+        assert_eq!(item.attr("subscription"), Some("both"), "{r}");
+    }
     // Both directions authenticated with certificates (dialback is off in both configs).
     wait_for_log(&log_a, "incoming s2s stream authenticated");
     wait_for_log(&log_b, "incoming s2s stream authenticated");
@@ -147,4 +179,17 @@ async fn two_processes_exchange_messages() {
     child_b.kill().unwrap();
     let _ = child_a.wait();
     let _ = child_b.wait();
+}
+
+/// The next presence of this type (`available` for none), skipping other stanzas.
+async fn next_presence<S>(raw: &mut Raw<S>, kind: &str) -> openspimed_module_api::Element
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        let p = raw.stanza("presence").await;
+        if p.attr("type").unwrap_or("available") == kind {
+            return p;
+        }
+    }
 }
