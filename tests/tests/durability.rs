@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 use std::process::{Child, ExitCode};
 use std::time::Duration;
 
-use openspimed::storage::AccountStore;
 use openspimed::storage::sqlite::SqliteStore;
+use openspimed::storage::{AccountStore, ImStore};
 use openspimed_module_api::SensorStore;
 use openspimed_tests::{AS_SERVER, Raw, client_tls_config, server_command};
 
@@ -23,7 +23,9 @@ fn main() -> ExitCode {
         .unwrap();
     rt.block_on(reports_answered_before_sigkill_are_stored());
     println!("test reports_answered_before_sigkill_are_stored ... ok");
-    println!("1 passed, 0 failed");
+    rt.block_on(offline_messages_and_roster_changes_survive_sigkill());
+    println!("test offline_messages_and_roster_changes_survive_sigkill ... ok");
+    println!("2 passed, 0 failed");
     ExitCode::SUCCESS
 }
 
@@ -105,6 +107,80 @@ async fn reports_answered_before_sigkill_are_stored() {
         .await
         .unwrap();
     assert_eq!(pong.attr("type"), Some("result"));
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+async fn offline_messages_and_roster_changes_survive_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = openspimed_certs::DevCa::new("durability CA").unwrap();
+    let (cert, key) = ca.issue(&["localhost"]).unwrap();
+    std::fs::write(dir.path().join("c.pem"), cert).unwrap();
+    std::fs::write(dir.path().join("k.pem"), key).unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("openspimed.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{}\"\n[metrics]\nenabled = false\n[listeners]\nc2s = [\"127.0.0.1:0\"]\nc2s_direct_tls = []\n\
+             [hosts.localhost]\ncertificate = \"c.pem\"\nkey = \"k.pem\"\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    {
+        let store = SqliteStore::open(&data.join("openspimed.sqlite")).unwrap();
+        let creds = openspimed::sasl::derive_credentials("pw", 4096);
+        for u in ["alice", "bob"] {
+            assert!(store.create_account(u, "localhost", &creds).await.unwrap());
+        }
+    }
+    let (mut child, addr) = start_child(&config);
+    let tls = client_tls_config(&ca.cert_pem, None);
+    let (mut alice, _) = Raw::login_at(addr, tls.clone(), "localhost", "alice", "pw", "r").await;
+    // A roster change, answered.
+    alice
+        .send(
+            "<iq type='set' id='add'><query xmlns='jabber:iq:roster'>\
+             <item jid='carol@example.net' name='Carol'/></query></iq>",
+        )
+        .await;
+    let r = alice.stanza("iq").await;
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+    // Ten messages for bob, who is offline, then a ping: stanzas of a session are handled
+    // in order, so the pong means every message before it was stored.
+    let n = 10;
+    let mut burst = String::new();
+    for i in 0..n {
+        burst.push_str(&format!(
+            "<message to='bob@localhost' type='chat' id='m{i}'><body>{i}</body></message>"
+        ));
+    }
+    burst.push_str("<iq type='get' id='p' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>");
+    alice.send(&burst).await;
+    let pong = alice.stanza("iq").await;
+    assert_eq!(pong.attr("id"), Some("p"));
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let store = SqliteStore::open(&data.join("openspimed.sqlite")).unwrap();
+    assert_eq!(store.offline("bob", "localhost").await.unwrap().len(), n);
+    let item = store
+        .roster_item("alice", "localhost", "carol@example.net")
+        .await
+        .unwrap()
+        .expect("the answered roster change survives");
+    assert_eq!(item.name.as_deref(), Some("Carol"));
+    drop(store);
+
+    // After a restart bob gets them, in order.
+    let (mut child, addr) = start_child(&config);
+    let (mut bob, _) = Raw::login_at(addr, tls, "localhost", "bob", "pw", "r").await;
+    bob.send("<presence/>").await;
+    for i in 0..n {
+        let m = bob.stanza("message").await;
+        assert_eq!(m.attr("id"), Some(format!("m{i}").as_str()), "{m}");
+    }
     child.kill().unwrap();
     child.wait().unwrap();
 }
