@@ -101,6 +101,9 @@ pub struct LimitsConfig {
     pub offline_messages: usize,
     /// Roster items per account (RFC 6121 §2.3.3: more are `not-allowed`).
     pub roster_items: usize,
+    /// Seconds a session whose connection dropped waits for its client to resume it
+    /// (XEP-0198); unacknowledged messages then go to offline storage.
+    pub resume_timeout_secs: u64,
 }
 
 /// `[auth]`
@@ -289,6 +292,7 @@ impl Default for LimitsConfig {
             max_connections: 100_000,
             offline_messages: 1000,
             roster_items: 1000,
+            resume_timeout_secs: 300,
         }
     }
 }

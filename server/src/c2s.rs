@@ -208,23 +208,81 @@ async fn secure_stream(
             _ => return Err(stream_err(C::NotWellFormed, "expected a stream header")),
         };
         conn.send_header(&header).await?;
-        if header.to.as_deref().map(str::to_ascii_lowercase).as_deref() != Some(host.domain.as_str())
+        if header.to.as_deref().map(str::to_ascii_lowercase).as_deref()
+            != Some(host.domain.as_str())
             && header.to.is_some()
         {
-            return Err(stream_err(C::HostUnknown, "the stream must stay on the same domain"));
+            return Err(stream_err(
+                C::HostUnknown,
+                "the stream must stay on the same domain",
+            ));
         }
         conn.write_raw(
             b"<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>\
-              <session xmlns='urn:ietf:params:xml:ns:xmpp-session'><optional/></session></stream:features>",
+              <session xmlns='urn:ietf:params:xml:ns:xmpp-session'><optional/></session>\
+              <sm xmlns='urn:xmpp:sm:3'/></stream:features>",
         )
         .await?;
         bind_resource(&shared, &mut conn, &host, &user, remaining(deadline)).await
     }
     .await;
     match bound {
-        Ok(session) => established(shared, conn, session).await,
+        Ok(Bound::New(session)) => established(shared, conn, session, true).await,
+        Ok(Bound::Resumed(session, h)) => match resume(&mut conn, session, h).await {
+            Ok(session) => established(shared, conn, session, false).await,
+            Err((session, f)) => {
+                finish(&shared, session).await;
+                conn.close(f).await
+            }
+        },
         Err(f) => conn.close(f).await,
     }
+}
+
+/// What the client did after authenticating: bound a new resource, or resumed a session.
+enum Bound {
+    /// A fresh session.
+    New(Session),
+    /// A detached session to resume, with the client's `h`.
+    Resumed(Session, u32),
+}
+
+/// XEP-0198 §5: `<resumed/>`, then what the client did not acknowledge, again.
+async fn resume(
+    conn: &mut Conn<TlsStream<TcpStream>>,
+    mut s: Session,
+    h: u32,
+) -> Result<Session, (Session, Fail)> {
+    let Some(sm) = s.sm.as_mut() else {
+        return Err((
+            s,
+            stream_err(C::InternalServerError, "no stream management"),
+        ));
+    };
+    if let Err(e) = sm.ack(h) {
+        tracing::debug!(?e, "resumption acknowledged more than was sent");
+        return Err((
+            s,
+            stream_err(C::UndefinedCondition, "handled-count-too-high"),
+        ));
+    }
+    let answer = format!(
+        "<resumed xmlns='urn:xmpp:sm:3' previd='{}' h='{}'/>",
+        sm.id.clone().unwrap_or_default(),
+        sm.inbound
+    );
+    let resent: Vec<Element> = sm.unacked().cloned().collect();
+    if let Err(f) = conn.write_raw(answer.as_bytes()).await {
+        return Err((s, f));
+    }
+    for el in &resent {
+        conn.queue(el);
+    }
+    if let Err(f) = conn.flush_queued().await {
+        return Err((s, f));
+    }
+    tracing::debug!(jid = %s.full, resent = resent.len(), "session resumed");
+    Ok(s)
 }
 
 /// SASL negotiation (RFC 6120 §6). Returns the host and the authenticated localpart.
@@ -493,7 +551,35 @@ struct Session {
     host: Arc<Host>,
     /// IM state of the session (directed presence).
     im: crate::im::SessionIm,
+    /// Stream management, once the client enabled it (XEP-0198).
+    sm: Option<crate::sm::Sm>,
 }
+
+impl Session {
+    /// Writes a stanza to the client, counting it for stream management.
+    async fn send(
+        &mut self,
+        conn: &mut Conn<TlsStream<TcpStream>>,
+        el: &Element,
+    ) -> Result<(), Fail> {
+        if let Some(sm) = self.sm.as_mut() {
+            sm.sent(el);
+        }
+        conn.send(el).await
+    }
+}
+
+/// A session whose connection dropped with resumption enabled, waiting for its client.
+pub struct Detached {
+    /// The session as it was (its outbox keeps filling meanwhile).
+    session: Session,
+    /// Tells this detachment from a later one of the same session, so an old expiry timer
+    /// cannot end a resumed-and-detached-again session early.
+    generation: u64,
+}
+
+/// Detached sessions by resumption id.
+pub type DetachedSessions = dashmap::DashMap<String, Detached>;
 
 /// Waits for the bind iq (RFC 6120 §7) and registers the session.
 async fn bind_resource(
@@ -502,7 +588,7 @@ async fn bind_resource(
     host: &Arc<Host>,
     user: &str,
     limit: Duration,
-) -> Result<Session, Fail> {
+) -> Result<Bound, Fail> {
     let bare = format!("{user}@{}", host.domain);
     loop {
         let iq = match conn.next_event_within(shared, limit).await? {
@@ -512,6 +598,43 @@ async fn bind_resource(
                 return Err(stream_err(C::NotWellFormed, "unexpected stream header"));
             }
         };
+        if iq.is("resume", crate::sm::NS) {
+            // XEP-0198 §5: only the same account may resume, and only a session that is
+            // still waiting.
+            let h = iq.attr("h").and_then(|h| h.parse::<u32>().ok());
+            let previd = iq.attr("previd").unwrap_or("");
+            let found = match h {
+                Some(_) => shared
+                    .detached
+                    .remove_if(previd, |_, d| d.session.bare == bare)
+                    .map(|(_, d)| d.session),
+                None => None,
+            };
+            match (found, h) {
+                (Some(session), Some(h)) => return Ok(Bound::Resumed(session, h)),
+                (_, None) => {
+                    conn.write_raw(
+                        b"<failed xmlns='urn:xmpp:sm:3'><bad-request xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></failed>",
+                    )
+                    .await?
+                }
+                _ => {
+                    conn.write_raw(
+                        b"<failed xmlns='urn:xmpp:sm:3'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></failed>",
+                    )
+                    .await?
+                }
+            }
+            continue;
+        }
+        if iq.is("enable", crate::sm::NS) {
+            // XEP-0198 §3: after binding only.
+            conn.write_raw(
+                b"<failed xmlns='urn:xmpp:sm:3'><unexpected-request xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></failed>",
+            )
+            .await?;
+            continue;
+        }
         let bind = iq.get_child("bind", ns::BIND);
         let is_bind = iq.is("iq", ns::CLIENT) && iq.attr("type") == Some("set") && bind.is_some();
         if !is_bind {
@@ -577,79 +700,187 @@ async fn bind_resource(
             return Err(f);
         }
         tracing::debug!(jid = %full_str, "resource bound");
-        return Ok(Session {
+        return Ok(Bound::New(Session {
             bare,
             full: full_str,
             id,
             rx,
             host: host.clone(),
             im: crate::im::SessionIm::default(),
-        });
+            sm: None,
+        }));
     }
 }
 
 /// The session loop: stanzas from the client, stanzas for the client, shutdown.
-async fn established(shared: Arc<Shared>, mut conn: Conn<TlsStream<TcpStream>>, mut s: Session) {
+/// How a session loop ended.
+enum End {
+    /// With this stream error or close; the session ends.
+    Stream(Fail),
+    /// The connection broke (no `</stream:stream>`): a session with resumption enabled
+    /// waits for its client (XEP-0198 §5).
+    Dropped,
+}
+
+/// The session loop: stanzas from the client, stanzas for the client, shutdown. `fresh` is
+/// false for a resumed session (already counted).
+async fn established(
+    shared: Arc<Shared>,
+    mut conn: Conn<TlsStream<TcpStream>>,
+    mut s: Session,
+    fresh: bool,
+) {
     conn.shrink();
-    let sessions =
-        metrics::gauge!(telemetry::SESSIONS, "kind" => "c2s", "host" => s.host.domain.clone());
-    sessions.increment(1.0);
+    if fresh {
+        metrics::gauge!(telemetry::SESSIONS, "kind" => "c2s", "host" => s.host.domain.clone())
+            .increment(1.0);
+    }
     let idle = Duration::from_secs(shared.limits().c2s_idle_timeout_secs.max(1));
-    let why = loop {
+    let end = loop {
         tokio::select! {
             biased;
             _ = shared.shutdown.cancelled() => {
-                break stream_err(C::SystemShutdown, "server shutting down");
+                break End::Stream(stream_err(C::SystemShutdown, "server shutting down"));
             }
             out = s.rx.recv() => {
                 match out {
                     Some(Outgoing::Stanza(el)) => {
+                        track(&mut s, &el);
                         conn.queue(&el);
                         // Drain what else is ready: one write for a burst.
                         let mut kick = None;
                         for _ in 0..64 {
                             match s.rx.try_recv() {
-                                Ok(Outgoing::Stanza(el)) => conn.queue(&el),
+                                Ok(Outgoing::Stanza(el)) => {
+                                    track(&mut s, &el);
+                                    conn.queue(&el);
+                                }
                                 Ok(Outgoing::Kick(e)) => { kick = Some(e); break; }
                                 Err(_) => break,
                             }
                         }
-                        if let Err(f) = conn.flush_queued().await {
-                            break f;
+                        if let Some(sm) = s.sm.as_mut().filter(|sm| !sm.requested && sm.pending() > 0) {
+                            // Ask for an acknowledgement of what is in flight (XEP-0198 §4).
+                            sm.requested = true;
+                            conn.queue_raw(b"<r xmlns='urn:xmpp:sm:3'/>");
+                        }
+                        if conn.flush_queued().await.is_err() {
+                            break End::Dropped;
                         }
                         if let Some(e) = kick {
-                            break Fail::Stream(e);
+                            break End::Stream(Fail::Stream(e));
                         }
                     }
-                    Some(Outgoing::Kick(e)) => break Fail::Stream(e),
-                    None => break Fail::Closed,
+                    Some(Outgoing::Kick(e)) => break End::Stream(Fail::Stream(e)),
+                    None => break End::Stream(Fail::Closed),
                 }
             }
             ev = tokio::time::timeout(idle, conn.next_event()) => {
                 let ev = match ev {
                     Ok(Ok(ev)) => ev,
-                    Ok(Err(f)) => break f,
-                    Err(_) => break stream_err(C::ConnectionTimeout, "idle for too long"),
+                    Ok(Err(Fail::Closed)) => break End::Dropped,
+                    Ok(Err(f)) => break End::Stream(f),
+                    Err(_) => break End::Stream(stream_err(C::ConnectionTimeout, "idle for too long")),
                 };
                 match ev {
                     StreamEvent::Element(el) => {
                         if let Err(f) = inbound(&shared, &mut conn, &mut s, el).await {
-                            break f;
+                            break match f {
+                                Fail::Closed => End::Dropped,
+                                f => End::Stream(f),
+                            };
                         }
                     }
-                    StreamEvent::Close => break Fail::Closed,
-                    StreamEvent::Header(_) => break stream_err(C::NotWellFormed, "unexpected stream header"),
+                    StreamEvent::Close => break End::Stream(Fail::Closed),
+                    StreamEvent::Header(_) => break End::Stream(stream_err(C::NotWellFormed, "unexpected stream header")),
                 }
             }
         }
     };
+    match end {
+        End::Dropped if s.sm.as_ref().is_some_and(|sm| sm.id.is_some()) => {
+            detach(&shared, s);
+            drop(conn);
+        }
+        End::Dropped => {
+            finish(&shared, s).await;
+            conn.close(Fail::Closed).await;
+        }
+        End::Stream(why) => {
+            finish(&shared, s).await;
+            conn.close(why).await;
+        }
+    }
+}
+
+/// Counts a stanza written to the client for stream management.
+fn track(s: &mut Session, el: &Element) {
+    if let Some(sm) = s.sm.as_mut() {
+        sm.sent(el);
+    }
+}
+
+/// Keeps a session whose connection broke for `resume_timeout_secs`; then it ends.
+fn detach(shared: &Arc<Shared>, s: Session) {
+    let Some(id) = s.sm.as_ref().and_then(|sm| sm.id.clone()) else {
+        return;
+    };
+    let generation = shared.session_id();
+    tracing::debug!(jid = %s.full, "connection lost; session kept for resumption");
+    shared.detached.insert(
+        id.clone(),
+        Detached {
+            session: s,
+            generation,
+        },
+    );
+    let wait = Duration::from_secs(shared.limits().resume_timeout_secs);
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shared.shutdown.cancelled() => {}
+        }
+        if let Some((_, d)) = shared
+            .detached
+            .remove_if(&id, |_, d| d.generation == generation)
+        {
+            tracing::debug!(jid = %d.session.full, "not resumed in time");
+            finish(&shared, d.session).await;
+        }
+    });
+}
+
+/// Ends a session for good: contacts see it go, and messages it had not acknowledged or
+/// not yet received are routed again (to another resource or to offline storage), as
+/// XEP-0198 §5 and RFC 6121 §8.5.3.2 want.
+async fn finish(shared: &Arc<Shared>, mut s: Session) {
     // RFC 6121 §4.5.2: contacts learn the resource went away.
     let gone = Element::new("presence", ns::CLIENT).with_attr("type", "unavailable");
     crate::im::broadcast(&shared.router, &s.bare, &s.full, s.id, gone, &s.im.directed).await;
     shared.router.registry.unbind(&s.bare, s.id);
-    sessions.decrement(1.0);
+    metrics::gauge!(telemetry::SESSIONS, "kind" => "c2s", "host" => s.host.domain.clone())
+        .decrement(1.0);
+    let mut undelivered =
+        s.sm.as_mut()
+            .map(|sm| sm.take_unacked())
+            .unwrap_or_default();
+    s.rx.close();
+    while let Ok(out) = s.rx.try_recv() {
+        if let Outgoing::Stanza(el) = out {
+            undelivered.push(*el);
+        }
+    }
+    for el in undelivered.into_iter().filter(|e| e.name() == "message") {
+        // Stamped by us on the way out; the router takes it as new.
+        let mut el = el;
+        if el.attr("type") == Some("error") {
+            continue;
+        }
+        el.set_attr("to", s.bare.clone());
+        shared.router.route(el).await;
+    }
     tracing::debug!(jid = %s.full, "session ended");
-    conn.close(why).await;
 }
 
 /// One element from an established client (RFC 6120 §8, §10).
@@ -659,11 +890,17 @@ async fn inbound(
     s: &mut Session,
     mut el: Element,
 ) -> Result<(), Fail> {
+    if el.ns() == crate::sm::NS {
+        return stream_management(shared, conn, s, &el).await;
+    }
     if !is_stanza(&el) {
         return Err(stream_err(
             C::UnsupportedStanzaType,
             "only message, presence and iq",
         ));
+    }
+    if let Some(sm) = s.sm.as_mut() {
+        sm.received();
     }
     if el.ns() != ns::CLIENT {
         return Err(stream_err(
@@ -684,7 +921,7 @@ async fn inbound(
                     .with_text("an iq needs an id, a type, and one payload for get/set");
                 if let Some(mut reply) = err.reply_to(&el) {
                     reply.remove_attr("from");
-                    return conn.send(&reply).await;
+                    return s.send(conn, &reply).await;
                 }
                 return Ok(());
             }
@@ -695,9 +932,9 @@ async fn inbound(
             if to_self && crate::ibr::is_register_iq(&el) {
                 let user = s.bare.split('@').next().unwrap_or("");
                 return match crate::ibr::account_iq(shared, user, &s.host.domain, &el).await {
-                    crate::ibr::AccountChange::Reply(r) => conn.send(&r).await,
+                    crate::ibr::AccountChange::Reply(r) => s.send(conn, &r).await,
                     crate::ibr::AccountChange::Removed(r) => {
-                        conn.send(&r).await?;
+                        s.send(conn, &r).await?;
                         // XEP-0077 §3.2: every session of a removed account ends.
                         for tx in shared.router.registry.sessions_of(&s.bare) {
                             let _ = tx.try_send(Outgoing::Kick(StreamError::with_text(
@@ -717,7 +954,7 @@ async fn inbound(
                 && el.get_child("query", crate::im::NS_ROSTER).is_some()
             {
                 let reply = crate::im::roster_iq(&shared.router, &s.bare, s.id, &el).await;
-                return conn.send(&reply).await;
+                return s.send(conn, &reply).await;
             }
             if to_self
                 && el.attr("type") == Some("set")
@@ -725,7 +962,7 @@ async fn inbound(
             {
                 let mut reply = iq_result(&el);
                 reply.remove_attr("from");
-                return conn.send(&reply).await;
+                return s.send(conn, &reply).await;
             }
         }
         "presence" => {
@@ -758,4 +995,54 @@ async fn inbound(
     }
     shared.router.route(el).await;
     Ok(())
+}
+
+/// XEP-0198 nonzas: `<enable/>`, `<r/>`, `<a/>`.
+async fn stream_management(
+    shared: &Arc<Shared>,
+    conn: &mut Conn<TlsStream<TcpStream>>,
+    s: &mut Session,
+    el: &Element,
+) -> Result<(), Fail> {
+    match (el.name(), s.sm.as_mut()) {
+        ("enable", None) => {
+            let resume = matches!(el.attr("resume"), Some("true" | "1"));
+            let id = resume.then(|| {
+                let mut raw = [0u8; 18];
+                rand::rng().fill_bytes(&mut raw);
+                B64.encode(raw).replace(['+', '/'], "x")
+            });
+            let answer = match &id {
+                Some(id) => format!(
+                    "<enabled xmlns='urn:xmpp:sm:3' id='{id}' resume='true' max='{}'/>",
+                    shared.limits().resume_timeout_secs
+                ),
+                None => "<enabled xmlns='urn:xmpp:sm:3'/>".to_owned(),
+            };
+            s.sm = Some(crate::sm::Sm::new(id));
+            conn.write_raw(answer.as_bytes()).await
+        }
+        ("enable", Some(_)) => {
+            conn.write_raw(
+                b"<failed xmlns='urn:xmpp:sm:3'><unexpected-request xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></failed>",
+            )
+            .await
+        }
+        ("r", Some(sm)) => {
+            let answer = format!("<a xmlns='urn:xmpp:sm:3' h='{}'/>", sm.inbound);
+            conn.write_raw(answer.as_bytes()).await
+        }
+        ("a", Some(sm)) => {
+            let h = el.attr("h").and_then(|h| h.parse::<u32>().ok());
+            match h.map(|h| sm.ack(h)) {
+                Some(Ok(())) => Ok(()),
+                // XEP-0198 §4: a count that was never sent ends the stream.
+                _ => Err(stream_err(C::UndefinedCondition, "handled-count-too-high")),
+            }
+        }
+        _ => Err(stream_err(
+            C::UnsupportedStanzaType,
+            "stream management is not enabled",
+        )),
+    }
 }

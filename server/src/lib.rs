@@ -29,6 +29,7 @@ pub mod router;
 pub mod s2s;
 pub mod sasl;
 pub mod server;
+pub mod sm;
 pub mod storage;
 mod stream;
 pub mod telemetry;

@@ -95,6 +95,8 @@ pub struct Shared {
     pub next_session_id: AtomicU64,
     /// Host used when a client's stream header has no `to`.
     pub default_host: String,
+    /// Sessions waiting to be resumed (XEP-0198), by resumption id.
+    pub detached: crate::c2s::DetachedSessions,
 }
 
 impl Shared {
@@ -375,6 +377,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         connections: AtomicUsize::new(0),
         next_session_id: AtomicU64::new(1),
         default_host,
+        detached: Default::default(),
     });
     crate::telemetry::handle();
     shared.record_certificate_expiry();

@@ -201,6 +201,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         el.write_stanza_to(&mut self.wbuf, self.content_ns);
     }
 
+    /// Buffers bytes as they are (a nonza such as an XEP-0198 request) without sending.
+    pub(crate) fn queue_raw(&mut self, bytes: &[u8]) {
+        self.wbuf.extend_from_slice(bytes);
+    }
+
     /// Sends what [`Conn::queue`] buffered.
     pub(crate) async fn flush_queued(&mut self) -> Result<(), Fail> {
         if self.wbuf.is_empty() {

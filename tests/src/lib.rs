@@ -558,3 +558,55 @@ pub fn error_condition(stanza: &Element) -> Option<String> {
         .find(|c| c.ns() == ns::XMPP_STANZAS && c.name() != "text")
         .map(|c| c.name().to_owned())
 }
+
+/// A TCP relay between a client and the server that can cut every connection through it at
+/// once, as a dropped network link would (both sockets close without a stream close).
+pub struct CutProxy {
+    /// Where clients connect.
+    pub addr: SocketAddr,
+    /// The relays of the connections so far.
+    relays: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    /// The accept loop.
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl CutProxy {
+    /// Relays 127.0.0.1:(new port) to `target`.
+    pub async fn start(target: SocketAddr) -> CutProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let relays: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let r = relays.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let task = tokio::spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                r.lock().expect("lock").push(task.abort_handle());
+            }
+        });
+        CutProxy {
+            addr,
+            relays,
+            accept,
+        }
+    }
+
+    /// Drops every connection relayed so far (new ones still work).
+    pub fn cut(&self) {
+        for r in self.relays.lock().expect("lock").drain(..) {
+            r.abort();
+        }
+    }
+}
+
+impl Drop for CutProxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
+    }
+}

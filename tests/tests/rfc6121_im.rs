@@ -5,10 +5,10 @@
 
 mod common;
 
-use common::{next_message, online};
+use common::{next_message, online, online_at};
 use futures::StreamExt;
 use openspimed_module_api::Element;
-use openspimed_tests::{Raw, TestServer, WAIT, error_condition};
+use openspimed_tests::{CutProxy, Raw, TestServer, WAIT, error_condition};
 use tokio_xmpp::jid::{BareJid, Jid};
 use tokio_xmpp::parsers::message::{Lang, Message};
 use tokio_xmpp::parsers::presence::{Presence, Type as PresenceType};
@@ -325,4 +325,139 @@ async fn a_pending_request_reaches_a_contact_who_was_offline() {
     wait_push(&mut alice).await;
     let mut bob = available(&server, "bob@localhost/work").await;
     wait_presence(&mut bob, "alice@localhost", PresenceType::Subscribe).await;
+}
+
+#[tokio::test]
+async fn stream_resumption_after_a_dropped_connection_delivers_exactly_once() {
+    let server = TestServer::start().await;
+    server.add_user("alice", "pw").await;
+    server.add_user("bob", "pw").await;
+    let proxy = CutProxy::start(server.c2s).await;
+    // alice's client (tokio-xmpp) enables stream management with resumption by itself.
+    let (mut alice, _) = online_at(
+        &server,
+        proxy.addr,
+        "alice@localhost/phone",
+        "pw",
+        false,
+        true,
+    )
+    .await;
+    send(&mut alice, Presence::available()).await;
+    let (mut bob, _) = online(&server, "bob@localhost/desk", "pw", false).await;
+    let m = |n: u32| {
+        Message::chat(Some(Jid::new("alice@localhost/phone").unwrap()))
+            .with_body(Lang::new(), format!("m{n}"))
+    };
+    send(&mut bob, m(1)).await;
+    assert_eq!(
+        next_message(&mut alice)
+            .await
+            .bodies
+            .values()
+            .next()
+            .unwrap(),
+        "m1"
+    );
+
+    // The link drops; bob goes on sending to alice's session, which waits to be resumed.
+    proxy.cut();
+    for n in 2..=4 {
+        send(&mut bob, m(n)).await;
+    }
+    // alice's client reconnects and resumes: m2..m4, each once, and nothing else.
+    let mut got = Vec::new();
+    let mut resumed = false;
+    while got.len() < 3 {
+        match tokio::time::timeout(WAIT, alice.next())
+            .await
+            .expect("in time")
+        {
+            Some(Event::Online { resumed: r, .. }) => resumed = r,
+            Some(Event::Stanza(Stanza::Message(msg))) => {
+                got.push(msg.bodies.values().next().unwrap().clone())
+            }
+            Some(Event::Stanza(_)) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(resumed, "the client reports a resumed session");
+    assert_eq!(got, ["m2", "m3", "m4"]);
+    common::ping_server(&mut alice).await;
+    send(&mut bob, m(5)).await;
+    assert_eq!(
+        next_message(&mut alice)
+            .await
+            .bodies
+            .values()
+            .next()
+            .unwrap(),
+        "m5",
+        "no duplicate before m5"
+    );
+}
+
+#[tokio::test]
+async fn a_resumption_with_an_unknown_id_fails_with_item_not_found() {
+    let server = TestServer::start().await;
+    server.add_user("alice", "pw").await;
+    let mut raw = Raw::connect(server.c2s).await;
+    raw.open("localhost").await;
+    let mut raw = raw.starttls(server.tls_config(None)).await;
+    let features = raw.open("localhost").await;
+    assert!(
+        features
+            .get_child("mechanisms", "urn:ietf:params:xml:ns:xmpp-sasl")
+            .is_some()
+    );
+    assert!(
+        raw.auth_plain("alice", "pw")
+            .await
+            .is("success", "urn:ietf:params:xml:ns:xmpp-sasl")
+    );
+    raw.restart();
+    let features = raw.open("localhost").await;
+    assert!(
+        features.get_child("sm", "urn:xmpp:sm:3").is_some(),
+        "{features}"
+    );
+    raw.send("<resume xmlns='urn:xmpp:sm:3' previd='no-such-session' h='0'/>")
+        .await;
+    let failed = raw.element().await;
+    assert!(failed.is("failed", "urn:xmpp:sm:3"), "{failed}");
+    assert!(
+        failed
+            .get_child("item-not-found", "urn:ietf:params:xml:ns:xmpp-stanzas")
+            .is_some(),
+        "{failed}"
+    );
+    // The client may still bind a new session.
+    assert_eq!(raw.bind("r").await, "alice@localhost/r");
+}
+
+#[tokio::test]
+async fn messages_a_session_never_acknowledged_go_to_offline_storage() {
+    let server = TestServer::start_with(|c| c.limits.resume_timeout_secs = 1).await;
+    server.add_user("alice", "pw").await;
+    server.add_user("bob", "pw").await;
+    // A raw client enables resumption, receives a message, never acknowledges it, and its
+    // connection drops.
+    let (mut raw, _) = Raw::login(&server, "alice", "pw", "r").await;
+    raw.send("<enable xmlns='urn:xmpp:sm:3' resume='true'/>")
+        .await;
+    let enabled = raw.element().await;
+    assert!(enabled.is("enabled", "urn:xmpp:sm:3"), "{enabled}");
+    raw.send("<presence/>").await;
+    let (mut bob, _) = Raw::login(&server, "bob", "pw", "r").await;
+    bob.send("<message to='alice@localhost/r' id='u1' type='chat'><body>unacked</body></message>")
+        .await;
+    assert_eq!(raw.stanza("message").await.attr("id"), Some("u1"));
+    drop(raw);
+    // Not resumed within resume_timeout_secs: at the next login it arrives from storage.
+    let mut alice = available(&server, "alice@localhost/again").await;
+    let m = next_message(&mut alice).await;
+    assert_eq!(
+        m.bodies.values().next().map(String::as_str),
+        Some("unacked")
+    );
 }

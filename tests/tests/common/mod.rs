@@ -108,8 +108,22 @@ pub async fn online_cb(
     direct: bool,
     channel_binding: bool,
 ) -> (Client, Jid) {
+    let addr = if direct { server.direct } else { server.c2s };
+    online_at(server, addr, jid, password, direct, channel_binding).await
+}
+
+/// Online through `addr` (e.g. a [`openspimed_tests::CutProxy`] in front of the server); the
+/// client reconnects there, and resumes with XEP-0198, when the connection drops.
+pub async fn online_at(
+    server: &TestServer,
+    addr: SocketAddr,
+    jid: &str,
+    password: &str,
+    direct: bool,
+    channel_binding: bool,
+) -> (Client, Jid) {
     let connector = TestConnector {
-        addr: if direct { server.direct } else { server.c2s },
+        addr,
         direct,
         tls: server.tls_config(direct.then_some(b"xmpp-client".as_slice())),
         channel_binding,
