@@ -912,6 +912,16 @@ async fn inbound(
     metrics::counter!(telemetry::STANZAS_IN, "kind" => kind, "type" => stype).increment(1);
     // RFC 6120 §8.1.2.1: the server stamps the full JID; a client-supplied from is replaced.
     el.set_attr("from", s.full.clone());
+    if let Some(to) = el.attr("to")
+        && crate::im::blocking::blocks(&shared.router, &s.bare, to).await
+    {
+        // XEP-0191 §3.5: nothing goes to a JID the user blocks.
+        if let Some(mut reply) = crate::im::blocking::blocked_error().reply_to(&el) {
+            reply.remove_attr("from");
+            return s.send(conn, &reply).await;
+        }
+        return Ok(());
+    }
     match el.name() {
         "iq" => {
             let valid_type = matches!(el.attr("type"), Some("get" | "set" | "result" | "error"));
@@ -949,12 +959,25 @@ async fn inbound(
             let to_own_account = el
                 .attr("to")
                 .is_none_or(|t| t.eq_ignore_ascii_case(&s.bare));
-            if to_own_account
-                && matches!(el.attr("type"), Some("get" | "set"))
-                && el.get_child("query", crate::im::NS_ROSTER).is_some()
-            {
-                let reply = crate::im::roster_iq(&shared.router, &s.bare, s.id, &el).await;
-                return s.send(conn, &reply).await;
+            if to_own_account && matches!(el.attr("type"), Some("get" | "set")) {
+                let payload_ns = el.first_child().map(|p| p.ns().to_owned());
+                let router = &shared.router;
+                let reply = match payload_ns.as_deref() {
+                    Some(crate::im::NS_ROSTER) => {
+                        Some(crate::im::roster_iq(router, &s.bare, s.id, &el).await)
+                    }
+                    Some(crate::im::blocking::NS) => {
+                        Some(crate::im::blocking::iq(router, &s.bare, s.id, &el).await)
+                    }
+                    Some(crate::im::vcard::NS) => {
+                        Some(crate::im::vcard::iq(router, &s.bare, &el, true).await)
+                    }
+                    _ => None,
+                };
+                if let Some(mut reply) = reply {
+                    reply.remove_attr("from");
+                    return s.send(conn, &reply).await;
+                }
             }
             if to_self
                 && el.attr("type") == Some("set")

@@ -45,8 +45,17 @@ struct SessionEntry {
     /// The last available presence the resource broadcast, for the user's other resources
     /// and for probes (RFC 6121 §4.3.2); `None` while unavailable.
     presence: Option<Arc<Element>>,
-    /// Whether the resource asked for the roster, so it gets roster pushes (RFC 6121 §2.1.6).
-    roster_interest: bool,
+    /// What the resource asked to be kept up to date about ([`Interest`] bits).
+    interests: u8,
+}
+
+/// Lists a resource gets pushes of once it has asked for them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Interest {
+    /// The roster (RFC 6121 §2.1.6).
+    Roster = 1,
+    /// The blocklist (XEP-0191 §3.2).
+    Blocklist = 2,
 }
 
 /// Connected sessions by bare JID.
@@ -77,7 +86,7 @@ impl Registry {
             tx,
             priority: None,
             presence: None,
-            roster_interest: false,
+            interests: 0,
         });
         old
     }
@@ -119,22 +128,22 @@ impl Registry {
         was
     }
 
-    /// Marks a session as interested in roster pushes.
-    pub fn set_roster_interest(&self, bare: &str, id: u64) {
+    /// Marks a session as interested in pushes of a list.
+    pub fn set_interest(&self, bare: &str, id: u64, what: Interest) {
         if let Some(mut e) = self.by_bare.get_mut(bare) {
             for s in e.iter_mut().filter(|s| s.id == id) {
-                s.roster_interest = true;
+                s.interests |= what as u8;
             }
         }
     }
 
-    /// Resources that asked for the roster, with their outboxes.
-    pub fn roster_sessions(&self, bare: &str) -> Vec<(String, mpsc::Sender<Outgoing>)> {
+    /// Resources that asked for a list, with their outboxes.
+    pub fn interested(&self, bare: &str, what: Interest) -> Vec<(String, mpsc::Sender<Outgoing>)> {
         self.by_bare
             .get(bare)
             .map(|e| {
                 e.iter()
-                    .filter(|s| s.roster_interest)
+                    .filter(|s| s.interests & what as u8 != 0)
                     .map(|s| (s.resource.clone(), s.tx.clone()))
                     .collect()
             })
@@ -195,6 +204,19 @@ impl Registry {
             .collect()
     }
 
+    /// Outboxes of the available resources with non-negative priority.
+    fn non_negative(&self, bare: &str) -> Vec<mpsc::Sender<Outgoing>> {
+        self.by_bare
+            .get(bare)
+            .map(|e| {
+                e.iter()
+                    .filter(|s| s.priority.is_some_and(|p| p >= 0))
+                    .map(|s| s.tx.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Outboxes of every session of an account (to end them all, e.g. when it is removed).
     pub fn sessions_of(&self, bare: &str) -> Vec<mpsc::Sender<Outgoing>> {
         self.by_bare
@@ -249,6 +271,9 @@ pub struct Router {
     pending: DashMap<(String, String), oneshot::Sender<Element>>,
     /// Federation: where stanzas for other domains go; set once at start.
     remote: OnceLock<Arc<S2s>>,
+    /// Blocklists (XEP-0191) of accounts stanzas were routed to, loaded on first use and
+    /// replaced when changed: checked for every stanza, so kept out of the store's path.
+    pub(crate) blocklists: DashMap<String, Arc<Vec<String>>>,
 }
 
 impl Router {
@@ -268,6 +293,7 @@ impl Router {
             accounts,
             pending: DashMap::new(),
             remote: OnceLock::new(),
+            blocklists: DashMap::new(),
         })
     }
 
@@ -458,6 +484,18 @@ impl Router {
     /// Stanzas to a local account (RFC 6121 §8.5).
     async fn to_account(&self, bare: &str, resource: Option<&str>, stanza: Element) {
         let kind = stanza.name();
+        if let Some(from) = stanza.attr("from")
+            && crate::im::blocking::blocks(self, bare, from).await
+        {
+            // XEP-0191 §3.4: nothing from a blocked JID arrives; messages and requests
+            // learn it as if the account were not there, presence is dropped.
+            let request = kind == "iq" && matches!(stanza.attr("type"), Some("get" | "set"));
+            if kind == "message" || request {
+                self.bounce(&stanza, StanzaError::new(Condition::ServiceUnavailable))
+                    .await;
+            }
+            return;
+        }
         if kind == "presence" {
             return crate::im::inbound_presence(self, bare, resource, stanza).await;
         }
@@ -466,21 +504,30 @@ impl Router {
                 return self.push(&tx, stanza).await;
             }
             // RFC 6121 §8.5.3.2: no such resource.
-            return match kind {
-                "message" => self.message_to_bare(bare, stanza).await,
-                "iq" => {
+            return match (kind, stanza.attr("type").unwrap_or("normal")) {
+                ("message", "normal" | "chat") => self.message_to_bare(bare, stanza).await,
+                ("message", "groupchat") | ("iq", "get" | "set") => {
                     self.bounce(&stanza, StanzaError::new(Condition::ServiceUnavailable))
                         .await
                 }
+                // Headlines, errors and iq answers for a gone resource are dropped.
                 _ => {}
             };
         }
         match kind {
             "message" => self.message_to_bare(bare, stanza).await,
-            // The server answers iqs to a bare JID on the account's behalf; none are
-            // implemented yet for accounts (RFC 6121 §8.5.2.1.3).
+            // The server answers iqs to a bare JID on the account's behalf (RFC 6121
+            // §8.5.2.1.3): vCards; nothing else yet.
             "iq" => match stanza.attr("type") {
                 Some("get") | Some("set") => {
+                    if stanza.get_child("vCard", crate::im::vcard::NS).is_some() {
+                        let own = stanza
+                            .attr("from")
+                            .and_then(|f| Jid::new(f).ok())
+                            .is_some_and(|f| f.to_bare().to_string() == bare);
+                        let reply = crate::im::vcard::iq(self, bare, &stanza, own).await;
+                        return Box::pin(self.route(reply)).await;
+                    }
                     self.bounce(&stanza, StanzaError::new(Condition::ServiceUnavailable))
                         .await
                 }
@@ -498,7 +545,13 @@ impl Router {
                 .bounce(&stanza, StanzaError::new(Condition::ServiceUnavailable))
                 .await;
         }
-        let targets = self.registry.best(bare);
+        // §8.5.2.1.1: headlines to every resource with non-negative priority, the rest to
+        // the highest-priority ones.
+        let targets = if mtype == "headline" {
+            self.registry.non_negative(bare)
+        } else {
+            self.registry.best(bare)
+        };
         if let Some((last, rest)) = targets.split_last() {
             for tx in rest {
                 self.push(tx, stanza.clone()).await;
@@ -588,9 +641,21 @@ impl ServerHandle for RouterRef {
         let Some(r) = self.0.upgrade() else {
             return Vec::new();
         };
-        r.host(host)
-            .map(|h| h.modules.iter().flat_map(|m| m.features()).collect())
-            .unwrap_or_default()
+        let Some(h) = r.host(host) else {
+            return Vec::new();
+        };
+        // What the core itself implements for accounts of the host.
+        let mut out: Vec<String> = [
+            crate::im::blocking::NS,
+            crate::im::vcard::NS,
+            // XEP-0160: offline messages are stored.
+            "msgoffline",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        out.extend(h.modules.iter().flat_map(|m| m.features()));
+        out
     }
 
     fn host_identities(&self, host: &str) -> Vec<Identity> {

@@ -461,3 +461,99 @@ async fn messages_a_session_never_acknowledged_go_to_offline_storage() {
         Some("unacked")
     );
 }
+
+#[tokio::test]
+async fn blocking_stops_stanzas_both_ways_until_unblocked() {
+    let server = TestServer::start().await;
+    server.add_user("alice", "pw").await;
+    server.add_user("eve", "pw").await;
+    let (mut alice, _) = Raw::login(&server, "alice", "pw", "r").await;
+    let (mut eve, _) = Raw::login(&server, "eve", "pw", "r").await;
+    alice.send("<presence/>").await;
+    alice
+        .send("<iq type='set' id='b1'><block xmlns='urn:xmpp:blocking'><item jid='eve@localhost'/></block></iq>")
+        .await;
+    assert_eq!(alice.stanza("iq").await.attr("type"), Some("result"));
+    alice
+        .send("<iq type='get' id='b2'><blocklist xmlns='urn:xmpp:blocking'/></iq>")
+        .await;
+    let list = alice.stanza("iq").await;
+    let items: Vec<_> = list
+        .get_child("blocklist", "urn:xmpp:blocking")
+        .unwrap()
+        .children()
+        .map(|i| i.attr("jid").unwrap().to_owned())
+        .collect();
+    assert_eq!(items, ["eve@localhost"]);
+    // eve's message does not arrive; eve learns nothing more than service-unavailable.
+    eve.send("<message to='alice@localhost' id='e1' type='chat'><body>hi</body></message>")
+        .await;
+    let bounce = eve.stanza("message").await;
+    assert_eq!(
+        error_condition(&bounce).as_deref(),
+        Some("service-unavailable")
+    );
+    // alice cannot write to eve either.
+    alice
+        .send("<message to='eve@localhost/r' id='a1' type='chat'><body>hi</body></message>")
+        .await;
+    let err = alice.stanza("message").await;
+    assert_eq!(error_condition(&err).as_deref(), Some("not-acceptable"));
+    assert!(
+        err.get_child("error", "jabber:client")
+            .and_then(|e| e.get_child("blocked", "urn:xmpp:blocking:errors"))
+            .is_some(),
+        "{err}"
+    );
+    // Unblocking everything (no items) lets eve through again.
+    alice
+        .send("<iq type='set' id='b3'><unblock xmlns='urn:xmpp:blocking'/></iq>")
+        .await;
+    let push_or_result = alice.stanza("iq").await;
+    let result = if push_or_result.attr("type") == Some("result") {
+        push_or_result
+    } else {
+        alice.stanza("iq").await
+    };
+    assert_eq!(result.attr("id"), Some("b3"));
+    eve.send("<message to='alice@localhost' id='e2' type='chat'><body>again</body></message>")
+        .await;
+    assert_eq!(alice.stanza("message").await.attr("id"), Some("e2"));
+}
+
+#[tokio::test]
+async fn vcards_are_stored_and_served_to_others() {
+    let server = TestServer::start().await;
+    server.add_user("alice", "pw").await;
+    server.add_user("bob", "pw").await;
+    let (mut alice, _) = Raw::login(&server, "alice", "pw", "r").await;
+    let (mut bob, _) = Raw::login(&server, "bob", "pw", "r").await;
+    alice
+        .send("<iq type='set' id='v1'><vCard xmlns='vcard-temp'><FN>Alice A.</FN></vCard></iq>")
+        .await;
+    assert_eq!(alice.stanza("iq").await.attr("type"), Some("result"));
+    bob.send("<iq type='get' id='v2' to='alice@localhost'><vCard xmlns='vcard-temp'/></iq>")
+        .await;
+    let card = bob.stanza("iq").await;
+    assert_eq!(card.attr("from"), Some("alice@localhost"), "{card}");
+    assert_eq!(
+        card.get_child("vCard", "vcard-temp")
+            .and_then(|v| v.get_child("FN", "vcard-temp"))
+            .map(|f| f.text()),
+        Some("Alice A.".to_owned())
+    );
+    // Only the owner sets it.
+    bob.send("<iq type='set' id='v3' to='alice@localhost'><vCard xmlns='vcard-temp'><FN>x</FN></vCard></iq>")
+        .await;
+    assert_eq!(
+        error_condition(&bob.stanza("iq").await).as_deref(),
+        Some("forbidden")
+    );
+    // No vCard is an empty one.
+    alice
+        .send("<iq type='get' id='v4' to='bob@localhost'><vCard xmlns='vcard-temp'/></iq>")
+        .await;
+    let empty = alice.stanza("iq").await;
+    assert_eq!(empty.attr("type"), Some("result"));
+    assert!(empty.get_child("vCard", "vcard-temp").is_some());
+}

@@ -8,7 +8,9 @@
 //! local account (inbound subscriptions, probes, presence, messages for an unavailable
 //! account).
 
+pub mod blocking;
 pub mod subscription;
+pub mod vcard;
 
 use openspimed_module_api::jid::Jid;
 use openspimed_module_api::{Condition, Element, StanzaError, iq_result, ns};
@@ -68,7 +70,10 @@ fn visible(item: &RosterItem) -> bool {
 
 /// Pushes a changed item (or its removal) to every resource that asked for the roster.
 async fn push(router: &Router, bare: &str, version: u64, item: Element) {
-    for (resource, tx) in router.registry.roster_sessions(bare) {
+    for (resource, tx) in router
+        .registry
+        .interested(bare, crate::router::Interest::Roster)
+    {
         let iq = Element::new("iq", ns::CLIENT)
             .with_attr("type", "set")
             .with_attr("id", format!("push{version}"))
@@ -131,7 +136,9 @@ async fn roster_iq_inner(
         .get_child("query", NS_ROSTER)
         .ok_or_else(|| StanzaError::new(Condition::BadRequest))?;
     if iq.attr("type") == Some("get") {
-        router.registry.set_roster_interest(bare, session_id);
+        router
+            .registry
+            .set_interest(bare, session_id, crate::router::Interest::Roster);
         let (version, items) = router
             .im
             .roster(user, domain)

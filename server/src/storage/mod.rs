@@ -134,4 +134,18 @@ pub trait ImStore: Send + Sync {
     async fn offline(&self, user: &str, domain: &str) -> Result<Vec<OfflineMessage>, StorageError>;
     /// Removes offline messages up to `seq` (they were delivered).
     async fn delete_offline(&self, user: &str, domain: &str, seq: i64) -> Result<(), StorageError>;
+    /// The JIDs an account blocks (XEP-0191), sorted.
+    async fn blocklist(&self, user: &str, domain: &str) -> Result<Vec<String>, StorageError>;
+    /// Blocks (`true`) or unblocks JIDs; unblocking an empty list unblocks everything.
+    async fn set_blocked(
+        &self,
+        user: &str,
+        domain: &str,
+        jids: &[String],
+        blocked: bool,
+    ) -> Result<(), StorageError>;
+    /// An account's vCard (XEP-0054), as XML.
+    async fn vcard(&self, user: &str, domain: &str) -> Result<Option<String>, StorageError>;
+    /// Replaces an account's vCard.
+    async fn set_vcard(&self, user: &str, domain: &str, xml: &str) -> Result<(), StorageError>;
 }

@@ -94,6 +94,15 @@ const MIGRATIONS: &[&str] = &[
         stanza TEXT NOT NULL, stored_unix INTEGER NOT NULL
     );
     CREATE INDEX offline_by_account ON offline_messages (domain, username, seq);",
+    // 6: blocking (XEP-0191) and vCards (XEP-0054).
+    "CREATE TABLE blocklist (
+        domain TEXT NOT NULL, username TEXT NOT NULL, jid TEXT NOT NULL,
+        PRIMARY KEY (domain, username, jid)
+    ) WITHOUT ROWID;
+    CREATE TABLE vcards (
+        domain TEXT NOT NULL, username TEXT NOT NULL, xml TEXT NOT NULL,
+        PRIMARY KEY (domain, username)
+    ) WITHOUT ROWID;",
 ];
 
 /// A write's result, type-erased while it crosses the writer thread.
@@ -436,7 +445,13 @@ impl AccountStore for SqliteStore {
                 )
                 .map_err(backend)?;
             // What belonged to the account goes with it (XEP-0077 §3.2).
-            for table in ["roster", "roster_versions", "offline_messages"] {
+            for table in [
+                "roster",
+                "roster_versions",
+                "offline_messages",
+                "blocklist",
+                "vcards",
+            ] {
                 conn.execute(
                     &format!("DELETE FROM {table} WHERE domain = ?1 AND username = ?2"),
                     params![domain, user],
@@ -656,6 +671,76 @@ impl ImStore for SqliteStore {
                     })
                 },
             )
+        })
+        .await
+    }
+
+    async fn blocklist(&self, user: &str, domain: &str) -> Result<Vec<String>, StorageError> {
+        let (user, domain) = (user.to_owned(), domain.to_owned());
+        self.read(move |conn| {
+            all(
+                conn,
+                "SELECT jid FROM blocklist WHERE domain = ?1 AND username = ?2 ORDER BY jid",
+                params![domain, user],
+                |r| r.get::<_, String>(0),
+            )
+        })
+        .await
+    }
+
+    async fn set_blocked(
+        &self,
+        user: &str,
+        domain: &str,
+        jids: &[String],
+        blocked: bool,
+    ) -> Result<(), StorageError> {
+        let (user, domain, jids) = (user.to_owned(), domain.to_owned(), jids.to_vec());
+        self.write(move |conn: &Connection| {
+            if !blocked && jids.is_empty() {
+                conn.execute(
+                    "DELETE FROM blocklist WHERE domain = ?1 AND username = ?2",
+                    params![domain, user],
+                )
+                .map_err(backend)?;
+            }
+            for j in &jids {
+                let sql = if blocked {
+                    "INSERT OR IGNORE INTO blocklist (domain, username, jid) VALUES (?1, ?2, ?3)"
+                } else {
+                    "DELETE FROM blocklist WHERE domain = ?1 AND username = ?2 AND jid = ?3"
+                };
+                conn.execute(sql, params![domain, user, j])
+                    .map_err(backend)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn vcard(&self, user: &str, domain: &str) -> Result<Option<String>, StorageError> {
+        let (user, domain) = (user.to_owned(), domain.to_owned());
+        self.read(move |conn| {
+            conn.query_row(
+                "SELECT xml FROM vcards WHERE domain = ?1 AND username = ?2",
+                params![domain, user],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn set_vcard(&self, user: &str, domain: &str, xml: &str) -> Result<(), StorageError> {
+        let (user, domain, xml) = (user.to_owned(), domain.to_owned(), xml.to_owned());
+        self.write(move |conn: &Connection| {
+            conn.execute(
+                "INSERT OR REPLACE INTO vcards (domain, username, xml) VALUES (?1, ?2, ?3)",
+                params![domain, user, xml],
+            )
+            .map_err(backend)?;
+            Ok(())
         })
         .await
     }

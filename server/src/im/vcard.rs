@@ -1,0 +1,55 @@
+//! vCard-temp (XEP-0054): an account's vCard, stored as the client sent it and served to
+//! anyone who asks the account's bare JID.
+
+use openspimed_module_api::{Condition, Element, StanzaError, iq_result};
+
+use crate::error::storage_failure;
+use crate::router::Router;
+
+/// `vcard-temp`.
+pub const NS: &str = "vcard-temp";
+/// Largest vCard stored, in bytes of XML (photos included).
+pub const MAX_BYTES: usize = 128 * 1024;
+
+/// A vCard iq for the account `owner`; `own` when the owner itself asks (only the owner
+/// may set it). Returns the answer.
+pub async fn iq(router: &Router, owner: &str, iq: &Element, own: bool) -> Element {
+    let (user, domain) = owner.split_once('@').unwrap_or(("", owner));
+    let answer = async {
+        let payload = iq
+            .get_child("vCard", NS)
+            .ok_or_else(|| StanzaError::new(Condition::BadRequest))?;
+        if iq.attr("type") == Some("get") {
+            let stored = router
+                .im
+                .vcard(user, domain)
+                .await
+                .map_err(|e| storage_failure("reading a vCard", &e))?;
+            // §3.1: no vCard is an empty one.
+            let card = stored
+                .and_then(|x| Element::parse(&x).ok())
+                .unwrap_or_else(|| Element::new("vCard", NS));
+            let mut reply = iq_result(iq);
+            reply.push_child(card);
+            return Ok(reply);
+        }
+        if !own {
+            return Err(StanzaError::new(Condition::Forbidden));
+        }
+        let xml = payload.to_string();
+        if xml.len() > MAX_BYTES {
+            return Err(StanzaError::new(Condition::NotAcceptable).with_text("vCard too large"));
+        }
+        router
+            .im
+            .set_vcard(user, domain, &xml)
+            .await
+            .map_err(|e| storage_failure("storing a vCard", &e))?;
+        Ok(iq_result(iq))
+    }
+    .await;
+    match answer {
+        Ok(r) => r,
+        Err(err) => err.reply_to(iq).unwrap_or_else(|| iq_result(iq)),
+    }
+}
