@@ -557,3 +557,32 @@ async fn vcards_are_stored_and_served_to_others() {
     assert_eq!(empty.attr("type"), Some("result"));
     assert!(empty.get_child("vCard", "vcard-temp").is_some());
 }
+
+#[tokio::test]
+async fn resources_of_one_account_see_each_other_and_pre_approvals_show() {
+    let server = TestServer::start().await;
+    server.add_user("alice", "pw").await;
+    let (mut one, _) = Raw::login(&server, "alice", "pw", "one").await;
+    one.send("<presence><show>away</show></presence>").await;
+    let (mut two, _) = Raw::login(&server, "alice", "pw", "two").await;
+    two.send("<presence/>").await;
+    // RFC 6121 §4.2.2: the new resource gets the others' presence, and they get its.
+    let p = two.stanza("presence").await;
+    assert_eq!(p.attr("from"), Some("alice@localhost/one"), "{p}");
+    let p = one.stanza("presence").await;
+    assert_eq!(p.attr("from"), Some("alice@localhost/two"), "{p}");
+    // §3.4: approving a contact before it asks shows as approved='true'.
+    one.send("<presence to='carol@example.net' type='subscribed'/>")
+        .await;
+    one.send("<iq type='get' id='r'><query xmlns='jabber:iq:roster'/></iq>")
+        .await;
+    let r = one.stanza("iq").await;
+    let item = r
+        .get_child("query", "jabber:iq:roster")
+        .and_then(|q| q.children().next())
+        .cloned()
+        .unwrap_or_else(|| panic!("an item in {r}"));
+    assert_eq!(item.attr("jid"), Some("carol@example.net"));
+    assert_eq!(item.attr("approved"), Some("true"));
+    assert_eq!(item.attr("subscription"), Some("none"));
+}

@@ -55,6 +55,10 @@ fn item_element(item: &RosterItem) -> Element {
     if item.state.pending_out && !item.state.to {
         el.set_attr("ask", "subscribe");
     }
+    // RFC 6121 §3.4.2: a pre-approval shows in the roster.
+    if item.state.preapproved {
+        el.set_attr("approved", "true");
+    }
     for g in &item.groups {
         el.push_child(Element::new("group", NS_ROSTER).with_text(g.clone()));
     }
@@ -65,7 +69,11 @@ fn item_element(item: &RosterItem) -> Element {
 /// not answered and the user never added the contact (RFC 6121 §3.1.3).
 fn visible(item: &RosterItem) -> bool {
     let s = item.state;
-    s.to || s.from || s.pending_out || item.name.is_some() || !item.groups.is_empty()
+    s.to || s.from
+        || s.pending_out
+        || s.preapproved
+        || item.name.is_some()
+        || !item.groups.is_empty()
 }
 
 /// Pushes a changed item (or its removal) to every resource that asked for the roster.
