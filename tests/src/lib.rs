@@ -320,16 +320,35 @@ impl Raw<TcpStream> {
 
     /// [`Raw::starttls`], returning the handshake's failure (e.g. an untrusted certificate).
     pub async fn try_starttls(
+        self,
+        cfg: Arc<ClientConfig>,
+    ) -> std::io::Result<Raw<TlsStream<TcpStream>>> {
+        self.try_starttls_as(cfg, "localhost").await
+    }
+
+    /// [`Raw::starttls`] for a server that must present a certificate for `domain`.
+    pub async fn starttls_as(
+        self,
+        cfg: Arc<ClientConfig>,
+        domain: &str,
+    ) -> Raw<TlsStream<TcpStream>> {
+        self.try_starttls_as(cfg, domain)
+            .await
+            .expect("TLS handshake")
+    }
+
+    async fn try_starttls_as(
         mut self,
         cfg: Arc<ClientConfig>,
+        domain: &str,
     ) -> std::io::Result<Raw<TlsStream<TcpStream>>> {
         self.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
             .await;
         let proceed = self.element().await;
         assert!(proceed.is("proceed", ns::TLS), "{proceed}");
-        let tls = TlsConnector::from(cfg)
-            .connect(ServerName::try_from("localhost").expect("name"), self.io)
-            .await?;
+        let name = ServerName::try_from(domain.to_owned())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let tls = TlsConnector::from(cfg).connect(name, self.io).await?;
         Ok(Raw::new(tls))
     }
 }

@@ -8,6 +8,12 @@
 //! ```
 //!
 //! Runs are bounded in count and time and target 127.0.0.1 only.
+//!
+//! `login`, `idle` and `messages` also run against a server already listening (Prosody,
+//! ejabberd, another openspimed; `tests/bench/compare.sh` does that):
+//! `--target 127.0.0.1:5222 --domain bench.example --pid PID --ca ca.pem [--register]`
+//! (`--register` creates the accounts `u0`, `u1`, … by in-band registration first).
+//! `--mech SCRAM-SHA-1` (default) or `PLAIN` picks the login mechanism.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -31,18 +37,70 @@ use tokio::sync::Semaphore;
 
 const PASSWORD: &str = "bench-password";
 
+/// The server under test: one this tool started, or one given with `--target`.
 struct Server {
-    child: Child,
+    /// The server process when this tool started it.
+    child: Option<Child>,
+    /// Its process id, for RSS and CPU time from /proc.
+    pid: u32,
+    /// Its STARTTLS c2s address.
     c2s: SocketAddr,
+    /// Trusting its certificate.
     tls: Arc<ClientConfig>,
-    _dir: tempfile::TempDir,
+    /// The domain accounts live on.
+    domain: String,
+    /// The started server's directory.
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
+}
+
+/// `--target` and friends: a server this tool did not start.
+struct External {
+    /// c2s STARTTLS address.
+    c2s: SocketAddr,
+    /// The domain.
+    domain: String,
+    /// The server's process id.
+    pid: u32,
+    /// PEM file of the CA (or self-signed certificate) to trust.
+    ca: PathBuf,
+    /// Create the accounts by in-band registration first.
+    register: bool,
+}
+
+static EXTERNAL: std::sync::OnceLock<Option<External>> = std::sync::OnceLock::new();
+/// The SASL mechanism logins use.
+static MECH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+fn external() -> Option<&'static External> {
+    EXTERNAL.get().and_then(|e| e.as_ref())
+}
+
+/// Creates `user` by XEP-0077 in-band registration (an existing account is fine).
+async fn register(server: &Server, user: &str) {
+    let mut raw = Raw::connect(server.c2s).await;
+    raw.open(&server.domain).await;
+    let mut raw = raw.starttls_as(server.tls.clone(), &server.domain).await;
+    raw.open(&server.domain).await;
+    raw.send(&format!(
+        "<iq type='set' id='reg'><query xmlns='jabber:iq:register'>\
+         <username>{user}</username><password>{PASSWORD}</password></query></iq>"
+    ))
+    .await;
+    let answer = raw.stanza("iq").await;
+    let ok = answer.attr("type") == Some("result")
+        || answer
+            .get_child("error", ns::CLIENT)
+            .is_some_and(|e| e.get_child("conflict", ns::XMPP_STANZAS).is_some());
+    assert!(ok, "registering {user}: {answer}");
 }
 
 fn server_binary() -> PathBuf {
@@ -62,6 +120,35 @@ where
     F: FnOnce(SqliteStore) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
+    if let Some(e) = external() {
+        let pem = std::fs::read_to_string(&e.ca).expect("--ca file");
+        let server = Server {
+            child: None,
+            pid: e.pid,
+            c2s: e.c2s,
+            tls: openspimed_tests::client_tls_config(&pem, None),
+            domain: e.domain.clone(),
+            _dir: None,
+        };
+        if e.register {
+            let server = Arc::new(server);
+            let gate = Arc::new(Semaphore::new(16));
+            let mut hs = Vec::new();
+            for i in 0..accounts {
+                let (server, gate) = (server.clone(), gate.clone());
+                hs.push(tokio::spawn(async move {
+                    let _p = gate.acquire().await.unwrap();
+                    register(&server, &format!("u{i}")).await;
+                }));
+            }
+            for h in hs {
+                h.await.unwrap();
+            }
+            eprintln!("registered {accounts} accounts");
+            return Arc::into_inner(server).expect("no other references");
+        }
+        return server;
+    }
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = openspimed_certs::DevCa::new("bench CA").expect("ca");
     let (cert, key) = ca.issue(&["localhost"]).expect("leaf");
@@ -94,10 +181,12 @@ where
     let (child, c2s) = openspimed_tests::spawn_server(cmd);
     let tls = openspimed_tests::client_tls_config(&ca.cert_pem, None);
     Server {
-        child,
+        pid: child.id(),
+        child: Some(child),
         c2s,
         tls,
-        _dir: dir,
+        domain: "localhost".into(),
+        _dir: Some(dir),
     }
 }
 
@@ -123,22 +212,110 @@ fn cpu_seconds(pid: u32) -> f64 {
 type Session = Raw<tokio_rustls::client::TlsStream<TcpStream>>;
 
 async fn login(server: &Server, user: &str, resource: &str) -> Session {
+    let d = &server.domain;
     let mut raw = Raw::connect(server.c2s).await;
-    raw.open("localhost").await;
-    let mut raw = raw.starttls(server.tls.clone()).await;
-    raw.open("localhost").await;
-    let ok = raw.auth_plain(user, PASSWORD).await;
+    raw.open(d).await;
+    let mut raw = raw.starttls_as(server.tls.clone(), d).await;
+    raw.open(d).await;
+    let ok = match MECH.get().map(String::as_str).unwrap_or("SCRAM-SHA-1") {
+        "PLAIN" => raw.auth_plain(user, PASSWORD).await,
+        _ => auth_scram_sha1(&mut raw, user).await,
+    };
     assert!(ok.is("success", ns::SASL), "{ok}");
     raw.restart();
-    raw.open("localhost").await;
+    raw.open(d).await;
     raw.bind(resource).await;
     raw
 }
 
+/// SCRAM-SHA-1 (RFC 5802) with the `sasl` crate's client: the strongest mechanism that
+/// openspimed, Prosody and ejabberd all offer without channel binding.
+async fn auth_scram_sha1(raw: &mut Session, user: &str) -> Element {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD as B64;
+    use sasl::client::Mechanism;
+    let mut scram = sasl::client::mechanisms::Scram::<sasl::common::scram::Sha1>::new(
+        user,
+        PASSWORD,
+        sasl::common::ChannelBinding::None,
+    )
+    .expect("scram");
+    raw.send(&format!(
+        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-1'>{}</auth>",
+        B64.encode(scram.initial())
+    ))
+    .await;
+    loop {
+        let el = raw.element().await;
+        if el.is("challenge", ns::SASL) {
+            let challenge = B64.decode(el.text().trim()).expect("base64 challenge");
+            let response = scram.response(&challenge).expect("scram response");
+            raw.send(&format!(
+                "<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</response>",
+                B64.encode(response)
+            ))
+            .await;
+            continue;
+        }
+        if el.is("success", ns::SASL) {
+            let data = B64.decode(el.text().trim()).unwrap_or_default();
+            scram.success(&data).expect("server signature");
+        }
+        return el;
+    }
+}
+
+/// `login`: `count` new TLS + SASL + bind sessions, `concurrency` at a time; rate and
+/// latency percentiles of whole logins.
+async fn logins(count: usize, concurrency: usize) -> serde_like::Json {
+    let accounts = count.max(1);
+    let server = Arc::new(start_server(accounts).await);
+    let _warm = login(&server, "u0", "warm").await;
+    let cpu0 = cpu_seconds(server.pid);
+    let start = Instant::now();
+    let gate = Arc::new(Semaphore::new(concurrency.max(1)));
+    let mut hs = Vec::with_capacity(count);
+    for i in 0..count {
+        let (server, gate) = (server.clone(), gate.clone());
+        hs.push(tokio::spawn(async move {
+            let _p = gate.acquire().await.unwrap();
+            let t = Instant::now();
+            let s = login(&server, &format!("u{i}"), "login").await;
+            let took = t.elapsed().as_secs_f64() * 1000.0;
+            drop(s);
+            took
+        }));
+    }
+    let mut lat = Vec::with_capacity(count);
+    for h in hs {
+        lat.push(h.await.unwrap());
+    }
+    let took = start.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(server.pid) - cpu0;
+    lat.sort_by(f64::total_cmp);
+    let rate = count as f64 / took;
+    let mech = MECH.get().cloned().unwrap_or_else(|| "SCRAM-SHA-1".into());
+    println!("login: {count} TLS + {mech} + bind sessions, {concurrency} at a time");
+    println!(
+        "{rate:.0} logins/s; latency p50 {:.1} ms, p99 {:.1} ms; server CPU {cpu:.2} s",
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99)
+    );
+    serde_like::Json::obj(&[
+        ("scenario", "\"login\"".into()),
+        ("logins", count.to_string()),
+        ("logins_per_second", format!("{rate:.0}")),
+        ("latency_p50_ms", format!("{:.2}", percentile(&lat, 0.5))),
+        ("latency_p99_ms", format!("{:.2}", percentile(&lat, 0.99))),
+        ("server_cpu_seconds", format!("{cpu:.3}")),
+    ])
+}
+
 async fn idle(sessions: usize) -> serde_like::Json {
-    let accounts = sessions.div_ceil(100).max(1);
+    // One account per session: Prosody and ejabberd limit sessions per account.
+    let accounts = sessions.max(1);
     let server = start_server(accounts).await;
-    let pid = server.child.id();
+    let pid = server.pid;
     let server = Arc::new(server);
     // One warm-up session so the baseline includes TLS and allocator set-up.
     let warm = login(&server, "u0", "warm").await;
@@ -151,7 +328,7 @@ async fn idle(sessions: usize) -> serde_like::Json {
         let gate = gate.clone();
         handles.push(tokio::spawn(async move {
             let _permit = gate.acquire().await.unwrap();
-            login(&server, &format!("u{}", i / 100), &format!("r{i}")).await
+            login(&server, &format!("u{i}"), "idle").await
         }));
     }
     let mut open = Vec::with_capacity(sessions);
@@ -179,10 +356,11 @@ async fn idle(sessions: usize) -> serde_like::Json {
     ])
 }
 
-async fn messages(sessions: usize, seconds: u64, window: u64) -> serde_like::Json {
+async fn messages(sessions: usize, seconds: u64, window: u64, offered: u64) -> serde_like::Json {
     let sessions = sessions.max(2) & !1;
     let server = start_server(sessions).await;
-    let pid = server.child.id();
+    let pid = server.pid;
+    let domain = server.domain.clone();
     let mut clients = Vec::new();
     for i in 0..sessions {
         clients.push(login(&server, &format!("u{i}"), "bench").await);
@@ -244,15 +422,29 @@ async fn messages(sessions: usize, seconds: u64, window: u64) -> serde_like::Jso
         }));
         let counts = received.clone();
         let wakes = wakes.clone();
+        let domain = domain.clone();
         // Writer: keeps at most `window` of its messages unreceived by the peer.
         tasks.push(tokio::spawn(async move {
             let wake = &wakes[i];
-            let to = format!("u{peer}@localhost/bench");
+            let to = format!("u{peer}@{domain}/bench");
             let mut sent = 0u64;
             let mut out = Vec::with_capacity(8192);
+            // Open loop (`--rate`): this writer's share of the rate, on a 5 ms schedule,
+            // whatever the answers do (no coordinated omission).
+            let per_writer = offered as f64 / sessions as f64;
+            let mut tick = tokio::time::interval(Duration::from_millis(5));
             while Instant::now() < stop_at {
-                let inflight = sent - counts[peer].load(Ordering::Relaxed).min(sent);
-                let room = window.saturating_sub(inflight).min(32);
+                let room = if offered > 0 {
+                    tick.tick().await;
+                    let due = (epoch.elapsed().as_secs_f64() * per_writer) as u64;
+                    due.saturating_sub(sent).min(1000)
+                } else {
+                    let inflight = sent - counts[peer].load(Ordering::Relaxed).min(sent);
+                    window.saturating_sub(inflight).min(32)
+                };
+                if offered > 0 && room == 0 {
+                    continue;
+                }
                 if room == 0 {
                     // Wait for an answer to free a slot (no spinning: the load generator
                     // shares the machine with the server).
@@ -300,7 +492,11 @@ async fn messages(sessions: usize, seconds: u64, window: u64) -> serde_like::Jso
         lat[((lat.len() as f64 - 1.0) * p) as usize] as f64 / 1e6
     };
     let rate = total as f64 / seconds as f64;
-    println!("messages: {sessions} sessions, {seconds} s, window {window} per sender");
+    if offered > 0 {
+        println!("messages: {sessions} sessions, {seconds} s, open loop at {offered}/s");
+    } else {
+        println!("messages: {sessions} sessions, {seconds} s, window {window} per sender");
+    }
     println!(
         "delivered {total} ({rate:.0}/s), server CPU {cpu:.2} s ({:.0} messages per CPU-second)",
         total as f64 / cpu.max(1e-9)
@@ -315,6 +511,7 @@ async fn messages(sessions: usize, seconds: u64, window: u64) -> serde_like::Jso
         ("scenario", "\"messages\"".into()),
         ("sessions", sessions.to_string()),
         ("seconds", seconds.to_string()),
+        ("offered_rate", offered.to_string()),
         ("delivered", total.to_string()),
         ("delivered_per_second", format!("{rate:.0}")),
         ("server_cpu_seconds", format!("{cpu:.3}")),
@@ -636,7 +833,7 @@ async fn report_rate(
     } else {
         0.0
     };
-    let pid = server.child.id();
+    let pid = server.pid;
     let cpu0 = cpu_seconds(pid);
     let stop_at = Instant::now() + Duration::from_secs(seconds);
     let acked = Arc::new(AtomicU64::new(0));
@@ -791,18 +988,50 @@ fn arg(args: &[String], name: &str, default: u64) -> u64 {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let scenario = args.get(1).cloned().unwrap_or_default();
+    let opt = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let _ = MECH.set(opt("--mech").unwrap_or_else(|| "SCRAM-SHA-1".into()));
+    let _ = EXTERNAL.set(opt("--target").map(|t| {
+        External {
+            c2s: t.parse().expect("--target ADDR:PORT"),
+            domain: opt("--domain").unwrap_or_else(|| "localhost".into()),
+            pid: opt("--pid")
+                .and_then(|p| p.parse().ok())
+                .expect("--pid PID of the server"),
+            ca: opt("--ca")
+                .map(PathBuf::from)
+                .expect("--ca PEM file to trust"),
+            register: args.iter().any(|a| a == "--register"),
+        }
+    }));
+    if external().is_some() && !matches!(scenario.as_str(), "login" | "idle" | "messages") {
+        eprintln!("--target works with login, idle and messages");
+        std::process::exit(2);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
     let json = rt.block_on(async {
         match scenario.as_str() {
+            "login" => {
+                logins(
+                    arg(&args, "--count", 1000) as usize,
+                    arg(&args, "--concurrency", 32) as usize,
+                )
+                .await
+            }
             "idle" => idle(arg(&args, "--sessions", 10_000) as usize).await,
             "messages" => {
                 messages(
                     arg(&args, "--sessions", 100) as usize,
                     arg(&args, "--seconds", 10).min(600),
                     arg(&args, "--window", 64),
+                    arg(&args, "--rate", 0),
                 )
                 .await
             }
@@ -840,8 +1069,8 @@ fn main() {
             }
             _ => {
                 eprintln!(
-                    "usage: openspimed-bench SCENARIO [options]\n  idle [--sessions N]\n  \
-                     messages [--sessions N] [--seconds S] [--window W]\n  \
+                    "usage: openspimed-bench SCENARIO [options]\n  login [--count N] [--concurrency C]\n  idle [--sessions N]\n  \
+                     messages [--sessions N] [--seconds S] [--window W | --rate R]\n  \
                      pubsub-fanout [--subscribers N] [--publishes P]\n  publish [--publishers N] [--seconds S] [--window W]\n  \
                      report | report-encrypted [--sessions N] [--seconds S] [--window W]\n  \
                      seek [--total N] [--mine M] [--rounds R]"
