@@ -22,14 +22,21 @@ WORK=$(mktemp -d /tmp/openspimed-compare.XXXXXX)
 chmod 755 "$WORK"
 PIDS=()
 
+# ejabberd with its own configuration, spool and node name (not the system instance's).
+EJ=(ejabberdctl --config-dir "$WORK/ejabberd" --ctl-config "$WORK/ejabberd/ejabberdctl.cfg"
+    --config "$WORK/ejabberd/ejabberd.yml" --spool "$WORK/ejabberd/db" --logs "$WORK/ejabberd/log"
+    --node ejbench@localhost)
+
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    ejabberdctl --config "$WORK/ejabberd/ejabberd.yml" --spool "$WORK/ejabberd/db" \
-        --logs "$WORK/ejabberd/log" stop >/dev/null 2>&1 || true
+    "${EJ[@]}" stop >/dev/null 2>&1 || true
     pkill -u ejabberd -f "beam.*$WORK" 2>/dev/null || true
     rm -rf "$WORK"
 }
 trap cleanup EXIT
+
+# Thousands of sessions per server: more descriptors than the usual 1024.
+ulimit -n 65536
 
 need=()
 command -v prosody >/dev/null || need+=(prosody)
@@ -132,6 +139,8 @@ kill "$PROSODY_PID" 2>/dev/null || true
 # --- ejabberd on 127.0.0.1:35222
 mkdir -p ejabberd/db ejabberd/log
 cp server.pem ejabberd/
+touch ejabberd/ejabberdctl.cfg
+cp /etc/ejabberd/inetrc ejabberd/ 2>/dev/null || true
 cat > ejabberd/ejabberd.yml <<EOF
 loglevel: warning
 hosts:
@@ -170,7 +179,6 @@ modules:
 registration_timeout: infinity
 EOF
 chown -R ejabberd:ejabberd ejabberd
-EJ=(ejabberdctl --config "$WORK/ejabberd/ejabberd.yml" --spool "$WORK/ejabberd/db" --logs "$WORK/ejabberd/log")
 "${EJ[@]}" start
 wait_port 35222
 "${EJ[@]}" started >/dev/null 2>&1 || true

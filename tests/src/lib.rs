@@ -310,6 +310,8 @@ impl Raw<TcpStream> {
     /// Connects to the STARTTLS port.
     pub async fn connect(addr: SocketAddr) -> Raw<TcpStream> {
         let io = TcpStream::connect(addr).await.expect("connect");
+        // Small stanzas go out at once, as any XMPP client does.
+        let _ = io.set_nodelay(true);
         Raw::new(io)
     }
 

@@ -429,14 +429,17 @@ async fn messages(sessions: usize, seconds: u64, window: u64, offered: u64) -> s
             let to = format!("u{peer}@{domain}/bench");
             let mut sent = 0u64;
             let mut out = Vec::with_capacity(8192);
-            // Open loop (`--rate`): this writer's share of the rate, on a 5 ms schedule,
-            // whatever the answers do (no coordinated omission).
+            // Open loop (`--rate`): this writer's share of the rate, each message at its
+            // scheduled time whatever the answers do (no coordinated omission); writers are
+            // spread over the interval so the load is smooth.
             let per_writer = offered as f64 / sessions as f64;
-            let mut tick = tokio::time::interval(Duration::from_millis(5));
+            let phase = i as f64 / sessions as f64;
             while Instant::now() < stop_at {
                 let room = if offered > 0 {
-                    tick.tick().await;
-                    let due = (epoch.elapsed().as_secs_f64() * per_writer) as u64;
+                    let due_at =
+                        epoch + Duration::from_secs_f64((sent as f64 + phase) / per_writer);
+                    tokio::time::sleep_until(due_at.into()).await;
+                    let due = (epoch.elapsed().as_secs_f64() * per_writer - phase) as u64 + 1;
                     due.saturating_sub(sent).min(1000)
                 } else {
                     let inflight = sent - counts[peer].load(Ordering::Relaxed).min(sent);
