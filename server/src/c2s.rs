@@ -700,6 +700,13 @@ async fn bind_resource(
             return Err(f);
         }
         tracing::debug!(jid = %full_str, "resource bound");
+        // Every stanza to or from the account checks its blocklist: load it now, not on
+        // the first message's path.
+        let router = shared.router.clone();
+        let b = bare.clone();
+        tokio::spawn(async move {
+            crate::im::blocking::list(&router, &b).await;
+        });
         return Ok(Bound::New(Session {
             bare,
             full: full_str,

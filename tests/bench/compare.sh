@@ -36,7 +36,7 @@ cleanup() {
 trap cleanup EXIT
 
 # Thousands of sessions per server: more descriptors than the usual 1024.
-ulimit -n 65536
+ulimit -n "$(ulimit -Hn)"
 
 need=()
 command -v prosody >/dev/null || need+=(prosody)
@@ -128,11 +128,12 @@ registration_throttle_max = 1000000
 VirtualHost "$DOMAIN"
     ssl = { certificate = "$WORK/prosody/server.crt", key = "$WORK/prosody/server.key" }
 EOF
-runuser -u prosody -- prosody --config "$WORK/prosody/prosody.cfg.lua" &
+# runuser's PAM session may lower the descriptor limit again; raise it inside.
+runuser -u prosody -- sh -c "ulimit -n $(ulimit -Hn); exec prosody --config '$WORK/prosody/prosody.cfg.lua'" &
 PPID_=$!
 PIDS+=("$PPID_")
 wait_port 25222
-PROSODY_PID=$(pgrep -u prosody -f "prosody --config $WORK" | head -1)
+PROSODY_PID=$(pgrep -u prosody -f "lua.*prosody --config" | head -1)
 run prosody "$PROSODY_PID" 25222
 kill "$PROSODY_PID" 2>/dev/null || true
 
@@ -152,6 +153,7 @@ listen:
     port: 35222
     ip: "127.0.0.1"
     module: ejabberd_c2s
+    backlog: 1024
     max_stanza_size: 262144
     shaper: none
     access: all
@@ -179,7 +181,8 @@ modules:
 registration_timeout: infinity
 EOF
 chown -R ejabberd:ejabberd ejabberd
-"${EJ[@]}" start
+# Started as the ejabberd user directly, so the raised descriptor limit reaches the VM.
+runuser -u ejabberd -- sh -c "ulimit -n $(ulimit -Hn); exec ${EJ[*]} start"
 wait_port 35222
 "${EJ[@]}" started >/dev/null 2>&1 || true
 EJ_PID=$(pgrep -u ejabberd -f "beam.*$WORK" | head -1)
