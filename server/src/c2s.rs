@@ -27,11 +27,15 @@ use crate::telemetry;
 use crate::xml::{StreamEvent, StreamHeader};
 
 /// Serves one accepted TCP connection until it ends.
+///
+/// Every negotiation step is boxed and dropped before the session loop starts: a task is
+/// as large as its largest state, and what an idle session keeps is what matters at
+/// 10,000 sessions.
 pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, direct_tls: bool) {
     let handshake = Duration::from_secs(shared.limits().handshake_timeout_secs);
     let tls = if direct_tls {
         let acceptor = TlsAcceptor::from(shared.tls.direct.clone());
-        match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
+        match Box::pin(tokio::time::timeout(handshake, acceptor.accept(tcp))).await {
             Ok(Ok(s)) => {
                 metrics::counter!(telemetry::TLS_HANDSHAKES, "result" => "ok").increment(1);
                 s
@@ -47,7 +51,7 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, direct
             }
         }
     } else {
-        match negotiate_starttls(&shared, tcp, handshake).await {
+        match Box::pin(negotiate_starttls(&shared, tcp, handshake)).await {
             Some(s) => s,
             None => return,
         }
@@ -59,7 +63,21 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, direct
         ns::CLIENT,
     );
     let deadline = tokio::time::Instant::now() + handshake;
-    secure_stream(shared, conn, peer, deadline).await;
+    // Only the session loop's own (boxed) future stays alive while the client idles.
+    let session = Box::pin(async move {
+        let ready = negotiate_session(&shared, conn, peer, deadline).await;
+        ready.map(|(conn, session, fresh)| {
+            Box::pin(established(
+                shared,
+                Box::new(Live { conn, s: session }),
+                fresh,
+            ))
+        })
+    })
+    .await;
+    if let Some(session) = session {
+        session.await;
+    }
 }
 
 /// Reads the client's stream header, answers with ours, and picks the virtual host; a
@@ -186,24 +204,28 @@ fn tls_exporter(io: &TlsStream<TcpStream>) -> Option<Vec<u8>> {
         .ok()
 }
 
-/// After TLS: SASL, binding, then the session loop.
-async fn secure_stream(
-    shared: Arc<Shared>,
+/// After TLS: SASL and binding (or resumption). Returns the stream and the session ready for
+/// [`established`], or `None` when negotiation ended the connection.
+async fn negotiate_session(
+    shared: &Arc<Shared>,
     mut conn: Conn<TlsStream<TcpStream>>,
     peer: SocketAddr,
     deadline: tokio::time::Instant,
-) {
+) -> Option<(Conn<TlsStream<TcpStream>>, Session, bool)> {
     let cb_data = tls_exporter(&conn.io);
     let remaining =
         |d: tokio::time::Instant| d.saturating_duration_since(tokio::time::Instant::now());
-    let auth = authenticate(&shared, &mut conn, peer, cb_data, deadline).await;
+    let auth = Box::pin(authenticate(shared, &mut conn, peer, cb_data, deadline)).await;
     let (host, user) = match auth {
         Ok(v) => v,
-        Err(f) => return conn.close(f).await,
+        Err(f) => {
+            conn.close(f).await;
+            return None;
+        }
     };
     conn.restart(shared.parser_limits());
     let bound = async {
-        let header = match conn.next_event_within(&shared, remaining(deadline)).await? {
+        let header = match conn.next_event_within(shared, remaining(deadline)).await? {
             StreamEvent::Header(h) => h,
             _ => return Err(stream_err(C::NotWellFormed, "expected a stream header")),
         };
@@ -223,19 +245,30 @@ async fn secure_stream(
               <sm xmlns='urn:xmpp:sm:3'/></stream:features>",
         )
         .await?;
-        bind_resource(&shared, &mut conn, &host, &user, remaining(deadline)).await
+        Box::pin(bind_resource(
+            shared,
+            &mut conn,
+            &host,
+            &user,
+            remaining(deadline),
+        ))
+        .await
     }
     .await;
     match bound {
-        Ok(Bound::New(session)) => established(shared, conn, session, true).await,
+        Ok(Bound::New(session)) => Some((conn, session, true)),
         Ok(Bound::Resumed(session, h)) => match resume(&mut conn, session, h).await {
-            Ok(session) => established(shared, conn, session, false).await,
+            Ok(session) => Some((conn, session, false)),
             Err((session, f)) => {
-                finish(&shared, session).await;
-                conn.close(f).await
+                finish(shared, session).await;
+                conn.close(f).await;
+                None
             }
         },
-        Err(f) => conn.close(f).await,
+        Err(f) => {
+            conn.close(f).await;
+            None
+        }
     }
 }
 
@@ -731,12 +764,10 @@ enum End {
 
 /// The session loop: stanzas from the client, stanzas for the client, shutdown. `fresh` is
 /// false for a resumed session (already counted).
-async fn established(
-    shared: Arc<Shared>,
-    mut conn: Conn<TlsStream<TcpStream>>,
-    mut s: Session,
-    fresh: bool,
-) {
+async fn established(shared: Arc<Shared>, mut live: Box<Live>, fresh: bool) {
+    // The stream and session stay in their box, used through references: moved into the
+    // future instead, they would be stored twice (as argument and as local).
+    let Live { conn, s } = &mut *live;
     conn.shrink();
     if fresh {
         metrics::gauge!(telemetry::SESSIONS, "kind" => "c2s", "host" => s.host.domain.clone())
@@ -752,14 +783,14 @@ async fn established(
             out = s.rx.recv() => {
                 match out {
                     Some(Outgoing::Stanza(el)) => {
-                        track(&mut s, &el);
+                        track(s, &el);
                         conn.queue(&el);
                         // Drain what else is ready: one write for a burst.
                         let mut kick = None;
                         for _ in 0..64 {
                             match s.rx.try_recv() {
                                 Ok(Outgoing::Stanza(el)) => {
-                                    track(&mut s, &el);
+                                    track(s, &el);
                                     conn.queue(&el);
                                 }
                                 Ok(Outgoing::Kick(e)) => { kick = Some(e); break; }
@@ -771,7 +802,12 @@ async fn established(
                             sm.requested = true;
                             conn.queue_raw(b"<r xmlns='urn:xmpp:sm:3'/>");
                         }
-                        if conn.flush_queued().await.is_err() {
+                        // Boxed: a write in progress is rare state for an idle session.
+                        // Boxed, and the box bound first: a temporary lives to the end of
+                        // its statement, so `Box::pin(f).await` would still reserve f's size
+                        // in the session's task.
+                        let flush = Box::pin(conn.flush_queued());
+                        if flush.await.is_err() {
                             break End::Dropped;
                         }
                         if let Some(e) = kick {
@@ -791,7 +827,10 @@ async fn established(
                 };
                 match ev {
                     StreamEvent::Element(el) => {
-                        if let Err(f) = inbound(&shared, &mut conn, &mut s, el).await {
+                        // Boxed: its state (roster, presence, registration handling) would
+                        // otherwise be part of every idle session's task.
+                        let handled = Box::pin(inbound(&shared, conn, s, el));
+                        if let Err(f) = handled.await {
                             break match f {
                                 Fail::Closed => End::Dropped,
                                 f => End::Stream(f),
@@ -804,20 +843,33 @@ async fn established(
             }
         }
     };
+    let Live { conn, s } = *live;
     match end {
         End::Dropped if s.sm.as_ref().is_some_and(|sm| sm.id.is_some()) => {
             detach(&shared, s);
             drop(conn);
         }
         End::Dropped => {
-            finish(&shared, s).await;
-            conn.close(Fail::Closed).await;
+            let done = Box::pin(finish(&shared, s));
+            done.await;
+            let closed = Box::pin(conn.close(Fail::Closed));
+            closed.await;
         }
         End::Stream(why) => {
-            finish(&shared, s).await;
-            conn.close(why).await;
+            let done = Box::pin(finish(&shared, s));
+            done.await;
+            let closed = Box::pin(conn.close(why));
+            closed.await;
         }
     }
+}
+
+/// A session and its stream, boxed for [`established`].
+struct Live {
+    /// The stream.
+    conn: Conn<TlsStream<TcpStream>>,
+    /// The session.
+    s: Session,
 }
 
 /// Counts a stanza written to the client for stream management.

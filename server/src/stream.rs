@@ -37,15 +37,20 @@ pub(crate) fn stream_err(c: C, text: &str) -> Fail {
     Fail::Stream(StreamError::with_text(c, text))
 }
 
-/// Read buffer per connection; small because most sessions are idle most of the time.
+/// Read buffer while reads fill it (a peer sending a burst or large stanzas).
 const READ_BUF: usize = 4096;
+/// Read buffer while the peer is quiet: an idle session holds this much, not [`READ_BUF`].
+const READ_BUF_QUIET: usize = 512;
 
 /// One XML stream over one transport: the only code that reads and writes the socket.
 pub(crate) struct Conn<S> {
     /// The transport (TCP before STARTTLS, TLS after).
     pub(crate) io: S,
-    /// Bytes read but not yet parsed: `rbuf[start..end]`.
+    /// Bytes read but not yet parsed: `rbuf[start..end]`. [`READ_BUF_QUIET`] long while the
+    /// peer sends little, [`READ_BUF`] while reads fill it.
     rbuf: Box<[u8]>,
+    /// How many bytes the last read returned, to size the buffer for the next one.
+    last_read: usize,
     /// Start of unparsed bytes.
     start: usize,
     /// End of valid bytes.
@@ -73,7 +78,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     pub(crate) fn new(io: S, limits: Limits, domain: String, content_ns: &'static str) -> Self {
         Conn {
             io,
-            rbuf: vec![0u8; READ_BUF].into_boxed_slice(),
+            rbuf: vec![0u8; READ_BUF_QUIET].into_boxed_slice(),
+            last_read: 0,
             start: 0,
             end: 0,
             parser: StreamParser::new(limits),
@@ -114,6 +120,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 }
                 Err(e) => return Err(Fail::Stream(StreamError::with_text(e.condition, e.text))),
             }
+            // Everything read is parsed here (start == end == 0): the buffer may be resized.
+            // A read that filled it means more is coming; a short one, a quiet peer.
+            if self.last_read == self.rbuf.len() && self.rbuf.len() < READ_BUF {
+                self.rbuf = vec![0u8; READ_BUF].into_boxed_slice();
+            } else if self.last_read < READ_BUF_QUIET && self.rbuf.len() > READ_BUF_QUIET {
+                self.rbuf = vec![0u8; READ_BUF_QUIET].into_boxed_slice();
+            }
             let n = self
                 .io
                 .read(&mut self.rbuf)
@@ -123,6 +136,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 return Err(Fail::Closed);
             }
             metrics::counter!(telemetry::BYTES_IN).increment(n as u64);
+            self.last_read = n;
             self.end = n;
         }
     }
