@@ -116,6 +116,7 @@ impl StreamParser {
     /// Frees parser scratch memory; called when a connection goes idle.
     pub fn release_temporaries(&mut self) {
         self.parser.release_temporaries();
+        self.builder.release();
     }
 
     /// Consumes bytes from `buf` until one event is complete (returned) or `buf` is used up

@@ -424,6 +424,15 @@ impl TreeBuilder {
     pub fn reset(&mut self) {
         self.stack.clear();
     }
+
+    /// Gives back memory kept between elements (the namespace cache and the stack's
+    /// capacity); for a connection that has gone quiet. Only between elements.
+    pub fn release(&mut self) {
+        if self.stack.is_empty() {
+            self.stack = Vec::new();
+            self.interned = Vec::new();
+        }
+    }
 }
 
 #[cfg(test)]
