@@ -315,6 +315,22 @@ impl Raw<TcpStream> {
         Raw::new(io)
     }
 
+    /// Connects from a chosen local address (a load generator spreads its sockets over
+    /// several loopback addresses when one address's ports are not enough).
+    pub async fn connect_from(addr: SocketAddr, local: std::net::IpAddr) -> Raw<TcpStream> {
+        let socket = match local {
+            std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+            std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+        }
+        .expect("socket");
+        socket
+            .bind(SocketAddr::new(local, 0))
+            .expect("bind the local address");
+        let io = socket.connect(addr).await.expect("connect");
+        let _ = io.set_nodelay(true);
+        Raw::new(io)
+    }
+
     /// Negotiates STARTTLS (after [`Raw::open`]) and returns the TLS client.
     pub async fn starttls(self, cfg: Arc<ClientConfig>) -> Raw<TlsStream<TcpStream>> {
         self.try_starttls(cfg).await.expect("TLS handshake")

@@ -13,7 +13,8 @@
 //! ejabberd, another openspimed; `tests/bench/compare.sh` does that):
 //! `--target 127.0.0.1:5222 --domain bench.example --pid PID --ca ca.pem [--register]`
 //! (`--register` creates the accounts `u0`, `u1`, … by in-band registration first).
-//! `--mech SCRAM-SHA-1` (default) or `PLAIN` picks the login mechanism.
+//! `--mech SCRAM-SHA-1` (default) or `PLAIN` picks the login mechanism. Client sockets are
+//! spread over 127.0.0.1, 127.0.0.2, … every `--per-address` connections (default 20,000).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -84,9 +85,35 @@ fn external() -> Option<&'static External> {
     EXTERNAL.get().and_then(|e| e.as_ref())
 }
 
+/// Connections opened so far, to pick their local address.
+static CONNECTIONS: AtomicU64 = AtomicU64::new(0);
+/// Connections per local loopback address (`--per-address`, default 20,000: well under the
+/// ~28,000 ephemeral ports of one).
+static PER_LOCAL_ADDRESS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+
+/// The local address for the next connection: 127.0.0.1 for the first `--per-address`, then
+/// 127.0.0.2 and so on (every 127/8 address is loopback on Linux), so runs with more sessions
+/// than one address has ports still connect.
+fn next_local_address(server: SocketAddr) -> std::net::IpAddr {
+    let per = PER_LOCAL_ADDRESS.get().copied().unwrap_or(20_000).max(1);
+    let n = CONNECTIONS.fetch_add(1, Ordering::Relaxed) / per;
+    match server.ip() {
+        std::net::IpAddr::V4(v4) if v4.is_loopback() => std::net::IpAddr::V4(
+            std::net::Ipv4Addr::new(127, 0, (n / 250) as u8, (n % 250) as u8 + 1),
+        ),
+        other => {
+            if other.is_ipv4() {
+                std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+            } else {
+                std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+            }
+        }
+    }
+}
+
 /// Creates `user` by XEP-0077 in-band registration (an existing account is fine).
 async fn register(server: &Server, user: &str) {
-    let mut raw = Raw::connect(server.c2s).await;
+    let mut raw = Raw::connect_from(server.c2s, next_local_address(server.c2s)).await;
     raw.open(&server.domain).await;
     let mut raw = raw.starttls_as(server.tls.clone(), &server.domain).await;
     raw.open(&server.domain).await;
@@ -213,7 +240,7 @@ type Session = Raw<tokio_rustls::client::TlsStream<TcpStream>>;
 
 async fn login(server: &Server, user: &str, resource: &str) -> Session {
     let d = &server.domain;
-    let mut raw = Raw::connect(server.c2s).await;
+    let mut raw = Raw::connect_from(server.c2s, next_local_address(server.c2s)).await;
     raw.open(d).await;
     let mut raw = raw.starttls_as(server.tls.clone(), d).await;
     raw.open(d).await;
@@ -1061,6 +1088,7 @@ fn main() {
             .cloned()
     };
     let _ = MECH.set(opt("--mech").unwrap_or_else(|| "SCRAM-SHA-1".into()));
+    let _ = PER_LOCAL_ADDRESS.set(arg(&args, "--per-address", 20_000));
     let _ = EXTERNAL.set(opt("--target").map(|t| {
         External {
             c2s: t.parse().expect("--target ADDR:PORT"),
