@@ -9,7 +9,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{iq, online};
+use common::{iq, online, vector_key};
 use openspime::keyinfo::{self, KeyForm};
 use openspime::{
     ClaimKeyRef, Container, Data, Entry, Field, RsaPrivateKey, SeekRequest, SpimeSeek, crypto,
@@ -26,14 +26,6 @@ const NODE: &str = "demo@scopenode.example";
 const SCOPE: &str = "demo@scopenode.example/co2";
 const CERT: &str = "cert.example";
 const PUBSUB: &str = "pubsub.example";
-
-fn vector_key(who: &str) -> RsaPrivateKey {
-    let v: serde_json::Value = serde_json::from_str(include_str!(
-        "../../modules/openspime/tests/data/openspime-0.9.json"
-    ))
-    .unwrap();
-    crypto::private_key_from_pem(v["keys"][who]["private_pem_pkcs1"].as_str().unwrap()).unwrap()
-}
 
 async fn network() -> TestServer {
     TestServer::start_hosts(&["spime.example", "mydomain.example", "example"], |c| {

@@ -10,10 +10,10 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use common::{iq, next_message, online};
+use common::{co2_report, iq, next_message, online, vector_key};
 use futures::StreamExt;
+use openspime::Container;
 use openspime::keyinfo::{self, KeyForm};
-use openspime::{Container, Data, Entry, Field, crypto};
 use openspimed_certs::DevCa;
 use openspimed_config::RemoteConfig;
 use openspimed_module_api::{Element, ns, toml};
@@ -421,39 +421,6 @@ async fn unreachable_and_silent_domains_bounce() {
     );
     assert!(started.elapsed() < WAIT);
     hold.abort();
-}
-
-fn vector_key(who: &str) -> openspime::RsaPrivateKey {
-    let v: serde_json::Value = serde_json::from_str(include_str!(
-        "../../modules/openspime/tests/data/openspime-0.9.json"
-    ))
-    .unwrap();
-    crypto::private_key_from_pem(v["keys"][who]["private_pem_pkcs1"].as_str().unwrap()).unwrap()
-}
-
-fn co2_report(ppm: &str) -> Element {
-    let f = |name: &str, value: &str| Field {
-        name: name.into(),
-        value: value.into(),
-        attrs: if name == "ele" {
-            vec![("unit".into(), "m".into())]
-        } else {
-            vec![]
-        },
-    };
-    Data {
-        entries: vec![Entry {
-            fields: vec![
-                f("date", "2008-04-02T17:54:22+01:00"),
-                f("exposure", "outdoor"),
-                f("lat", "45.475841199050905"),
-                f("lon", "9.172725677490234"),
-                f("ele", "120.0"),
-                f("ppm", ppm),
-            ],
-        }],
-    }
-    .to_element()
 }
 
 #[tokio::test]

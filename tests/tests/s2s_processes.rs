@@ -2,7 +2,8 @@
 //! child process (this test binary re-executed as `openspimed`) with certificates from a
 //! test CA both trust. Each learns where the other listens through `[s2s.remote]`, put in
 //! force by `openspimed reload` (the ports are only known once both run), and their users
-//! exchange messages both ways.
+//! exchange messages and a presence subscription both ways; a spime on a.example reports
+//! signed and encrypted to the ScopeNode on b.example, both keys fetched across.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -10,9 +11,14 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, ExitCode};
 use std::sync::mpsc::Receiver;
 
+mod common;
+
+use openspime::Container;
+use openspime::keyinfo::{self, KeyForm};
 use openspimed::storage::AccountStore;
 use openspimed::storage::sqlite::SqliteStore;
 use openspimed_certs::DevCa;
+use openspimed_module_api::SensorStore;
 use openspimed_tests::{
     AS_SERVER, Raw, client_tls_config, server_command, spawn_server_logged, wait_for_log,
 };
@@ -25,8 +31,8 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(two_processes_exchange_messages_and_subscriptions());
-    println!("test two_processes_exchange_messages_and_subscriptions ... ok");
+    rt.block_on(two_processes_federate_messages_subscriptions_and_a_report());
+    println!("test two_processes_federate_messages_subscriptions_and_a_report ... ok");
     println!("1 passed, 0 failed");
     ExitCode::SUCCESS
 }
@@ -67,8 +73,9 @@ impl Domain {
                  [listeners]\nc2s = [\"127.0.0.1:0\"]\nc2s_direct_tls = []\n\
                  s2s = [\"127.0.0.1:0\"]\ns2s_direct_tls = []\n\
                  [s2s]\nca_files = [\"ca.pem\"]\ndialback = false\n{remote}\n\
-                 [hosts.\"{}\"]\ncertificate = \"c.pem\"\nkey = \"k.pem\"\n\
-                 modules = [\"disco\", \"ping\"]\n",
+                 [modules.scopenode]\n\
+                 trusted_cert_services = [\"cert.a.example\", \"cert.b.example\"]\n\
+                 [hosts.\"{}\"]\ncertificate = \"c.pem\"\nkey = \"k.pem\"\n",
                 self.dir.path().join("data").display(),
                 self.name,
             ),
@@ -111,7 +118,7 @@ impl Domain {
     }
 }
 
-async fn two_processes_exchange_messages_and_subscriptions() {
+async fn two_processes_federate_messages_subscriptions_and_a_report() {
     let ca = DevCa::new("federation CA").unwrap();
     let a = Domain::new(&ca, "a.example", "alice").await;
     let b = Domain::new(&ca, "b.example", "bob").await;
@@ -172,6 +179,44 @@ async fn two_processes_exchange_messages_and_subscriptions() {
             .clone();
         assert_eq!(item.attr("subscription"), Some("both"), "{r}");
     }
+    // alice's resource is also a spime: it publishes its key at cert.a.example, fetches the
+    // ScopeNode's from cert.b.example and reports signed and encrypted to b's ScopeNode, which
+    // fetches alice's key from cert.a.example to verify.
+    let spime = "alice@a.example/r";
+    let key = common::vector_key("sender");
+    let pubkeys = keyinfo::pubkeys(spime, &key.to_public_key(), KeyForm::Standard);
+    alice
+        .send(&format!(
+            "<iq type='set' id='k1' to='cert.a.example'>{pubkeys}</iq>"
+        ))
+        .await;
+    let r = alice.stanza("iq").await;
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+    alice
+        .send(&format!(
+            "<iq type='get' id='k2' to='cert.b.example'><pubkeys xmlns='{}' jid='demo@scopenode.b.example'/></iq>",
+            openspime::ns::PUBKEY
+        ))
+        .await;
+    let r = alice.stanza("iq").await;
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+    let node_key = keyinfo::parse_pubkeys(r.first_child().unwrap()).unwrap().1;
+    let sealed = Container::seal(
+        common::co2_report("412.5"),
+        Some((&key, "cert.a.example", Some(spime))),
+        None,
+        Some(&node_key),
+    )
+    .unwrap();
+    alice
+        .send(&format!(
+            "<iq type='set' id='rep' to='demo@scopenode.b.example/co2'>{}</iq>",
+            sealed.to_element()
+        ))
+        .await;
+    let r = alice.stanza("iq").await;
+    assert_eq!(r.attr("id"), Some("rep"));
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
     // Both directions authenticated with certificates (dialback is off in both configs).
     wait_for_log(&log_a, "incoming s2s stream authenticated");
     wait_for_log(&log_b, "incoming s2s stream authenticated");
@@ -179,6 +224,14 @@ async fn two_processes_exchange_messages_and_subscriptions() {
     child_b.kill().unwrap();
     let _ = child_a.wait();
     let _ = child_b.wait();
+    // The report was stored, decrypted, on b before it was answered.
+    let store = SqliteStore::open(&b.dir.path().join("data/openspimed.sqlite")).unwrap();
+    let stored = store
+        .entries_for_spime("demo@scopenode.b.example", spime, 10)
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert!(stored[0].xml.contains("<ppm>412.5</ppm>"), "{stored:?}");
 }
 
 /// The next presence of this type (`available` for none), skipping other stanzas.

@@ -199,3 +199,39 @@ pub async fn iq(
         IqResponse::Error(e) => Err(e),
     }
 }
+
+/// A key of the OpenSpime test vectors (`sender`, `recipient`, …).
+pub fn vector_key(who: &str) -> openspime::RsaPrivateKey {
+    let v: serde_json::Value = serde_json::from_str(include_str!(
+        "../../../modules/openspime/tests/data/openspime-0.9.json"
+    ))
+    .unwrap();
+    openspime::crypto::private_key_from_pem(v["keys"][who]["private_pem_pkcs1"].as_str().unwrap())
+        .unwrap()
+}
+
+/// A report with one entry of the seed's CO2 fields.
+pub fn co2_report(ppm: &str) -> openspimed_module_api::Element {
+    let f = |name: &str, value: &str| openspime::Field {
+        name: name.into(),
+        value: value.into(),
+        attrs: if name == "ele" {
+            vec![("unit".into(), "m".into())]
+        } else {
+            vec![]
+        },
+    };
+    openspime::Data {
+        entries: vec![openspime::Entry {
+            fields: vec![
+                f("date", "2008-04-02T17:54:22+01:00"),
+                f("exposure", "outdoor"),
+                f("lat", "45.475841199050905"),
+                f("lon", "9.172725677490234"),
+                f("ele", "120.0"),
+                f("ppm", ppm),
+            ],
+        }],
+    }
+    .to_element()
+}
