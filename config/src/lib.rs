@@ -203,6 +203,10 @@ impl Default for S2sConfig {
     }
 }
 
+/// The placeholder `openspimed.example.toml` shows for `s2s.dialback_secret`; a server
+/// refuses to start with it (dialback keys would be forgeable by anyone who read the file).
+pub const EXAMPLE_DIALBACK_SECRET: &str = "change me to a long random string";
+
 /// `[s2s.remote."example.net"]`
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -443,6 +447,14 @@ impl Config {
                 "s2s.connect_timeout_secs and s2s.idle_timeout_secs must be at least 1".to_owned(),
             );
         }
+        if let Some(secret) = &self.s2s.dialback_secret
+            && secret.len() < 16
+        {
+            out.push(
+                "s2s.dialback_secret is too short: use a long random string, or leave it out"
+                    .to_owned(),
+            );
+        }
         for domain in self.s2s.remote.keys() {
             if !is_valid_domain(domain) {
                 out.push(format!("s2s.remote.\"{domain}\": not a valid domain name"));
@@ -579,6 +591,23 @@ mod tests {
         assert!(
             p.iter().any(|l| l.contains("unknown module \"disco\"")),
             "{p:?}"
+        );
+    }
+
+    #[test]
+    fn the_example_dialback_secret_is_the_known_placeholder() {
+        // The server refuses to start with it; the two must not drift apart.
+        let cfg = Config::from_toml(EXAMPLE).expect("example must parse");
+        assert_eq!(
+            cfg.s2s.dialback_secret.as_deref(),
+            Some(EXAMPLE_DIALBACK_SECRET)
+        );
+        let short = Config::from_toml("[s2s]\ndialback_secret = \"short\"\n").unwrap();
+        assert!(
+            short
+                .problems(&[])
+                .iter()
+                .any(|p| p.contains("dialback_secret is too short"))
         );
     }
 

@@ -337,6 +337,11 @@ async fn wait_for_signal() {
 /// `openspimed check`: configuration, modules and certificates, like `prosodyctl check`.
 fn check(config: &Config) -> ExitCode {
     let mut errors = config.problems(&crate::server::builtin_module_names());
+    if config.s2s.dialback_secret.as_deref() == Some(openspimed_config::EXAMPLE_DIALBACK_SECRET) {
+        errors.push(
+            "s2s.dialback_secret is the example's placeholder: set a long random string, or leave it out".to_owned(),
+        );
+    }
     let mut notes = Vec::new();
     let provider = crate::tls::provider();
     let now = std::time::SystemTime::now()

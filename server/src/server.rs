@@ -266,7 +266,12 @@ impl RunningServer {
 pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let factories = builtin_modules();
     let names: Vec<&str> = factories.iter().map(|f| f.name()).collect();
-    let problems = config.problems(&names);
+    let mut problems = config.problems(&names);
+    if config.s2s.dialback_secret.as_deref() == Some(openspimed_config::EXAMPLE_DIALBACK_SECRET) {
+        problems.push(
+            "s2s.dialback_secret is the example's placeholder: set a long random string, or leave it out".to_owned(),
+        );
+    }
     if !problems.is_empty() {
         return Err(StartError::Config(problems));
     }

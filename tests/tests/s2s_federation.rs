@@ -561,3 +561,20 @@ async fn connections_per_remote_domain_are_limited() {
     let _ = first.next().await;
     assert!(first.element().await.is("features", ns::STREAM));
 }
+
+#[tokio::test]
+async fn the_example_dialback_secret_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = openspimed_config::Config {
+        data_dir: dir.path().join("data"),
+        ..openspimed_config::Config::default()
+    };
+    config.listeners.c2s = vec!["127.0.0.1:0".parse().unwrap()];
+    config.listeners.c2s_direct_tls = vec![];
+    config.metrics.enabled = false;
+    config.s2s.dialback_secret = Some(openspimed_config::EXAMPLE_DIALBACK_SECRET.into());
+    let Err(openspimed::StartError::Config(lines)) = openspimed::start(config).await else {
+        panic!("the server must refuse the placeholder secret");
+    };
+    assert!(lines.iter().any(|l| l.contains("placeholder")), "{lines:?}");
+}
