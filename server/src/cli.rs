@@ -234,6 +234,17 @@ fn init_logging(config: &Config) -> Option<crate::control::SetLogFilter> {
 
 async fn run(config: Config, path: Option<PathBuf>) -> ExitCode {
     let set_log_filter = init_logging(&config);
+    // Signal handlers go in before anything listens: a SIGTERM right after the "listening"
+    // log line must stop the server gracefully, not kill it.
+    #[cfg(unix)]
+    let (term, int, hup) = {
+        use tokio::signal::unix::{SignalKind, signal};
+        (
+            signal(SignalKind::terminate()).ok(),
+            signal(SignalKind::interrupt()).ok(),
+            signal(SignalKind::hangup()).ok(),
+        )
+    };
     let server = match crate::server::start(config).await {
         Ok(s) => s,
         Err(e) => return fail(e),
@@ -255,8 +266,7 @@ async fn run(config: Config, path: Option<PathBuf>) -> ExitCode {
         let r = reloader.clone();
         let token = server.shutdown_token();
         tokio::spawn(async move {
-            use tokio::signal::unix::{SignalKind, signal};
-            let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            let Some(mut hup) = hup else {
                 tracing::warn!("cannot listen for SIGHUP");
                 return;
             };
@@ -274,6 +284,9 @@ async fn run(config: Config, path: Option<PathBuf>) -> ExitCode {
     drop(reloader);
     let token = server.shutdown_token();
     tokio::spawn(async move {
+        #[cfg(unix)]
+        wait_for_signal(term, int).await;
+        #[cfg(not(unix))]
         wait_for_signal().await;
         tracing::info!("shutting down");
         token.cancel();
@@ -309,29 +322,29 @@ async fn reload(config: &Config) -> ExitCode {
     }
 }
 
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
-                }
-            }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
+/// Waits for SIGTERM or SIGINT (handlers registered by the caller before listening).
+#[cfg(unix)]
+async fn wait_for_signal(
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+) {
+    match (term, int) {
+        (Some(mut term), Some(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
             }
         }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
+}
+
+/// Waits for Ctrl-C.
+#[cfg(not(unix))]
+async fn wait_for_signal() {
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 /// `openspimed check`: configuration, modules and certificates, like `prosodyctl check`.
