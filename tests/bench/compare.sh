@@ -70,7 +70,7 @@ run() {
     echo "== $name"
     "$BENCH" login --count "$LOGINS" --concurrency 32 "${common[@]}" && mv bench-login.json "$name-login.json"
     "$BENCH" messages --sessions "$SESSIONS" --seconds "$RUN_SECONDS" "${common[@]}" && mv bench-messages.json "$name-messages.json"
-    "$BENCH" messages --sessions "$SESSIONS" --seconds "$RUN_SECONDS" --rate "$RATE" "${common[@]}" && mv bench-messages.json "$name-rate.json"
+    "$BENCH" messages --sessions "$SESSIONS" --seconds "$RUN_SECONDS" --rate "$RATE" --echo "${common[@]}" && mv bench-messages.json "$name-rate.json"
     "$BENCH" idle --sessions "$IDLE" "${common[@]}" && mv bench-idle.json "$name-idle.json"
     cd "$WORK"
 }
@@ -205,8 +205,9 @@ rows = [
     ("delivered msg/s at saturation", "messages", lambda n: get(n, "messages", "delivered_per_second"), True),
     ("msgs per server CPU-second", "messages",
      lambda n: get(n, "messages", "delivered") / max(get(n, "messages", "server_cpu_seconds"), 1e-9), True),
-    ("p99 latency at fixed rate (ms)", "rate", lambda n: get(n, "rate", "latency_p99_ms"), False),
-    ("p99.9 latency at fixed rate (ms)", "rate", lambda n: get(n, "rate", "latency_p999_ms"), False),
+    ("round trip p50 at fixed rate (ms)", "rate", lambda n: get(n, "rate", "latency_p50_ms"), False),
+    ("round trip p99 at fixed rate (ms)", "rate", lambda n: get(n, "rate", "latency_p99_ms"), False),
+    ("round trip p99.9 at fixed rate (ms)", "rate", lambda n: get(n, "rate", "latency_p999_ms"), False),
     ("KiB per idle TLS session", "idle", lambda n: get(n, "idle", "bytes_per_session") / 1024, False),
 ]
 print()

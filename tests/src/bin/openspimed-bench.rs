@@ -446,7 +446,16 @@ async fn idle(sessions: usize) -> serde_like::Json {
     ])
 }
 
-async fn messages(sessions: usize, seconds: u64, window: u64, offered: u64) -> serde_like::Json {
+async fn messages(
+    sessions: usize,
+    seconds: u64,
+    window: u64,
+    offered: u64,
+    echo: bool,
+) -> serde_like::Json {
+    // Round trips (`--echo`, with `--rate`): each receiver sends every message straight back
+    // (id prefixed with `e`) and the original sender measures the round trip.
+    let echo = echo && offered > 0;
     let sessions = sessions.max(2) & !1;
     let server = start_server(sessions).await;
     let pid = server.pid;
@@ -470,7 +479,9 @@ async fn messages(sessions: usize, seconds: u64, window: u64, offered: u64) -> s
         let counts = received.clone();
         let lat = latencies.clone();
         let reader_wakes = wakes.clone();
-        // Reader: counts messages and samples their one-way latency from the id.
+        let (echo_tx, mut echo_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        // Reader: counts messages and samples their one-way latency from the id (or, with
+        // echoes, the round trip of this session's own messages when they come back).
         tasks.push(tokio::spawn(async move {
             let mut parser = openspimed::xml::StreamParser::new(openspimed::xml::Limits::default());
             // The session's stream is already open: feed the parser a header first.
@@ -497,12 +508,24 @@ async fn messages(sessions: usize, seconds: u64, window: u64, offered: u64) -> s
                     if e.name() != "message" {
                         continue;
                     }
+                    if let Some(t) = e
+                        .attr("id")
+                        .and_then(|v| v.strip_prefix('e'))
+                        .and_then(|v| v.parse::<u64>().ok())
+                    {
+                        let now = epoch.elapsed().as_nanos() as u64;
+                        local.push(now.saturating_sub(t));
+                        continue;
+                    }
+                    if echo && let Some(id) = e.attr("id") {
+                        let _ = echo_tx.send(id.to_owned());
+                    }
                     counts[i].fetch_add(1, Ordering::Relaxed);
                     // The message came from the peer: its writer may send again.
                     reader_wakes[peer].notify_one();
                     n_seen += 1;
                     let sent_at = e.attr("id").and_then(|v| v.parse::<u64>().ok());
-                    if let (true, Some(t)) = (n_seen.is_multiple_of(16), sent_at) {
+                    if let (false, true, Some(t)) = (echo, n_seen.is_multiple_of(16), sent_at) {
                         let now = epoch.elapsed().as_nanos() as u64;
                         local.push(now.saturating_sub(t));
                     }
@@ -528,7 +551,37 @@ async fn messages(sessions: usize, seconds: u64, window: u64, offered: u64) -> s
                 let room = if offered > 0 {
                     let due_at =
                         epoch + Duration::from_secs_f64((sent as f64 + phase) / per_writer);
-                    tokio::time::sleep_until(due_at.into()).await;
+                    // Echoes go back as soon as they are due, between scheduled sends.
+                    let sleep = tokio::time::sleep_until(due_at.into());
+                    tokio::pin!(sleep);
+                    let mut echoed = false;
+                    loop {
+                        tokio::select! {
+                            _ = &mut sleep => break,
+                            Some(id) = echo_rx.recv() => {
+                                out.clear();
+                                let mut ids = vec![id];
+                                while let Ok(more) = echo_rx.try_recv() {
+                                    ids.push(more);
+                                }
+                                for id in ids {
+                                    Element::new("message", ns::CLIENT)
+                                        .with_attr("to", to.clone())
+                                        .with_attr("id", format!("e{id}"))
+                                        .with_attr("type", "chat")
+                                        .with_child(Element::new("body", ns::CLIENT).with_text("echo"))
+                                        .write_to(&mut out, ns::CLIENT);
+                                }
+                                if wr.write_all(&out).await.is_err() {
+                                    echoed = true;
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    if echoed {
+                        break;
+                    }
                     let due = (epoch.elapsed().as_secs_f64() * per_writer - phase) as u64 + 1;
                     due.saturating_sub(sent).min(1000)
                 } else {
@@ -585,7 +638,11 @@ async fn messages(sessions: usize, seconds: u64, window: u64, offered: u64) -> s
         lat[((lat.len() as f64 - 1.0) * p) as usize] as f64 / 1e6
     };
     let rate = total as f64 / seconds as f64;
-    if offered > 0 {
+    if echo {
+        println!(
+            "messages: {sessions} sessions, {seconds} s, open loop at {offered}/s, each echoed back (round trips)"
+        );
+    } else if offered > 0 {
         println!("messages: {sessions} sessions, {seconds} s, open loop at {offered}/s");
     } else {
         println!("messages: {sessions} sessions, {seconds} s, window {window} per sender");
@@ -595,7 +652,8 @@ async fn messages(sessions: usize, seconds: u64, window: u64, offered: u64) -> s
         total as f64 / cpu.max(1e-9)
     );
     println!(
-        "one-way latency p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms",
+        "{} latency p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms",
+        if echo { "round-trip" } else { "one-way" },
         pct(0.5),
         pct(0.99),
         pct(0.999)
@@ -605,6 +663,7 @@ async fn messages(sessions: usize, seconds: u64, window: u64, offered: u64) -> s
         ("sessions", sessions.to_string()),
         ("seconds", seconds.to_string()),
         ("offered_rate", offered.to_string()),
+        ("round_trip", echo.to_string()),
         ("delivered", total.to_string()),
         ("delivered_per_second", format!("{rate:.0}")),
         ("server_cpu_seconds", format!("{cpu:.3}")),
@@ -1126,6 +1185,7 @@ fn main() {
                     arg(&args, "--seconds", 10).min(600),
                     arg(&args, "--window", 64),
                     arg(&args, "--rate", 0),
+                    args.iter().any(|a| a == "--echo"),
                 )
                 .await
             }
@@ -1164,7 +1224,7 @@ fn main() {
             _ => {
                 eprintln!(
                     "usage: openspimed-bench SCENARIO [options]\n  login [--count N] [--concurrency C]\n  idle [--sessions N]\n  \
-                     messages [--sessions N] [--seconds S] [--window W | --rate R]\n  \
+                     messages [--sessions N] [--seconds S] [--window W | --rate R [--echo]]\n  \
                      pubsub-fanout [--subscribers N] [--publishes P]\n  publish [--publishers N] [--seconds S] [--window W]\n  \
                      report | report-encrypted [--sessions N] [--seconds S] [--window W]\n  \
                      seek [--total N] [--mine M] [--rounds R]"
