@@ -238,6 +238,20 @@ async fn route_subscription(router: &Router, bare: &str, contact: &str, kind: Ki
     Box::pin(router.route(p)).await;
 }
 
+/// Sends the current presence of each of the user's available resources to `to`; `false`
+/// when none is available.
+async fn send_presences(router: &Router, bare: &str, to: &str) -> bool {
+    let presences = router.registry.presences(bare);
+    let any = !presences.is_empty();
+    for (resource, p) in presences {
+        let mut p = (*p).clone();
+        p.set_attr("from", format!("{bare}/{resource}"));
+        p.set_attr("to", to);
+        Box::pin(router.route(p)).await;
+    }
+    any
+}
+
 /// A subscription stanza the user sent (RFC 6121 §3, A.2); `stanza` has `from` stamped.
 pub async fn outbound_subscription(router: &Router, bare: &str, mut stanza: Element, kind: Kind) {
     let Some(contact) = stanza.attr("to").and_then(bare_of) else {
@@ -281,12 +295,7 @@ pub async fn outbound_subscription(router: &Router, bare: &str, mut stanza: Elem
     match kind {
         // §3.1.5: the new subscriber gets the user's current presence.
         Kind::Subscribed => {
-            for (resource, p) in router.registry.presences(bare) {
-                let mut p = (*p).clone();
-                p.set_attr("from", format!("{bare}/{resource}"));
-                p.set_attr("to", contact.clone());
-                Box::pin(router.route(p)).await;
-            }
+            send_presences(router, bare, &contact).await;
         }
         // §3.2.2: a cancelled subscriber sees the user go unavailable.
         Kind::Unsubscribed if before.from => {
@@ -314,11 +323,7 @@ pub async fn inbound_subscription(router: &Router, bare: &str, mut stanza: Eleme
             // RFC 6121 §3.1.3: a request to an account that does not exist is answered
             // with `unsubscribed`; anything else is dropped.
             if kind == Kind::Subscribe {
-                let p = Element::new("presence", ns::CLIENT)
-                    .with_attr("from", bare)
-                    .with_attr("to", contact)
-                    .with_attr("type", "unsubscribed");
-                Box::pin(router.route(p)).await;
+                route_subscription(router, bare, &contact, Kind::Unsubscribed).await;
             }
             return;
         }
@@ -360,12 +365,7 @@ pub async fn inbound_subscription(router: &Router, bare: &str, mut stanza: Eleme
     if let Some(reply) = step.auto_reply {
         route_subscription(router, bare, &contact, reply).await;
         if reply == Kind::Subscribed {
-            for (resource, p) in router.registry.presences(bare) {
-                let mut p = (*p).clone();
-                p.set_attr("from", format!("{bare}/{resource}"));
-                p.set_attr("to", contact.clone());
-                Box::pin(router.route(p)).await;
-            }
+            send_presences(router, bare, &contact).await;
         }
     }
 }
@@ -429,18 +429,11 @@ async fn probe(router: &Router, bare: &str, stanza: &Element) {
     if !subscribed {
         return;
     }
-    let presences = router.registry.presences(bare);
-    if presences.is_empty() {
+    if !send_presences(router, bare, &from).await {
         let p = Element::new("presence", ns::CLIENT)
             .with_attr("from", bare)
             .with_attr("to", from)
             .with_attr("type", "unavailable");
-        return Box::pin(router.route(p)).await;
-    }
-    for (resource, p) in presences {
-        let mut p = (*p).clone();
-        p.set_attr("from", format!("{bare}/{resource}"));
-        p.set_attr("to", from.clone());
         Box::pin(router.route(p)).await;
     }
 }
