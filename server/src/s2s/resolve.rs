@@ -101,20 +101,16 @@ impl Resolver {
         // (priority, direct TLS first on a tie as XEP-0368 §3 suggests, host, port).
         let mut srv: Vec<(u16, bool, String, u16)> = Vec::new();
         let mut refused = false;
-        for (prefix, direct) in [("_xmpps-server._tcp.", true), ("_xmpp-server._tcp.", false)] {
-            let name = format!("{prefix}{domain}.");
-            let Ok(answer) = dns.lookup(name.as_str(), RecordType::SRV).await else {
+        for (prefix, direct) in SRV_PREFIXES {
+            let Ok(records) = srv_query(dns, prefix, direct, domain).await else {
                 continue;
             };
-            for rec in answer.answers() {
-                if let RData::SRV(s) = &rec.data {
-                    let target = s.target.to_ascii();
-                    if target == "." {
-                        refused = true;
-                        continue;
-                    }
-                    srv.push((s.priority, !direct, target, s.port));
+            for r in records {
+                if r.target == "." {
+                    refused = true;
+                    continue;
                 }
+                srv.push((r.priority, !r.direct_tls, r.target, r.port));
             }
         }
         if srv.is_empty() {
@@ -153,6 +149,8 @@ pub struct SrvRecord {
     pub target: String,
     /// The port.
     pub port: u16,
+    /// Lower is tried first (RFC 2782).
+    pub priority: u16,
 }
 
 /// The SRV records of `domain` (empty when there are none); an error when DNS cannot be
@@ -166,25 +164,42 @@ pub async fn srv_records(domain: &str) -> Result<Vec<SrvRecord>, ResolveError> {
         .and_then(|b| b.build())
         .map_err(|e| failed(e.to_string()))?;
     let mut out = Vec::new();
-    for (prefix, direct_tls) in [("_xmpps-server._tcp.", true), ("_xmpp-server._tcp.", false)] {
-        let name = format!("{prefix}{domain}.");
-        match dns.lookup(name.as_str(), RecordType::SRV).await {
-            Ok(answer) => {
-                for rec in answer.answers() {
-                    if let RData::SRV(s) = &rec.data {
-                        out.push(SrvRecord {
-                            direct_tls,
-                            target: s.target.to_ascii(),
-                            port: s.port,
-                        });
-                    }
-                }
-            }
+    for (prefix, direct) in SRV_PREFIXES {
+        match srv_query(&dns, prefix, direct, domain).await {
+            Ok(records) => out.extend(records),
             Err(e) if e.is_no_records_found() || e.is_nx_domain() => {}
             Err(e) => return Err(failed(e.to_string())),
         }
     }
     Ok(out)
+}
+
+/// The SRV names of the server-to-server service: direct TLS (XEP-0368), then STARTTLS.
+const SRV_PREFIXES: [(&str, bool); 2] =
+    [("_xmpps-server._tcp.", true), ("_xmpp-server._tcp.", false)];
+
+/// The SRV records under `prefix` + `domain`.
+async fn srv_query(
+    dns: &TokioResolver,
+    prefix: &str,
+    direct_tls: bool,
+    domain: &str,
+) -> Result<Vec<SrvRecord>, hickory_resolver::net::NetError> {
+    let name = format!("{prefix}{domain}.");
+    let answer = dns.lookup(name.as_str(), RecordType::SRV).await?;
+    Ok(answer
+        .answers()
+        .iter()
+        .filter_map(|rec| match &rec.data {
+            RData::SRV(s) => Some(SrvRecord {
+                direct_tls,
+                target: s.target.to_ascii(),
+                port: s.port,
+                priority: s.priority,
+            }),
+            _ => None,
+        })
+        .collect())
 }
 
 impl Resolve for Resolver {
