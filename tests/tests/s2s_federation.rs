@@ -325,6 +325,33 @@ fn s2s_header(from: &str, to: &str) -> String {
     )
 }
 
+/// SASL EXTERNAL with the authorization identity taken from the stream header (XEP-0178).
+const EXTERNAL: &str =
+    "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>";
+
+/// After SASL success: the restarted stream's header and its features.
+async fn restart_stream(peer: &mut Raw<tokio_rustls::client::TlsStream<TcpStream>>, header: &str) {
+    peer.restart();
+    peer.send(header).await;
+    let _ = peer.next().await;
+    assert!(peer.element().await.is("features", ns::STREAM));
+}
+
+/// A raw stream from a.example to `target` (b.example), authenticated with SASL EXTERNAL
+/// on a certificate from `ca`.
+async fn authenticated_peer(
+    target: &TestServer,
+    ca: &DevCa,
+    header: &str,
+) -> Raw<tokio_rustls::client::TlsStream<TcpStream>> {
+    let (mut peer, features) = raw_server(target, ca, &["a.example"], header, "b.example").await;
+    assert!(offers_external(&features), "{features}");
+    peer.send(EXTERNAL).await;
+    assert!(peer.element().await.is("success", ns::SASL));
+    restart_stream(&mut peer, header).await;
+    peer
+}
+
 fn offers_external(features: &Element) -> bool {
     features
         .get_child("mechanisms", ns::SASL)
@@ -338,15 +365,7 @@ async fn a_spoofed_from_domain_ends_the_stream_with_invalid_from() {
     b.add_account("bob", "b.example", "pw-b").await;
     let (mut bob, _) = online(&b, "bob@b.example/laptop", "pw-b", false).await;
     let header = s2s_header("a.example", "b.example");
-    let (mut peer, features) = raw_server(&b, &ca, &["a.example"], &header, "b.example").await;
-    assert!(offers_external(&features), "{features}");
-    peer.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>")
-        .await;
-    assert!(peer.element().await.is("success", ns::SASL));
-    peer.restart();
-    peer.send(&header).await;
-    let _ = peer.next().await;
-    assert!(peer.element().await.is("features", ns::STREAM));
+    let mut peer = authenticated_peer(&b, &ca, &header).await;
     // From the authenticated domain: delivered.
     peer.send(
         "<message from='alice@a.example/x' to='bob@b.example/laptop' type='chat'><body>real</body></message>",
@@ -516,15 +535,7 @@ async fn idle_server_streams_are_closed() {
     let ca = DevCa::new("federation CA").unwrap();
     let b = TestServer::start_on(&ca, &["b.example"], |c| c.s2s.idle_timeout_secs = 1).await;
     let header = s2s_header("a.example", "b.example");
-    let (mut peer, features) = raw_server(&b, &ca, &["a.example"], &header, "b.example").await;
-    assert!(offers_external(&features), "{features}");
-    peer.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>")
-        .await;
-    assert!(peer.element().await.is("success", ns::SASL));
-    peer.restart();
-    peer.send(&header).await;
-    let _ = peer.next().await;
-    assert!(peer.element().await.is("features", ns::STREAM));
+    let mut peer = authenticated_peer(&b, &ca, &header).await;
     // Say nothing: the server closes the stream politely once idle_timeout_secs pass.
     let started = std::time::Instant::now();
     match peer.next().await {
@@ -545,21 +556,14 @@ async fn connections_per_remote_domain_are_limited() {
     // The first stream is counted once its EXTERNAL succeeded.
     let (mut first, features) = raw_server(&b, &ca, &["a.example"], &header, "b.example").await;
     assert!(offers_external(&features), "{features}");
-    first
-        .send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>")
-        .await;
+    first.send(EXTERNAL).await;
     assert!(first.element().await.is("success", ns::SASL));
     // A second one from the same domain is over the limit.
     let (mut second, _) = raw_server(&b, &ca, &["a.example"], &header, "b.example").await;
-    second
-        .send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>")
-        .await;
+    second.send(EXTERNAL).await;
     assert_eq!(second.stream_error().await, "resource-constraint");
     // The first one goes on.
-    first.restart();
-    first.send(&header).await;
-    let _ = first.next().await;
-    assert!(first.element().await.is("features", ns::STREAM));
+    restart_stream(&mut first, &header).await;
 }
 
 #[tokio::test]

@@ -111,12 +111,18 @@ fn next_local_address(server: SocketAddr) -> std::net::IpAddr {
     }
 }
 
-/// Creates `user` by XEP-0077 in-band registration (an existing account is fine).
-async fn register(server: &Server, user: &str) {
+/// A new connection with STARTTLS done and the secured stream opened.
+async fn secured(server: &Server) -> Session {
     let mut raw = Raw::connect_from(server.c2s, next_local_address(server.c2s)).await;
     raw.open(&server.domain).await;
     let mut raw = raw.starttls_as(server.tls.clone(), &server.domain).await;
     raw.open(&server.domain).await;
+    raw
+}
+
+/// Creates `user` by XEP-0077 in-band registration (an existing account is fine).
+async fn register(server: &Server, user: &str) {
+    let mut raw = secured(server).await;
     raw.send(&format!(
         "<iq type='set' id='reg'><query xmlns='jabber:iq:register'>\
          <username>{user}</username><password>{PASSWORD}</password></query></iq>"
@@ -240,10 +246,7 @@ type Session = Raw<tokio_rustls::client::TlsStream<TcpStream>>;
 
 async fn login(server: &Server, user: &str, resource: &str) -> Session {
     let d = &server.domain;
-    let mut raw = Raw::connect_from(server.c2s, next_local_address(server.c2s)).await;
-    raw.open(d).await;
-    let mut raw = raw.starttls_as(server.tls.clone(), d).await;
-    raw.open(d).await;
+    let mut raw = secured(server).await;
     let ok = match MECH.get().map(String::as_str).unwrap_or("SCRAM-SHA-1") {
         "PLAIN" => raw.auth_plain(user, PASSWORD).await,
         _ => auth_scram_sha1(&mut raw, user).await,
