@@ -59,7 +59,7 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, direct
     let conn = Conn::new(
         tls,
         shared.parser_limits(),
-        shared.default_host.clone(),
+        shared.router.default_host(),
         ns::CLIENT,
     );
     let deadline = tokio::time::Instant::now() + handshake;
@@ -112,7 +112,7 @@ fn pick_host(shared: &Shared, header: &StreamHeader) -> Result<Arc<Host>, Fail> 
     }
     let domain = match &header.to {
         Some(to) => to.to_ascii_lowercase(),
-        None => shared.default_host.clone(),
+        None => shared.router.default_host(),
     };
     shared
         .router
@@ -129,7 +129,7 @@ async fn negotiate_starttls(
     let mut conn = Conn::new(
         tcp,
         shared.parser_limits(),
-        shared.default_host.clone(),
+        shared.router.default_host(),
         ns::CLIENT,
     );
     let result: Result<(), Fail> = async {

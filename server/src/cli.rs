@@ -275,8 +275,7 @@ async fn run(config: Config, path: Option<PathBuf>) -> ExitCode {
                     _ = token.cancelled() => return,
                     got = hup.recv() => if got.is_none() { return },
                 }
-                let r = r.clone();
-                let _ = tokio::task::spawn_blocking(move || r.reload()).await;
+                r.reload().await;
             }
         });
     }

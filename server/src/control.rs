@@ -1,10 +1,11 @@
 //! Live reload, triggered by `SIGHUP` or by `openspimed reload` through the local control
 //! socket (`DATA_DIR/control.sock`, mode 0600): certificates are re-read, the log level,
-//! `[limits]` and `[s2s.remote]` are re-applied; every other configuration change is named
-//! as needing a restart.
+//! `[limits]`, `[s2s.remote]`, `[hosts]` and `[modules]` are re-applied (hosts and module
+//! instances as [`crate::mount`] describes); every other configuration change is named as
+//! needing a restart.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use openspimed_config::Config;
 
@@ -40,8 +41,9 @@ pub struct Reloader {
     shared: Arc<Shared>,
     /// The configuration file to re-read; `None` for the embedded default.
     path: Option<PathBuf>,
-    /// The configuration as last applied, to tell what changed in the file.
-    applied: Mutex<Config>,
+    /// The configuration as last applied, to tell what changed in the file; held for the
+    /// whole of a reload, so that two reloads never interleave.
+    applied: tokio::sync::Mutex<Config>,
     /// Re-applies the log level, when the logger supports it.
     set_log_filter: Option<SetLogFilter>,
 }
@@ -53,7 +55,7 @@ impl Reloader {
         path: Option<PathBuf>,
         set_log_filter: Option<SetLogFilter>,
     ) -> Self {
-        let applied = Mutex::new(shared.config.clone());
+        let applied = tokio::sync::Mutex::new(shared.config.clone());
         Reloader {
             shared,
             path,
@@ -63,21 +65,48 @@ impl Reloader {
     }
 
     /// Reloads what can change live and reports, line by line, what happened.
-    pub fn reload(&self) -> Vec<ReloadLine> {
+    pub async fn reload(&self) -> Vec<ReloadLine> {
+        let mut applied = self.applied.lock().await;
         let mut report = Vec::new();
-        match self.shared.reload_certificates() {
-            Ok(hosts) => report.push(ReloadLine::Done(format!("certificates of {hosts} host(s)"))),
-            Err(problems) => report.extend(problems.into_iter().map(|p| {
-                ReloadLine::Failed(format!("{p} (the current certificates stay in use)"))
-            })),
-        }
-        if let Some(path) = &self.path {
-            match Config::load(path) {
-                Ok(new) => self.apply_config(new, &mut report),
-                Err(e) => report.push(ReloadLine::Failed(format!(
-                    "{e} (the running configuration stays)"
-                ))),
+        let new = match &self.path {
+            None => None,
+            Some(path) => {
+                let path = path.clone();
+                match tokio::task::spawn_blocking(move || Config::load(&path)).await {
+                    Ok(Ok(new)) => Some(new),
+                    Ok(Err(e)) => {
+                        report.push(ReloadLine::Failed(format!(
+                            "{e} (the running configuration stays)"
+                        )));
+                        None
+                    }
+                    Err(_) => {
+                        report.push(ReloadLine::Failed(
+                            "the configuration file could not be read".into(),
+                        ));
+                        None
+                    }
+                }
             }
+        };
+        let hosts_changed = new
+            .as_ref()
+            .is_some_and(|n| n.hosts != applied.hosts || n.modules != applied.modules);
+        if !hosts_changed {
+            match self.shared.reload_certificates() {
+                Ok(hosts) => {
+                    report.push(ReloadLine::Done(format!("certificates of {hosts} host(s)")))
+                }
+                Err(problems) => report.extend(problems.into_iter().map(|p| {
+                    ReloadLine::Failed(format!("{p} (the current certificates stay in use)"))
+                })),
+            }
+        }
+        if let Some(new) = new {
+            if hosts_changed {
+                self.apply_hosts(&new, &mut applied, &mut report).await;
+            }
+            self.apply_config(new, &mut applied, &mut report);
         }
         for line in &report {
             match line {
@@ -88,11 +117,53 @@ impl Reloader {
         report
     }
 
-    fn apply_config(&self, new: Config, report: &mut Vec<ReloadLine>) {
-        let mut applied = match self.applied.lock() {
-            Ok(a) => a,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+    /// `[hosts]` and `[modules]`: certificates of the new host set, then the module
+    /// instances that changed. Nothing changes when the new set has a problem.
+    async fn apply_hosts(&self, new: &Config, applied: &mut Config, report: &mut Vec<ReloadLine>) {
+        let problems = new.problems(&crate::server::builtin_module_names());
+        if !problems.is_empty() {
+            report.extend(
+                problems.into_iter().map(|p| {
+                    ReloadLine::Failed(format!("{p} (hosts and modules stay as they are)"))
+                }),
+            );
+            return;
+        }
+        match self.shared.set_hosts(&new.hosts, &new.modules).await {
+            Err(problems) => report.extend(problems.into_iter().map(|p| {
+                ReloadLine::Failed(format!(
+                    "{p} (hosts, modules and certificates stay as they are)"
+                ))
+            })),
+            Ok(done) => {
+                report.push(ReloadLine::Done(format!(
+                    "certificates of {} host(s)",
+                    done.certificates
+                )));
+                let mut say = |what: &str, list: &[String]| {
+                    if !list.is_empty() {
+                        report.push(ReloadLine::Done(format!("{what}: {}", list.join(", "))));
+                    }
+                };
+                say("hosts added", &done.added);
+                say(
+                    "hosts removed (their sessions ended with host-gone)",
+                    &done.removed,
+                );
+                say("modules started", &done.modules.started);
+                say("modules stopped", &done.modules.retired);
+                for f in &done.modules.failed {
+                    report.push(ReloadLine::Failed(format!(
+                        "module {f} (the instance it was to replace, if any, stays)"
+                    )));
+                }
+                applied.hosts = new.hosts.clone();
+                applied.modules = new.modules.clone();
+            }
+        }
+    }
+
+    fn apply_config(&self, new: Config, applied: &mut Config, report: &mut Vec<ReloadLine>) {
         if new.log.level != applied.log.level {
             match &self.set_log_filter {
                 Some(set) => match set(&new.log.level) {
@@ -122,7 +193,7 @@ impl Reloader {
             ));
             applied.s2s.remote = new.s2s.remote.clone();
         }
-        let changed = changed_sections(&applied, &new);
+        let changed = changed_sections(applied, &new);
         if !changed.is_empty() {
             report.push(ReloadLine::NeedsRestart(changed.join(", ")));
         }
@@ -195,11 +266,8 @@ pub async fn serve(path: &Path, reloader: Arc<Reloader>) -> std::io::Result<()> 
             }
             let answer = match line.trim() {
                 "reload" => {
-                    let r = reloader.clone();
-                    match tokio::task::spawn_blocking(move || r.reload()).await {
-                        Ok(report) => report.iter().map(|l| format!("{l}\n")).collect(),
-                        Err(_) => "error: the reload did not finish\n".to_owned(),
-                    }
+                    let report = reloader.reload().await;
+                    report.iter().map(|l| format!("{l}\n")).collect()
                 }
                 other => format!("error: unknown command {other:?}; known: reload\n"),
             };

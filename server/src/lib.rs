@@ -25,6 +25,7 @@ pub mod control;
 pub mod error;
 pub mod ibr;
 pub mod im;
+pub mod mount;
 pub mod router;
 pub mod s2s;
 pub mod sasl;

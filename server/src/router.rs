@@ -5,19 +5,20 @@
 //! the stanza to a module, a session's outbox, or bounces it with the RFC's error.
 //! Sessions are found through [`Registry`].
 
-use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, Weak};
 
 use dashmap::DashMap;
 use openspimed_module_api::jid::Jid;
 use openspimed_module_api::{
-    BoxFuture, Condition, Context, Element, Identity, IqError, Module, Outcome, Route,
-    ServerHandle, StanzaError,
+    BoxFuture, Condition, Context, Element, Identity, IqError, Outcome, Route, ServerHandle,
+    StanzaError,
 };
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{StreamError, module_failure, storage_failure};
 use crate::im::ImLimits;
+pub use crate::mount::Host;
+use crate::mount::{Mounted, TableSlot, Tables};
 use crate::s2s::{S2s, SendError};
 use crate::storage::{AccountStore, ImStore};
 
@@ -204,6 +205,26 @@ impl Registry {
             .collect()
     }
 
+    /// Ends every session of accounts on `domain` with `err` (a host that was removed);
+    /// returns how many were told.
+    pub fn kick_domain(&self, domain: &str, err: &StreamError) -> usize {
+        let mut told = 0;
+        for entry in self.by_bare.iter() {
+            let on_domain = entry
+                .key()
+                .rsplit_once('@')
+                .is_some_and(|(_, d)| d == domain);
+            if on_domain {
+                for s in entry.value() {
+                    if s.tx.try_send(Outgoing::Kick(err.clone())).is_ok() {
+                        told += 1;
+                    }
+                }
+            }
+        }
+        told
+    }
+
     /// Outboxes of the available resources with non-negative priority.
     fn non_negative(&self, bare: &str) -> Vec<mpsc::Sender<Outgoing>> {
         self.by_bare
@@ -231,33 +252,11 @@ impl Registry {
     }
 }
 
-/// A virtual host and its modules.
-pub struct Host {
-    /// The domain.
-    pub domain: String,
-    /// Enabled modules.
-    pub modules: Vec<Arc<dyn Module>>,
-    /// Payload namespace → module, for iqs to the host itself.
-    pub iq_handlers: HashMap<&'static str, Arc<dyn Module>>,
-    /// SASL mechanisms offered on this host, in order.
-    pub mechanisms: Vec<String>,
-    /// Whether new accounts may register in-band (XEP-0077).
-    pub allow_registration: bool,
-    /// The context handed to this host's modules.
-    pub cx: Context,
-}
-
-/// A module that owns an address, with the host it belongs to.
-type ModuleRoute = (Arc<Host>, Arc<dyn Module>);
-
 /// The routing table and session registry.
 pub struct Router {
-    /// Virtual hosts by domain; set once at start (modules need the router to be built).
-    hosts: OnceLock<HashMap<String, Arc<Host>>>,
-    /// Exact-JID module routes (`services@example.org/cert`).
-    jid_routes: OnceLock<HashMap<String, ModuleRoute>>,
-    /// Whole-domain module routes (`pubsub.example.org`).
-    domain_routes: OnceLock<HashMap<String, ModuleRoute>>,
+    /// Hosts and module routes: empty until the modules are built (they need the router),
+    /// replaced as a whole when a reload changes hosts or modules.
+    tables: std::sync::RwLock<Arc<Tables>>,
     /// Bound sessions.
     pub registry: Registry,
     /// To tell "no such account" from "account offline".
@@ -286,9 +285,7 @@ impl Router {
         Arc::new(Router {
             im,
             im_limits: std::sync::RwLock::new(im_limits),
-            hosts: OnceLock::new(),
-            jid_routes: OnceLock::new(),
-            domain_routes: OnceLock::new(),
+            tables: Default::default(),
             registry: Registry::default(),
             accounts,
             pending: DashMap::new(),
@@ -302,31 +299,12 @@ impl Router {
         Arc::new(RouterRef(Arc::downgrade(self)))
     }
 
-    /// Installs the hosts and derives the module routing tables.
-    pub fn install(&self, hosts: Vec<Host>) {
-        let mut by_domain = HashMap::new();
-        let mut jids = HashMap::new();
-        let mut domains = HashMap::new();
-        for host in hosts {
-            let host = Arc::new(host);
-            for m in &host.modules {
-                for r in m.routes() {
-                    match r {
-                        Route::Jid(j) => {
-                            jids.insert(j, (host.clone(), m.clone()));
-                        }
-                        Route::Domain(d) => {
-                            domains.insert(d.to_ascii_lowercase(), (host.clone(), m.clone()));
-                        }
-                        Route::ServerIq(_) => {}
-                    }
-                }
-            }
-            by_domain.insert(host.domain.clone(), host);
+    /// Hosts and module routes in force.
+    fn tables(&self) -> Arc<Tables> {
+        match self.tables.read() {
+            Ok(t) => t.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
         }
-        let _ = self.hosts.set(by_domain);
-        let _ = self.jid_routes.set(jids);
-        let _ = self.domain_routes.set(domains);
     }
 
     /// The IM core's limits in force.
@@ -352,16 +330,18 @@ impl Router {
 
     /// Whether a domain is served here: a virtual host or a hosted service domain.
     pub fn is_local_domain(&self, domain: &str) -> bool {
-        self.host(domain).is_some()
-            || self
-                .domain_routes
-                .get()
-                .is_some_and(|m| m.contains_key(domain))
+        let t = self.tables();
+        t.hosts.contains_key(domain) || t.domain_routes.contains_key(domain)
     }
 
     /// A virtual host by domain.
     pub fn host(&self, domain: &str) -> Option<Arc<Host>> {
-        self.hosts.get().and_then(|h| h.get(domain).cloned())
+        self.tables().hosts.get(domain).cloned()
+    }
+
+    /// The host for streams whose header names none (the first configured domain).
+    pub fn default_host(&self) -> String {
+        self.tables().default_host.clone()
     }
 
     /// Routes a stanza whose `from` is already authenticated.
@@ -395,15 +375,22 @@ impl Router {
                 return;
             }
         }
-        if let Some((host, module)) = self.jid_routes.get().and_then(|m| m.get(&to_str)) {
-            return self.call(module, &host.cx, stanza).await;
-        }
         let domain = to.domain().as_str();
-        if let Some((host, module)) = self.domain_routes.get().and_then(|m| m.get(domain)) {
-            return self.call(module, &host.cx, stanza).await;
-        }
-        let Some(host) = self.host(domain) else {
-            return self.to_remote(stanza).await;
+        let target = {
+            let t = self.tables();
+            match t
+                .jid_routes
+                .get(&to_str)
+                .or_else(|| t.domain_routes.get(domain))
+            {
+                Some((host, module)) => Err((host.clone(), module.clone())),
+                None => Ok(t.hosts.get(domain).cloned()),
+            }
+        };
+        let host = match target {
+            Err((host, module)) => return self.call(&module, &host.cx, stanza).await,
+            Ok(None) => return self.to_remote(stanza).await,
+            Ok(Some(host)) => host,
         };
         match to.node() {
             None => self.to_host(&host, stanza).await,
@@ -594,7 +581,13 @@ impl Router {
         }
     }
 
-    async fn call(&self, module: &Arc<dyn Module>, cx: &Context, stanza: Element) {
+    async fn call(&self, mounted: &Arc<Mounted>, cx: &Context, stanza: Element) {
+        let Some(_inside) = mounted.enter().await else {
+            // Replaced (or removed) by a reload while the stanza waited: the tables in
+            // force name what took its place.
+            return Box::pin(self.route_inner(stanza)).await;
+        };
+        let module = &mounted.module;
         let envelope = shallow(&stanza);
         let outcome = match module.handle(cx, stanza).await {
             Ok(o) => o,
@@ -613,6 +606,19 @@ impl Router {
             .increment(1);
         if let Some(reply) = err.reply_to(stanza) {
             Box::pin(self.route(reply)).await;
+        }
+    }
+}
+
+impl TableSlot for Router {
+    fn tables(&self) -> Arc<Tables> {
+        Router::tables(self)
+    }
+
+    fn set_tables(&self, tables: Tables) {
+        match self.tables.write() {
+            Ok(mut t) => *t = Arc::new(tables),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(tables),
         }
     }
 }
@@ -654,7 +660,7 @@ impl ServerHandle for RouterRef {
         .iter()
         .map(|s| (*s).to_owned())
         .collect();
-        out.extend(h.modules.iter().flat_map(|m| m.features()));
+        out.extend(h.modules.iter().flat_map(|m| m.module.features()));
         out
     }
 
@@ -668,7 +674,7 @@ impl ServerHandle for RouterRef {
             name: Some("openspimed".into()),
         }];
         if let Some(h) = r.host(host) {
-            out.extend(h.modules.iter().flat_map(|m| m.identities()));
+            out.extend(h.modules.iter().flat_map(|m| m.module.identities()));
         }
         out
     }
@@ -683,7 +689,7 @@ impl ServerHandle for RouterRef {
         let mut out: Vec<String> = h
             .modules
             .iter()
-            .flat_map(|m| m.routes())
+            .flat_map(|m| m.module.routes())
             .filter_map(|route| match route {
                 Route::Jid(j) | Route::Domain(j) => Some(j),
                 Route::ServerIq(_) => None,
@@ -737,11 +743,8 @@ impl ServerHandle for RouterRef {
         let Ok(j) = Jid::new(jid) else {
             return false;
         };
-        r.jid_routes
-            .get()
-            .is_some_and(|m| m.contains_key(&j.to_string()))
-            || r.domain_routes
-                .get()
-                .is_some_and(|m| m.contains_key(j.domain().as_str()))
+        let t = r.tables();
+        t.jid_routes.contains_key(&j.to_string())
+            || t.domain_routes.contains_key(j.domain().as_str())
     }
 }

@@ -4,21 +4,22 @@
 //! returned and logged) and returns a [`RunningServer`]; shutdown is a value
 //! ([`CancellationToken`]) every session loop selects on.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use openspimed_config::{Config, LimitsConfig};
-use openspimed_module_api::{Context, ModuleFactory, ModuleStorage, Route};
+use openspimed_config::{Config, HostConfig, LimitsConfig};
+use openspimed_module_api::{ModuleFactory, ModuleStorage};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::c2s;
-use crate::router::{Host, Router};
+use crate::mount::TableSlot;
+use crate::router::Router;
 use crate::sasl::AuthThrottle;
 use crate::storage::AccountStore;
 use crate::storage::sqlite::SqliteStore;
@@ -93,8 +94,9 @@ pub struct Shared {
     pub connections: AtomicUsize,
     /// Source of unique session ids.
     pub next_session_id: AtomicU64,
-    /// Host used when a client's stream header has no `to`.
-    pub default_host: String,
+    /// `[hosts]` as currently in force (replaced when a reload adds or removes hosts):
+    /// where each host's certificate files are.
+    hosts: std::sync::RwLock<BTreeMap<String, HostConfig>>,
     /// Sessions waiting to be resumed (XEP-0198), by resumption id.
     pub detached: crate::c2s::DetachedSessions,
 }
@@ -135,8 +137,7 @@ impl Shared {
 
     /// Every host's certificate and key file (configured or generated), in host order.
     fn certificate_files(&self) -> Vec<(String, PathBuf, PathBuf)> {
-        self.config
-            .hosts
+        self.hosts()
             .iter()
             .map(|(domain, host)| {
                 let (cert, key) = crate::tls::certificate_paths(&self.config, domain, host);
@@ -159,13 +160,90 @@ impl Shared {
     /// established sessions keep theirs. When any file is missing, unreadable or does not
     /// match its key, the running set stays in place and the problems are returned.
     pub fn reload_certificates(&self) -> Result<usize, Vec<String>> {
-        let table = crate::tls::load_table(&self.config, &crate::tls::provider())?;
+        self.load_certificates(&self.hosts())
+    }
+
+    /// Puts new `[hosts]` and `[modules]` in force (reload): the module instances are built
+    /// first and the certificates of the new host set loaded, so that a problem with either
+    /// changes nothing; then the routing tables switch ([`crate::mount::switch`]) and the
+    /// sessions of removed hosts end with `host-gone` (RFC 6120 §4.9.3.5).
+    pub async fn set_hosts(
+        &self,
+        hosts: &BTreeMap<String, HostConfig>,
+        modules: &BTreeMap<String, openspimed_module_api::toml::Table>,
+    ) -> Result<HostsChanged, Vec<String>> {
+        let before = self.hosts();
+        let built = crate::mount::build(
+            hosts,
+            modules,
+            &builtin_modules(),
+            &self.router.handle(),
+            &self.module_storage,
+            &TableSlot::tables(self.router.as_ref()),
+        )
+        .map_err(|e| vec![e.to_string()])?;
+        let certificates = self.load_certificates(hosts)?;
+        match self.hosts.write() {
+            Ok(mut h) => *h = hosts.clone(),
+            Err(poisoned) => *poisoned.into_inner() = hosts.clone(),
+        }
+        let modules = crate::mount::switch(self.router.as_ref(), built).await;
+        let added: Vec<String> = hosts
+            .keys()
+            .filter(|d| !before.contains_key(*d))
+            .cloned()
+            .collect();
+        let removed: Vec<String> = before
+            .keys()
+            .filter(|d| !hosts.contains_key(*d))
+            .cloned()
+            .collect();
+        let gone = crate::error::StreamError::new(crate::error::StreamErrorCondition::HostGone);
+        for d in &removed {
+            let sessions = self.router.registry.kick_domain(d, &gone);
+            tracing::info!(host = %d, sessions, "host removed");
+        }
+        Ok(HostsChanged {
+            certificates,
+            added,
+            removed,
+            modules,
+        })
+    }
+
+    /// `[hosts]` in force.
+    pub fn hosts(&self) -> BTreeMap<String, HostConfig> {
+        match self.hosts.read() {
+            Ok(h) => h.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Loads the certificates of `hosts` and puts them in force.
+    fn load_certificates(
+        &self,
+        hosts: &BTreeMap<String, HostConfig>,
+    ) -> Result<usize, Vec<String>> {
+        let table = crate::tls::load_table(&self.config.data_dir, hosts, &crate::tls::provider())?;
         let hosts = table.by_name.len();
         self.tls.resolver.replace(table);
         self.record_certificate_expiry();
         tracing::info!(hosts, "certificates reloaded");
         Ok(hosts)
     }
+}
+
+/// What [`Shared::set_hosts`] changed.
+#[derive(Debug)]
+pub struct HostsChanged {
+    /// Hosts whose certificates are now loaded.
+    pub certificates: usize,
+    /// Domains served from now on.
+    pub added: Vec<String>,
+    /// Domains no longer served.
+    pub removed: Vec<String>,
+    /// Module instances started, retired or failed.
+    pub modules: crate::mount::Switched,
 }
 
 fn im_limits(l: &LimitsConfig) -> crate::im::ImLimits {
@@ -283,46 +361,14 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let module_storage: Arc<dyn ModuleStorage> = store.clone();
     let router = Router::new(accounts.clone(), store.clone(), im_limits(&config.limits));
 
-    let handle = router.handle();
-    let mut hosts = Vec::new();
-    for (domain, hc) in &config.hosts {
-        let cx = Context {
-            host: Arc::from(domain.as_str()),
-            server: handle.clone(),
-            storage: module_storage.clone(),
-        };
-        let mut modules = Vec::new();
-        let mut iq_handlers = HashMap::new();
-        let empty = openspimed_module_api::toml::Table::new();
-        for name in &hc.modules {
-            let Some(f) = factories.iter().find(|f| f.name() == name) else {
-                continue;
-            };
-            let m = f.build(domain, config.modules.get(name).unwrap_or(&empty))?;
-            for r in m.routes() {
-                if let Route::ServerIq(ns) = r {
-                    iq_handlers.insert(ns, m.clone());
-                }
-            }
-            modules.push(m);
-        }
-        hosts.push(Host {
-            domain: domain.clone(),
-            modules,
-            iq_handlers,
-            mechanisms: hc.sasl_mechanisms.clone(),
-            allow_registration: hc.allow_registration,
-            cx,
-        });
-    }
-    let starts: Vec<(Arc<dyn openspimed_module_api::Module>, Context)> = hosts
-        .iter()
-        .flat_map(|h| h.modules.iter().map(|m| (m.clone(), h.cx.clone())))
-        .collect();
-    router.install(hosts);
-    for (module, cx) in starts {
-        module.start(&cx).await?;
-    }
+    crate::mount::install(
+        router.as_ref(),
+        &config,
+        &factories,
+        &router.handle(),
+        &module_storage,
+    )
+    .await?;
 
     let limits = std::sync::RwLock::new(config.limits.clone());
     let mut c2s_listeners = Vec::new();
@@ -362,7 +408,6 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         tracker.clone(),
     );
     router.set_remote(s2s.clone());
-    let default_host = config.hosts.keys().next().cloned().unwrap_or_default();
     let shared = Arc::new(Shared {
         throttle: AuthThrottle::new(
             config.auth.max_failures,
@@ -371,6 +416,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         registrations: crate::ibr::RegistrationLimit::new(
             config.auth.registrations_per_ip_per_hour,
         ),
+        hosts: std::sync::RwLock::new(config.hosts.clone()),
         config,
         limits,
         router,
@@ -381,7 +427,6 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         shutdown,
         connections: AtomicUsize::new(0),
         next_session_id: AtomicU64::new(1),
-        default_host,
         detached: Default::default(),
     });
     crate::telemetry::handle();

@@ -2,8 +2,8 @@
 //! the STARTTLS and direct-TLS (XEP-0368, ALPN `xmpp-client` / `xmpp-server`) listeners of
 //! clients and servers.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use openspimed_certs::peer::DeferredClientVerifier;
@@ -43,11 +43,15 @@ pub fn certificate_paths(config: &Config, domain: &str, host: &HostConfig) -> (P
 
 /// Loads (or generates, for hosts without configured files) every host's certificate.
 /// Returns one line per problem.
-pub fn load_table(config: &Config, provider: &CryptoProvider) -> Result<SniTable, Vec<String>> {
+pub fn load_table(
+    data_dir: &Path,
+    hosts: &BTreeMap<String, HostConfig>,
+    provider: &CryptoProvider,
+) -> Result<SniTable, Vec<String>> {
     let mut by_name = HashMap::new();
     let mut problems = Vec::new();
-    let dev_dir = config.data_dir.join("certs");
-    for (domain, host) in &config.hosts {
+    let dev_dir = data_dir.join("certs");
+    for (domain, host) in hosts {
         let loaded = match (&host.certificate, &host.key) {
             (Some(cert), Some(key)) => openspimed_certs::load_pair(cert, key, provider),
             _ => openspimed_certs::dev_certificate(&dev_dir, domain, provider),
@@ -62,8 +66,7 @@ pub fn load_table(config: &Config, provider: &CryptoProvider) -> Result<SniTable
     if !problems.is_empty() {
         return Err(problems);
     }
-    let default = config
-        .hosts
+    let default = hosts
         .keys()
         .next()
         .and_then(|d| by_name.get(&d.to_ascii_lowercase()).cloned());
@@ -73,7 +76,7 @@ pub fn load_table(config: &Config, provider: &CryptoProvider) -> Result<SniTable
 /// Builds both server configurations.
 pub fn build(config: &Config) -> Result<TlsSetup, Vec<String>> {
     let provider = provider();
-    let table = load_table(config, &provider)?;
+    let table = load_table(&config.data_dir, &config.hosts, &provider)?;
     let resolver = Arc::new(SniResolver::new(table));
     let make = |alpn: Option<&[u8]>, s2s: bool| -> Result<Arc<ServerConfig>, Vec<String>> {
         let builder = ServerConfig::builder_with_provider(provider.clone())

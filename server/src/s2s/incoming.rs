@@ -43,7 +43,7 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, direct
             .ok()
             .and_then(Result::ok)
     } else {
-        let mut conn = Conn::new(tcp, limits, shared.default_host.clone(), ns::SERVER);
+        let mut conn = Conn::new(tcp, limits, shared.router.default_host(), ns::SERVER);
         match starttls(&shared, &mut conn, handshake).await {
             Ok(()) => {
                 let acceptor = TlsAcceptor::from(shared.tls.s2s_starttls.clone());
@@ -67,7 +67,7 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, direct
         .peer_certificates()
         .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
         .unwrap_or_default();
-    let conn = Conn::new(tls, limits, shared.default_host.clone(), ns::SERVER);
+    let conn = Conn::new(tls, limits, shared.router.default_host(), ns::SERVER);
     let mut session = Incoming {
         shared: shared.clone(),
         s2s,
