@@ -967,8 +967,7 @@ async fn inbound(
             "stanzas must be in jabber:client",
         ));
     }
-    let (kind, stype) = telemetry::stanza_labels(&el);
-    metrics::counter!(telemetry::STANZAS_IN, "kind" => kind, "type" => stype).increment(1);
+    telemetry::stanza_in(&el);
     // RFC 6120 §8.1.2.1: the server stamps the full JID; a client-supplied from is replaced.
     el.set_attr("from", s.full.clone());
     if let Some(to) = el.attr("to")

@@ -348,8 +348,7 @@ impl Router {
     pub async fn route(&self, stanza: Element) {
         let start = std::time::Instant::now();
         self.route_inner(stanza).await;
-        metrics::histogram!(crate::telemetry::ROUTING_SECONDS)
-            .record(start.elapsed().as_secs_f64());
+        crate::telemetry::routing_took(start.elapsed());
     }
 
     async fn route_inner(&self, stanza: Element) {

@@ -342,6 +342,9 @@ impl RunningServer {
 
 /// Starts the server described by `config`.
 pub async fn start(config: Config) -> Result<RunningServer, StartError> {
+    // The recorder first: modules route stanzas while they start, and the per-stanza
+    // metric handles are registered on first use.
+    crate::telemetry::handle();
     let factories = builtin_modules();
     let names: Vec<&str> = factories.iter().map(|f| f.name()).collect();
     let mut problems = config.problems(&names);
@@ -429,7 +432,6 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         next_session_id: AtomicU64::new(1),
         detached: Default::default(),
     });
-    crate::telemetry::handle();
     shared.record_certificate_expiry();
     tracker.spawn(crate::telemetry::upkeep(shared.shutdown.clone()));
     if shared.config.tls.watch_secs > 0 {

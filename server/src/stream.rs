@@ -135,7 +135,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             if n == 0 {
                 return Err(Fail::Closed);
             }
-            metrics::counter!(telemetry::BYTES_IN).increment(n as u64);
+            telemetry::bytes_in(n);
             self.last_read = n;
             self.end = n;
         }
@@ -198,20 +198,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
     /// Writes bytes as they are (negotiation elements) and flushes.
     pub(crate) async fn write_raw(&mut self, bytes: &[u8]) -> Result<(), Fail> {
-        metrics::counter!(telemetry::BYTES_OUT).increment(bytes.len() as u64);
+        telemetry::bytes_out(bytes.len());
         self.io.write_all(bytes).await.map_err(|_| Fail::Closed)?;
         self.io.flush().await.map_err(|_| Fail::Closed)
     }
 
     /// Serializes elements into the write buffer without sending.
     pub(crate) fn queue(&mut self, el: &Element) {
-        let kind = match el.name() {
-            "message" => "message",
-            "presence" => "presence",
-            "iq" => "iq",
-            _ => "other",
-        };
-        metrics::counter!(telemetry::STANZAS_OUT, "kind" => kind).increment(1);
+        telemetry::stanza_out(el.name());
         el.write_stanza_to(&mut self.wbuf, self.content_ns);
     }
 
@@ -225,7 +219,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         if self.wbuf.is_empty() {
             return Ok(());
         }
-        metrics::counter!(telemetry::BYTES_OUT).increment(self.wbuf.len() as u64);
+        telemetry::bytes_out(self.wbuf.len());
         let res = self.io.write_all(&self.wbuf).await;
         self.wbuf.clear();
         if self.wbuf.capacity() > 64 * 1024 {

@@ -419,8 +419,7 @@ impl Incoming {
                 "the to domain is not authenticated on this stream",
             ));
         }
-        let (kind, stype) = telemetry::stanza_labels(&el);
-        metrics::counter!(telemetry::STANZAS_IN, "kind" => kind, "type" => stype).increment(1);
+        telemetry::stanza_in(&el);
         el.rename_ns(ns::SERVER, &Ns::from(ns::CLIENT));
         self.shared.router.route(el).await;
         Ok(())
