@@ -135,6 +135,29 @@ pub fn bytes_out(n: usize) {
         .increment(n as u64);
 }
 
+/// The `operation` label of [`STORAGE_SECONDS`].
+#[derive(Clone, Copy, Debug)]
+pub enum StorageOp {
+    /// A read on the shared reader connection.
+    Read = 0,
+    /// A write through the group-commit writer (until durable).
+    Write = 1,
+}
+
+static STORAGE: [OnceLock<Histogram>; 2] = [const { OnceLock::new() }; 2];
+
+/// Records how long a storage operation took ([`STORAGE_SECONDS`]).
+pub fn storage_took(op: StorageOp, d: std::time::Duration) {
+    let label = match op {
+        StorageOp::Read => "read",
+        StorageOp::Write => "write",
+    };
+    if let Some(slot) = STORAGE.get(op as usize) {
+        slot.get_or_init(|| metrics::histogram!(STORAGE_SECONDS, "operation" => label))
+            .record(d.as_secs_f64());
+    }
+}
+
 /// Records how long routing one stanza took ([`ROUTING_SECONDS`]).
 pub fn routing_took(d: std::time::Duration) {
     ROUTING

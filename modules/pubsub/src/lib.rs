@@ -370,6 +370,18 @@ struct Request<'a> {
     host: &'a str,
 }
 
+/// `openspimed_pubsub_notifications_total`, registered once (counted per subscriber).
+fn notifications() -> &'static metrics::Counter {
+    static C: std::sync::OnceLock<metrics::Counter> = std::sync::OnceLock::new();
+    C.get_or_init(|| metrics::counter!("openspimed_pubsub_notifications_total"))
+}
+
+/// `openspimed_pubsub_publishes_total`, registered once.
+fn publishes() -> &'static metrics::Counter {
+    static C: std::sync::OnceLock<metrics::Counter> = std::sync::OnceLock::new();
+    C.get_or_init(|| metrics::counter!("openspimed_pubsub_publishes_total"))
+}
+
 fn domain_allowed(list: &[String], jid: &Jid) -> bool {
     list.is_empty() || list.iter().any(|d| d == jid.domain().as_str())
 }
@@ -407,7 +419,7 @@ impl Request<'_> {
             .iter()
             .filter(|s| s.state == "subscribed")
         {
-            metrics::counter!("openspimed_pubsub_notifications_total").increment(1);
+            notifications().increment(1);
             let msg = Element::new("message", ns::CLIENT)
                 .with_attr("from", self.svc.jid.clone())
                 .with_attr("to", sub.jid.clone())
@@ -860,7 +872,7 @@ impl Request<'_> {
                 .await
                 .map_err(internal)?;
         }
-        metrics::counter!("openspimed_pubsub_publishes_total").increment(1);
+        publishes().increment(1);
         let mut ev_item = Element::new("item", pns::EVENT).with_attr("id", id.clone());
         if node.config.deliver_payloads {
             ev_item.push_child(item_payload.clone());

@@ -246,8 +246,7 @@ impl SqliteStore {
         })
         .await
         .map_err(|e| StorageError::Backend(format!("storage task failed: {e}")))?;
-        metrics::histogram!(crate::telemetry::STORAGE_SECONDS, "operation" => "read")
-            .record(start.elapsed().as_secs_f64());
+        crate::telemetry::storage_took(crate::telemetry::StorageOp::Read, start.elapsed());
         r
     }
 
@@ -269,8 +268,7 @@ impl SqliteStore {
         let any = rx
             .await
             .map_err(|_| StorageError::Backend("the writer dropped a job".into()))??;
-        metrics::histogram!(crate::telemetry::STORAGE_SECONDS, "operation" => "write")
-            .record(start.elapsed().as_secs_f64());
+        crate::telemetry::storage_took(crate::telemetry::StorageOp::Write, start.elapsed());
         any.downcast::<T>()
             .map(|b| *b)
             .map_err(|_| StorageError::Backend("writer result of the wrong type".into()))
@@ -1280,23 +1278,25 @@ impl PubSubStore for SqliteStore {
         let item = item.clone();
         Ok(self
             .write(move |c: &Connection| {
+                // Cached statements: publishing is the hot write of the PubSub service and
+                // the writer thread does every write, so parsing the SQL again each time
+                // showed in its profile.
                 let seq: i64 = c
-                    .query_row(
+                    .prepare_cached(
                         "SELECT COALESCE(MAX(seq), 0) + 1 FROM pubsub_items WHERE service = ?1 AND node = ?2",
-                        params![service, node],
-                        |r| r.get(0),
                     )
+                    .and_then(|mut st| st.query_row(params![service, node], |r| r.get(0)))
                     .map_err(backend)?;
-                c.execute(
-                    "INSERT OR REPLACE INTO pubsub_items VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![service, node, item.id, item.publisher, item.payload, seq],
-                )
-                .map_err(backend)?;
+                c.prepare_cached("INSERT OR REPLACE INTO pubsub_items VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
+                    .and_then(|mut st| {
+                        st.execute(params![service, node, item.id, item.publisher, item.payload, seq])
+                    })
+                    .map_err(backend)?;
                 if let Some(max) = max_items {
-                    c.execute(
+                    c.prepare_cached(
                         "DELETE FROM pubsub_items WHERE service = ?1 AND node = ?2 AND seq <= ?3",
-                        params![service, node, seq - max as i64],
                     )
+                    .and_then(|mut st| st.execute(params![service, node, seq - max as i64]))
                     .map_err(backend)?;
                 }
                 Ok(())
