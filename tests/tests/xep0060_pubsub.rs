@@ -447,3 +447,331 @@ async fn nodes_subscriptions_and_items_survive_a_restart() {
     assert_eq!(names, ["kept", "spimeseek"]);
     server.stop().await;
 }
+
+/// The data form of an `<options/>` or `<default/>` answer: `pubsub#deliver`'s value.
+fn deliver_value(answer: &Element) -> String {
+    let form = answer
+        .first_child()
+        .and_then(|o| o.get_child("x", "jabber:x:data"))
+        .expect("a data form");
+    form.children()
+        .find(|f| f.attr("var") == Some("pubsub#deliver"))
+        .and_then(|f| f.get_child("value", "jabber:x:data"))
+        .map(|v| v.text())
+        .expect("pubsub#deliver")
+}
+
+fn options_form(fields: &str) -> String {
+    format!(
+        "<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'>\
+         <value>http://jabber.org/protocol/pubsub#subscribe_options</value></field>{fields}</x>"
+    )
+}
+
+#[tokio::test]
+async fn subscription_options() {
+    let server = TestServer::start().await;
+    for u in ["alice", "bob", "carol"] {
+        server.add_user(u, "pw").await;
+    }
+    let (mut alice, _) = online(&server, "alice@localhost/a", "pw", false).await;
+    let (mut bob, bob_jid) = online(&server, "bob@localhost/b", "pw", false).await;
+    let (mut carol, carol_jid) = online(&server, "carol@localhost/c", "pw", false).await;
+    iq(&mut alice, SERVICE, false, &ps("<create node='opts'/>"))
+        .await
+        .unwrap();
+
+    // Subscribe and configure in one request (§6.3.7): the answer reports the options.
+    let off = options_form("<field var='pubsub#deliver'><value>0</value></field>");
+    let sub = iq(
+        &mut bob,
+        SERVICE,
+        false,
+        &ps(&format!(
+            "<subscribe node='opts' jid='{bob_jid}'/><options>{off}</options>"
+        )),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let state = sub.get_child("subscription", PUBSUB).unwrap();
+    assert_eq!(state.attr("subscription"), Some("subscribed"), "{sub}");
+    let subid = state.attr("subid").unwrap().to_owned();
+    let reported = sub.get_child("options", PUBSUB).expect("options reported");
+    let form_kind = reported
+        .get_child("x", "jabber:x:data")
+        .and_then(|x| x.attr("type"));
+    assert_eq!(form_kind, Some("result"), "{sub}");
+    iq(
+        &mut carol,
+        SERVICE,
+        false,
+        &ps(&format!("<subscribe node='opts' jid='{carol_jid}'/>")),
+    )
+    .await
+    .unwrap();
+
+    // The options form shows what is in force; the default form shows deliver on.
+    let form = iq(
+        &mut bob,
+        SERVICE,
+        true,
+        &ps(&format!("<options node='opts' jid='{bob_jid}'/>")),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(deliver_value(&form), "0", "{form}");
+    let default = iq(&mut bob, SERVICE, true, &ps("<default/>"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(deliver_value(&default), "1", "{default}");
+
+    // deliver=0: carol gets the first item, bob does not; after bob turns delivery on
+    // again, the next event he gets is the second item.
+    let publish = |id: &str| {
+        ps(&format!(
+            "<publish node='opts'><item id='{id}'><e xmlns='urn:example:o'/></item></publish>"
+        ))
+    };
+    iq(&mut alice, SERVICE, false, &publish("first"))
+        .await
+        .unwrap();
+    let (_, ev) = next_event(&mut carol).await;
+    assert!(ev.to_string().contains("first"), "{ev}");
+    let on = options_form("<field var='pubsub#deliver'><value>true</value></field>");
+    let set = iq(
+        &mut bob,
+        SERVICE,
+        false,
+        &ps(&format!(
+            "<options node='opts' jid='{bob_jid}' subid='{subid}'>{on}</options>"
+        )),
+    )
+    .await
+    .unwrap();
+    assert_eq!(set, None);
+    iq(&mut alice, SERVICE, false, &publish("second"))
+        .await
+        .unwrap();
+    let (_, ev) = next_event(&mut bob).await;
+    let ids: Vec<&str> = ev
+        .get_child("items", EVENT)
+        .unwrap()
+        .children()
+        .filter_map(|i| i.attr("id"))
+        .collect();
+    assert_eq!(ids, ["second"], "{ev}");
+
+    // Error cases of §6.3.4 and §6.3.5.
+    let show_values = options_form("<field var='pubsub#show-values'><value>chat</value></field>");
+    let cases = [
+        (
+            "<options node='opts'/>".to_owned(),
+            "bob",
+            DefinedCondition::BadRequest,
+            Some("jid-required"),
+        ),
+        (
+            format!("<options node='opts' jid='{carol_jid}'/>"),
+            "alice",
+            DefinedCondition::Forbidden,
+            None,
+        ),
+        (
+            "<options node='opts' jid='alice@localhost/a'/>".to_owned(),
+            "alice",
+            DefinedCondition::UnexpectedRequest,
+            Some("not-subscribed"),
+        ),
+        (
+            format!("<options node='opts' jid='{bob_jid}' subid='nope'/>"),
+            "bob",
+            DefinedCondition::NotAcceptable,
+            Some("invalid-subid"),
+        ),
+        (
+            format!("<options node='opts' jid='{bob_jid}'>{show_values}</options>"),
+            "bob",
+            DefinedCondition::BadRequest,
+            Some("invalid-options"),
+        ),
+        (
+            format!("<options node='missing' jid='{bob_jid}'/>"),
+            "bob",
+            DefinedCondition::ItemNotFound,
+            None,
+        ),
+    ];
+    for (payload, who, condition, app) in cases {
+        let client = if who == "alice" { &mut alice } else { &mut bob };
+        let get = !payload.contains("jabber:x:data");
+        let err = iq(client, SERVICE, get, &ps(&payload)).await.unwrap_err();
+        assert_eq!(err.defined_condition, condition, "{payload}");
+        assert_eq!(app_condition(&err).as_deref(), app, "{payload}");
+    }
+}
+
+/// The next message carrying a data form (an approval request), as our element tree.
+async fn next_form_message(client: &mut Client) -> Element {
+    loop {
+        let m = common::next_message(client).await;
+        if m.payloads
+            .iter()
+            .any(|p| p.name() == "x" && p.ns() == "jabber:x:data")
+        {
+            let xml = String::from(&tokio_xmpp::minidom::Element::from(m));
+            return Element::parse(&xml).unwrap();
+        }
+    }
+}
+
+fn form_value(message: &Element, var: &str) -> Option<String> {
+    message
+        .get_child("x", "jabber:x:data")?
+        .children()
+        .find(|f| f.attr("var") == Some(var))?
+        .get_child("value", "jabber:x:data")
+        .map(|v| v.text())
+}
+
+/// The owner's answer to an approval request: the same id and fields, `allow` as given.
+async fn answer_approval(owner: &mut Client, request: &Element, allow: bool) {
+    let field = |var: &str| {
+        format!(
+            "<field var='{var}'><value>{}</value></field>",
+            form_value(request, var).unwrap()
+        )
+    };
+    let xml = format!(
+        "<message xmlns='jabber:client' to='{SERVICE}' id='{}'>\
+         <x xmlns='jabber:x:data' type='submit'>\
+         <field var='FORM_TYPE' type='hidden'>\
+         <value>http://jabber.org/protocol/pubsub#subscribe_authorization</value></field>\
+         {}{}{}<field var='pubsub#allow'><value>{allow}</value></field></x></message>",
+        request.attr("id").unwrap(),
+        field("pubsub#node"),
+        field("pubsub#subscriber_jid"),
+        field("pubsub#subid"),
+    );
+    let el: tokio_xmpp::minidom::Element = xml.parse().unwrap();
+    let m = tokio_xmpp::parsers::message::Message::try_from(el).unwrap();
+    owner.send_stanza(m.into()).await.unwrap();
+}
+
+#[tokio::test]
+async fn authorize_access_model_asks_the_owner() {
+    let server = TestServer::start().await;
+    for u in ["alice", "bob", "carol"] {
+        server.add_user(u, "pw").await;
+    }
+    let (mut alice, _) = online(&server, "alice@localhost/a", "pw", false).await;
+    let (mut bob, bob_jid) = online(&server, "bob@localhost/b", "pw", false).await;
+    let (mut carol, carol_jid) = online(&server, "carol@localhost/c", "pw", false).await;
+    // Approval requests go to the owner's bare JID: alice is available to receive them.
+    alice
+        .send_stanza(tokio_xmpp::parsers::presence::Presence::available().into())
+        .await
+        .unwrap();
+    iq(&mut alice, SERVICE, false, &ps("<create node='club'/>"))
+        .await
+        .unwrap();
+    let set = owner(
+        "<configure node='club'><x xmlns='jabber:x:data' type='submit'>\
+         <field var='FORM_TYPE'><value>http://jabber.org/protocol/pubsub#node_config</value></field>\
+         <field var='pubsub#access_model'><value>authorize</value></field></x></configure>",
+    );
+    iq(&mut alice, SERVICE, false, &set).await.unwrap();
+
+    // bob asks: pending, and the owner gets the approval form (§8.6).
+    let sub = iq(
+        &mut bob,
+        SERVICE,
+        false,
+        &ps(&format!("<subscribe node='club' jid='{bob_jid}'/>")),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        sub.first_child().unwrap().attr("subscription"),
+        Some("pending"),
+        "{sub}"
+    );
+    let request = next_form_message(&mut alice).await;
+    assert_eq!(request.attr("from"), Some(SERVICE), "{request}");
+    assert_eq!(
+        form_value(&request, "FORM_TYPE").as_deref(),
+        Some("http://jabber.org/protocol/pubsub#subscribe_authorization")
+    );
+    assert_eq!(form_value(&request, "pubsub#node").as_deref(), Some("club"));
+    assert_eq!(
+        form_value(&request, "pubsub#subscriber_jid"),
+        Some(bob_jid.to_string())
+    );
+    assert_eq!(
+        form_value(&request, "pubsub#allow").as_deref(),
+        Some("false")
+    );
+
+    // Approved: bob is told and then gets the node's events.
+    answer_approval(&mut alice, &request, true).await;
+    let (_, ev) = next_event(&mut bob).await;
+    let state = ev.get_child("subscription", EVENT).expect("state change");
+    assert_eq!(state.attr("subscription"), Some("subscribed"), "{ev}");
+    assert_eq!(state.attr("node"), Some("club"));
+    iq(
+        &mut alice,
+        SERVICE,
+        false,
+        &ps("<publish node='club'><item id='x1'><e xmlns='urn:example:c'/></item></publish>"),
+    )
+    .await
+    .unwrap();
+    let (_, ev) = next_event(&mut bob).await;
+    assert!(ev.get_child("items", EVENT).is_some(), "{ev}");
+
+    // Denied: carol is told `none` and has no subscription left.
+    iq(
+        &mut carol,
+        SERVICE,
+        false,
+        &ps(&format!("<subscribe node='club' jid='{carol_jid}'/>")),
+    )
+    .await
+    .unwrap();
+    let request = next_form_message(&mut alice).await;
+    answer_approval(&mut alice, &request, false).await;
+    let (_, ev) = next_event(&mut carol).await;
+    let state = ev.get_child("subscription", EVENT).expect("state change");
+    assert_eq!(state.attr("subscription"), Some("none"), "{ev}");
+    let mine = iq(
+        &mut carol,
+        SERVICE,
+        true,
+        &ps("<subscriptions node='club'/>"),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(mine.first_child().unwrap().children().count(), 0, "{mine}");
+
+    // Only an owner's answer counts.
+    let err = iq(
+        &mut carol,
+        SERVICE,
+        false,
+        &ps(&format!("<subscribe node='club' jid='{carol_jid}'/>")),
+    )
+    .await;
+    assert!(err.is_ok());
+    let request = next_form_message(&mut alice).await;
+    answer_approval(&mut carol, &request, true).await;
+    let bounced = common::next_message(&mut carol).await;
+    assert_eq!(
+        bounced.type_,
+        tokio_xmpp::parsers::message::MessageType::Error,
+        "{bounced:?}"
+    );
+}

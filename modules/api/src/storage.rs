@@ -73,6 +73,9 @@ pub struct SubscriptionRecord {
     pub subid: String,
     /// `subscribed`, `pending` or `unconfigured`.
     pub state: String,
+    /// Subscription option `pubsub#deliver` (XEP-0060 §6.3): `false` keeps the
+    /// subscription but sends no notifications.
+    pub deliver: bool,
 }
 
 /// A published item.

@@ -21,6 +21,7 @@
 
 pub mod config;
 pub mod forms;
+pub mod suboptions;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -35,6 +36,7 @@ use tokio::sync::RwLock;
 
 use crate::config::{AccessModel, NodeConfig, PublishModel};
 use crate::forms::Form;
+use crate::suboptions::SubOptions;
 
 /// XEP-0060 namespaces.
 pub mod pns {
@@ -47,6 +49,9 @@ pub mod pns {
     /// Application error conditions.
     pub const ERRORS: &str = "http://jabber.org/protocol/pubsub#errors";
 }
+
+/// FORM_TYPE of subscription approval requests (XEP-0060 §8.6).
+const AUTHORIZATION: &str = "http://jabber.org/protocol/pubsub#subscribe_authorization";
 
 /// The features this service supports (XEP-0060 §10), advertised in disco#info.
 const FEATURES: &[&str] = &[
@@ -72,6 +77,8 @@ const FEATURES: &[&str] = &[
     "retrieve-items",
     "retrieve-subscriptions",
     "subscribe",
+    "subscription-options",
+    "retrieve-default-sub",
 ];
 
 fn config_err(reason: impl Into<String>) -> ModuleError {
@@ -323,7 +330,11 @@ impl Module for PubSub {
     }
 
     async fn handle(&self, cx: &Context, stanza: Element) -> Result<Outcome, ModuleError> {
-        if stanza.name() != "iq" || !matches!(stanza.attr("type"), Some("get" | "set")) {
+        let approval = stanza.name() == "message"
+            && stanza.attr("type") != Some("error")
+            && stanza.get_child("x", forms::DATA).is_some();
+        let request = stanza.name() == "iq" && matches!(stanza.attr("type"), Some("get" | "set"));
+        if !request && !approval {
             return Ok(Outcome::Handled);
         }
         let to = stanza.attr("to").and_then(|t| Jid::new(t).ok());
@@ -338,6 +349,16 @@ impl Module for PubSub {
         let Some(payload) = stanza.first_child() else {
             return Ok(Outcome::Error(Condition::BadRequest.into()));
         };
+        if approval {
+            let req = Request {
+                cx,
+                svc,
+                stanza: &stanza,
+                from,
+                host: &self.host,
+            };
+            return req.approval().await;
+        }
         let get = stanza.attr("type") == Some("get");
         let req = Request {
             cx,
@@ -417,7 +438,7 @@ impl Request<'_> {
         for sub in node
             .subscriptions
             .iter()
-            .filter(|s| s.state == "subscribed")
+            .filter(|s| s.state == "subscribed" && s.deliver)
         {
             notifications().increment(1);
             let msg = Element::new("message", ns::CLIENT)
@@ -435,16 +456,20 @@ impl Request<'_> {
         };
         match (op.name(), get) {
             ("create", false) => self.create(op, payload).await,
-            ("subscribe", false) => self.subscribe(op).await,
+            ("subscribe", false) => self.subscribe(op, payload).await,
             ("unsubscribe", false) => self.unsubscribe(op).await,
             ("publish", false) => self.publish(op, payload).await,
             ("retract", false) => self.retract(op).await,
             ("items", true) => self.items(op).await,
             ("subscriptions", true) => self.own_subscriptions(op).await,
             ("affiliations", true) => self.own_affiliations(op).await,
-            ("options", _) => Ok(ps_error(
-                Condition::FeatureNotImplemented,
-                Some("unsupported"),
+            ("options", _) => self.options(op, get).await,
+            ("default", true) => Ok(self.reply(
+                pns::PUBSUB,
+                Some(
+                    Element::new("default", pns::PUBSUB)
+                        .with_child(SubOptions::default().to_form("result")),
+                ),
             )),
             _ => Ok(Outcome::Error(Condition::FeatureNotImplemented.into())),
         }
@@ -571,6 +596,7 @@ impl Request<'_> {
                                     .map(|s| s.subid.clone())
                                     .unwrap_or_else(random_id),
                                 state: state.to_owned(),
+                                deliver: existing.first().is_none_or(|s| s.deliver),
                             };
                             store
                                 .put_subscription(&self.svc.jid, &rec)
@@ -685,7 +711,7 @@ impl Request<'_> {
         })
     }
 
-    async fn subscribe(&self, op: &Element) -> Result<Outcome, ModuleError> {
+    async fn subscribe(&self, op: &Element, payload: &Element) -> Result<Outcome, ModuleError> {
         let Some(name) = op.attr("node") else {
             return Ok(ps_error(Condition::BadRequest, Some("nodeid-required")));
         };
@@ -721,37 +747,258 @@ impl Request<'_> {
                 ));
             }
         };
+        // §6.3.7: options may come with the subscription, without a node or JID of
+        // their own.
+        let submitted = match payload.get_child("options", pns::PUBSUB) {
+            None => None,
+            Some(o) if o.attr("node").is_some() || o.attr("jid").is_some() => {
+                return Ok(Outcome::Error(Condition::BadRequest.into()));
+            }
+            Some(o) => match Form::find(o) {
+                Some(f) => Some(f),
+                None => return Ok(ps_error(Condition::BadRequest, Some("invalid-options"))),
+            },
+        };
         let jid_str = jid.to_string();
-        let rec = match node.subscriptions.iter().find(|s| s.jid == jid_str) {
-            Some(existing) => existing.clone(),
-            None => {
+        let existing = node
+            .subscriptions
+            .iter()
+            .find(|s| s.jid == jid_str)
+            .cloned();
+        let current = SubOptions {
+            deliver: existing.as_ref().is_none_or(|s| s.deliver),
+        };
+        let options = match submitted.as_ref().map(|f| current.apply(f)) {
+            None => current,
+            Some(Ok(o)) => o,
+            Some(Err(_)) => return Ok(ps_error(Condition::BadRequest, Some("invalid-options"))),
+        };
+        let rec = match existing {
+            Some(e) if e.deliver == options.deliver => e,
+            other => {
                 let rec = SubscriptionRecord {
                     node: name.to_owned(),
                     jid: jid_str.clone(),
-                    subid: random_id(),
-                    state: state.to_owned(),
+                    subid: other.as_ref().map_or_else(random_id, |e| e.subid.clone()),
+                    state: other.map_or_else(|| state.to_owned(), |e| e.state),
+                    deliver: options.deliver,
                 };
-                self.cx
-                    .storage
-                    .pubsub()
-                    .put_subscription(&self.svc.jid, &rec)
-                    .await
-                    .map_err(internal)?;
-                let r = rec.clone();
-                self.update_node(name, |n| n.subscriptions.push(r)).await;
+                self.put_subscription(&rec).await?;
+                if rec.state == "pending" {
+                    self.ask_owners(&node, &rec);
+                }
                 rec
             }
         };
-        Ok(self.reply(
-            pns::PUBSUB,
-            Some(
-                Element::new("subscription", pns::PUBSUB)
-                    .with_attr("node", name)
-                    .with_attr("jid", rec.jid)
-                    .with_attr("subid", rec.subid)
-                    .with_attr("subscription", rec.state),
-            ),
-        ))
+        let mut reply = Element::new("pubsub", pns::PUBSUB).with_child(
+            Element::new("subscription", pns::PUBSUB)
+                .with_attr("node", name)
+                .with_attr("jid", rec.jid)
+                .with_attr("subid", rec.subid)
+                .with_attr("subscription", rec.state),
+        );
+        if submitted.is_some() {
+            reply.push_child(
+                Element::new("options", pns::PUBSUB).with_child(options.to_form("result")),
+            );
+        }
+        Ok(Outcome::Reply(iq_result(self.stanza).with_child(reply)))
+    }
+
+    /// Sends each owner of the node a subscription approval request (XEP-0060 §8.6) for a
+    /// pending subscription.
+    fn ask_owners(&self, node: &Node, rec: &SubscriptionRecord) {
+        for (owner, aff) in &node.affiliations {
+            if aff != "owner" {
+                continue;
+            }
+            let form = forms::form("form", AUTHORIZATION)
+                .with_child(forms::field("pubsub#subid", "hidden", &rec.subid, &[]))
+                .with_child(forms::field("pubsub#node", "text-single", &rec.node, &[]))
+                .with_child(forms::field(
+                    "pubsub#subscriber_jid",
+                    "jid-single",
+                    &rec.jid,
+                    &[],
+                ))
+                .with_child(forms::field("pubsub#allow", "boolean", "false", &[]));
+            self.cx.server.send(
+                Element::new("message", ns::CLIENT)
+                    .with_attr("from", self.svc.jid.clone())
+                    .with_attr("to", owner.clone())
+                    .with_attr("id", random_id())
+                    .with_child(form),
+            );
+        }
+    }
+
+    /// An owner's answer to an approval request (XEP-0060 §8.6): `pubsub#allow` true makes
+    /// the pending subscription `subscribed`, false removes it; either way the subscriber
+    /// is told (§12.6). A cancelled form leaves it pending.
+    async fn approval(&self) -> Result<Outcome, ModuleError> {
+        let Some(x) = self.stanza.get_child("x", forms::DATA) else {
+            return Ok(Outcome::Handled);
+        };
+        let Some(form) = Form::find(self.stanza) else {
+            return Ok(Outcome::Handled);
+        };
+        if form.form_type.as_deref() != Some(AUTHORIZATION) || x.attr("type") == Some("cancel") {
+            return Ok(Outcome::Handled);
+        }
+        let value = |var: &str| {
+            form.fields
+                .iter()
+                .find(|(v, _)| v == var)
+                .and_then(|(_, vals)| vals.first().cloned())
+        };
+        let (Some(name), Some(subscriber), Some(allow)) = (
+            value("pubsub#node"),
+            value("pubsub#subscriber_jid"),
+            value("pubsub#allow"),
+        ) else {
+            return Ok(Outcome::Error(Condition::BadRequest.into()));
+        };
+        let allow = match allow.as_str() {
+            "1" | "true" => true,
+            "0" | "false" => false,
+            _ => return Ok(Outcome::Error(Condition::BadRequest.into())),
+        };
+        let Some(node) = self.node(&name).await else {
+            return Ok(Outcome::Error(Condition::ItemNotFound.into()));
+        };
+        if !node.is_owner(&self.bare()) {
+            return Ok(Outcome::Error(Condition::Forbidden.into()));
+        }
+        let subid = value("pubsub#subid");
+        let Some(pending) = node
+            .subscriptions
+            .iter()
+            .find(|s| {
+                s.jid == subscriber
+                    && s.state == "pending"
+                    && subid.as_ref().is_none_or(|id| *id == s.subid)
+            })
+            .cloned()
+        else {
+            // Already decided (another owner, or an earlier answer): nothing to do.
+            return Ok(Outcome::Handled);
+        };
+        let state = if allow {
+            let rec = SubscriptionRecord {
+                state: "subscribed".into(),
+                ..pending.clone()
+            };
+            self.put_subscription(&rec).await?;
+            "subscribed"
+        } else {
+            self.cx
+                .storage
+                .pubsub()
+                .remove_subscription(&self.svc.jid, &name, &pending.jid, &pending.subid)
+                .await
+                .map_err(internal)?;
+            let subid = pending.subid.clone();
+            self.update_node(&name, |n| n.subscriptions.retain(|s| s.subid != subid))
+                .await;
+            "none"
+        };
+        self.cx.server.send(
+            Element::new("message", ns::CLIENT)
+                .with_attr("from", self.svc.jid.clone())
+                .with_attr("to", pending.jid.clone())
+                .with_attr("id", random_id())
+                .with_child(
+                    Element::new("event", pns::EVENT).with_child(
+                        Element::new("subscription", pns::EVENT)
+                            .with_attr("node", name)
+                            .with_attr("jid", pending.jid)
+                            .with_attr("subid", pending.subid)
+                            .with_attr("subscription", state),
+                    ),
+                ),
+        );
+        Ok(Outcome::Handled)
+    }
+
+    /// Stores a subscription and puts it in the node (replacing the one with its subid).
+    async fn put_subscription(&self, rec: &SubscriptionRecord) -> Result<(), ModuleError> {
+        self.cx
+            .storage
+            .pubsub()
+            .put_subscription(&self.svc.jid, rec)
+            .await
+            .map_err(internal)?;
+        let r = rec.clone();
+        self.update_node(&rec.node, |n| {
+            n.subscriptions.retain(|s| s.subid != r.subid);
+            n.subscriptions.push(r);
+        })
+        .await;
+        Ok(())
+    }
+
+    /// Subscription options: the form (get) or a submitted one (set), XEP-0060 §6.3.
+    async fn options(&self, op: &Element, get: bool) -> Result<Outcome, ModuleError> {
+        let Some(name) = op.attr("node") else {
+            return Ok(ps_error(Condition::BadRequest, Some("nodeid-required")));
+        };
+        let Some(jid) = op.attr("jid") else {
+            return Ok(ps_error(Condition::BadRequest, Some("jid-required")));
+        };
+        let Ok(jid) = Jid::new(jid) else {
+            return Ok(Outcome::Error(Condition::JidMalformed.into()));
+        };
+        if jid.to_bare() != self.from.to_bare() {
+            return Ok(Outcome::Error(Condition::Forbidden.into()));
+        }
+        let Some(node) = self.node(name).await else {
+            return Ok(Outcome::Error(Condition::ItemNotFound.into()));
+        };
+        let jid = jid.to_string();
+        let mine: Vec<&SubscriptionRecord> =
+            node.subscriptions.iter().filter(|s| s.jid == jid).collect();
+        if mine.is_empty() {
+            return Ok(ps_error(
+                Condition::UnexpectedRequest,
+                Some("not-subscribed"),
+            ));
+        }
+        let target = match op.attr("subid") {
+            Some(id) => match mine.iter().find(|s| s.subid == id) {
+                Some(s) => (*s).clone(),
+                None => return Ok(ps_error(Condition::NotAcceptable, Some("invalid-subid"))),
+            },
+            None if mine.len() > 1 => {
+                return Ok(ps_error(Condition::BadRequest, Some("subid-required")));
+            }
+            None => mine[0].clone(),
+        };
+        let current = SubOptions {
+            deliver: target.deliver,
+        };
+        if get {
+            return Ok(self.reply(
+                pns::PUBSUB,
+                Some(
+                    Element::new("options", pns::PUBSUB)
+                        .with_attr("node", name)
+                        .with_attr("jid", jid)
+                        .with_attr("subid", target.subid.clone())
+                        .with_child(current.to_form("form")),
+                ),
+            ));
+        }
+        let Some(options) = Form::find(op).and_then(|f| current.apply(&f).ok()) else {
+            return Ok(ps_error(Condition::BadRequest, Some("invalid-options")));
+        };
+        if options != current {
+            let rec = SubscriptionRecord {
+                deliver: options.deliver,
+                ..target
+            };
+            self.put_subscription(&rec).await?;
+        }
+        Ok(self.reply(pns::PUBSUB, None))
     }
 
     async fn unsubscribe(&self, op: &Element) -> Result<Outcome, ModuleError> {

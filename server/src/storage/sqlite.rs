@@ -103,6 +103,8 @@ const MIGRATIONS: &[&str] = &[
         domain TEXT NOT NULL, username TEXT NOT NULL, xml TEXT NOT NULL,
         PRIMARY KEY (domain, username)
     ) WITHOUT ROWID;",
+    // 7: PubSub subscription options (XEP-0060 §6.3): whether notifications are delivered.
+    "ALTER TABLE pubsub_subscriptions ADD COLUMN deliver INTEGER NOT NULL DEFAULT 1;",
 ];
 
 /// A write's result, type-erased while it crosses the writer thread.
@@ -1210,8 +1212,15 @@ impl PubSubStore for SqliteStore {
         Ok(self
             .write(move |c: &Connection| {
                 c.execute(
-                    "INSERT OR REPLACE INTO pubsub_subscriptions VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![service, sub.node, sub.jid, sub.subid, sub.state],
+                    "INSERT OR REPLACE INTO pubsub_subscriptions VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![
+                        service,
+                        sub.node,
+                        sub.jid,
+                        sub.subid,
+                        sub.state,
+                        sub.deliver
+                    ],
                 )
                 .map_err(backend)?;
                 Ok(())
@@ -1251,8 +1260,8 @@ impl PubSubStore for SqliteStore {
             .read(move |c| {
                 all(
                     c,
-                    "SELECT node, jid, subid, state FROM pubsub_subscriptions WHERE service = ?1
-                         ORDER BY node, jid, subid",
+                    "SELECT node, jid, subid, state, deliver FROM pubsub_subscriptions
+                         WHERE service = ?1 ORDER BY node, jid, subid",
                     params![service],
                     |r| {
                         Ok(SubscriptionRecord {
@@ -1260,6 +1269,7 @@ impl PubSubStore for SqliteStore {
                             jid: r.get(1)?,
                             subid: r.get(2)?,
                             state: r.get(3)?,
+                            deliver: r.get(4)?,
                         })
                     },
                 )
