@@ -28,8 +28,9 @@ pub enum Outgoing {
     /// A stanza to write. Boxed so that each queue slot is small: a queue's first block of
     /// slots is allocated per session, idle or not.
     Stanza(Box<Element>),
-    /// End the session with this stream error (e.g. `conflict` when replaced).
-    Kick(StreamError),
+    /// End the session with this stream error (e.g. `conflict` when replaced). Boxed like
+    /// the stanza, for the same reason.
+    Kick(Box<StreamError>),
 }
 
 /// One bound resource in the registry.
@@ -216,7 +217,7 @@ impl Registry {
                 .is_some_and(|(_, d)| d == domain);
             if on_domain {
                 for s in entry.value() {
-                    if s.tx.try_send(Outgoing::Kick(err.clone())).is_ok() {
+                    if s.tx.try_send(Outgoing::Kick(Box::new(err.clone()))).is_ok() {
                         told += 1;
                     }
                 }
