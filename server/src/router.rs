@@ -736,6 +736,29 @@ impl ServerHandle for RouterRef {
         })
     }
 
+    fn receives_presence(&self, owner: &str, contact: &str) -> BoxFuture<'static, bool> {
+        let router = self.0.upgrade();
+        let (owner, contact) = (owner.to_owned(), contact.to_owned());
+        Box::pin(async move {
+            let Some(router) = router else {
+                return false;
+            };
+            let Some((user, domain)) = owner.split_once('@') else {
+                return false;
+            };
+            if router.host(domain).is_none() {
+                return false;
+            }
+            match router.im.roster_item(user, domain, &contact).await {
+                Ok(item) => item.is_some_and(|i| i.state.from),
+                Err(e) => {
+                    tracing::warn!(error = %e, "roster not readable for a presence check");
+                    false
+                }
+            }
+        })
+    }
+
     fn is_hosted_service(&self, jid: &str) -> bool {
         let Some(r) = self.0.upgrade() else {
             return false;

@@ -775,3 +775,107 @@ async fn authorize_access_model_asks_the_owner() {
         "{bounced:?}"
     );
 }
+
+#[tokio::test]
+async fn presence_access_model_follows_the_owners_roster() {
+    use tokio_xmpp::parsers::presence::{Presence, Type as PresenceType};
+    let server = TestServer::start().await;
+    for u in ["alice", "bob"] {
+        server.add_user(u, "pw").await;
+    }
+    let (mut alice, _) = online(&server, "alice@localhost/a", "pw", false).await;
+    let (mut bob, bob_jid) = online(&server, "bob@localhost/b", "pw", false).await;
+    iq(&mut alice, SERVICE, false, &ps("<create node='diary'/>"))
+        .await
+        .unwrap();
+    let set = owner(
+        "<configure node='diary'><x xmlns='jabber:x:data' type='submit'>\
+         <field var='FORM_TYPE'><value>http://jabber.org/protocol/pubsub#node_config</value></field>\
+         <field var='pubsub#access_model'><value>presence</value></field></x></configure>",
+    );
+    iq(&mut alice, SERVICE, false, &set).await.unwrap();
+    iq(
+        &mut alice,
+        SERVICE,
+        false,
+        &ps("<publish node='diary'><item id='d1'><e xmlns='urn:example:d'/></item></publish>"),
+    )
+    .await
+    .unwrap();
+
+    // Not a contact: both subscribing and retrieving need a presence subscription.
+    for (payload, get) in [
+        (format!("<subscribe node='diary' jid='{bob_jid}'/>"), false),
+        ("<items node='diary'/>".to_owned(), true),
+    ] {
+        let err = iq(&mut bob, SERVICE, get, &ps(&payload)).await.unwrap_err();
+        assert_eq!(
+            err.defined_condition,
+            DefinedCondition::NotAuthorized,
+            "{payload}"
+        );
+        assert_eq!(
+            app_condition(&err).as_deref(),
+            Some("presence-subscription-required")
+        );
+    }
+
+    // bob asks for alice's presence and alice approves: now he may.
+    async fn wait_presence(client: &mut Client, kind: PresenceType) {
+        loop {
+            match tokio::time::timeout(WAIT, futures::StreamExt::next(client))
+                .await
+                .expect("presence in time")
+            {
+                Some(Event::Stanza(Stanza::Presence(p))) if p.type_ == kind => return,
+                Some(Event::Stanza(_)) => continue,
+                other => panic!("expected a {kind:?} presence, got {other:?}"),
+            }
+        }
+    }
+    for c in [&mut alice, &mut bob] {
+        c.send_stanza(Presence::available().into()).await.unwrap();
+    }
+    let alice_bare = tokio_xmpp::jid::Jid::new("alice@localhost").unwrap();
+    let bob_bare = tokio_xmpp::jid::Jid::new("bob@localhost").unwrap();
+    bob.send_stanza(
+        Presence::new(PresenceType::Subscribe)
+            .with_to(alice_bare)
+            .into(),
+    )
+    .await
+    .unwrap();
+    wait_presence(&mut alice, PresenceType::Subscribe).await;
+    alice
+        .send_stanza(
+            Presence::new(PresenceType::Subscribed)
+                .with_to(bob_bare)
+                .into(),
+        )
+        .await
+        .unwrap();
+    wait_presence(&mut bob, PresenceType::Subscribed).await;
+    let sub = iq(
+        &mut bob,
+        SERVICE,
+        false,
+        &ps(&format!("<subscribe node='diary' jid='{bob_jid}'/>")),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        sub.first_child().unwrap().attr("subscription"),
+        Some("subscribed"),
+        "{sub}"
+    );
+    let items = iq(&mut bob, SERVICE, true, &ps("<items node='diary'/>"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        items.first_child().unwrap().children().count(),
+        1,
+        "{items}"
+    );
+}

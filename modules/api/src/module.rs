@@ -96,6 +96,11 @@ pub trait ServerHandle: Send + Sync {
     ) -> BoxFuture<'static, Result<Element, IqError>>;
     /// Whether a JID is handled by a module of this server (a hosted service).
     fn is_hosted_service(&self, jid: &str) -> bool;
+    /// Whether `contact` (a bare JID) receives the presence of `owner`, a local account's
+    /// bare JID: the owner's roster has the contact with a subscription of `from` or
+    /// `both` (RFC 6121 §2.1.2.5). `false` for accounts not hosted here, and when the
+    /// roster cannot be read. What the `presence` access model of XEP-0060 asks.
+    fn receives_presence(&self, owner: &str, contact: &str) -> BoxFuture<'static, bool>;
 }
 
 /// Handed to a module on every call: which host it serves and how to reach the server.

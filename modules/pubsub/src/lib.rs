@@ -739,7 +739,7 @@ impl Request<'_> {
             AccessModel::Whitelist => {
                 return Ok(ps_error(Condition::NotAllowed, Some("closed-node")));
             }
-            // Without rosters no presence subscription can be shown (IM core, issue 3).
+            AccessModel::Presence if self.receives_owner_presence(&node).await => "subscribed",
             AccessModel::Presence => {
                 return Ok(ps_error(
                     Condition::NotAuthorized,
@@ -1185,19 +1185,41 @@ impl Request<'_> {
         Ok(self.reply(pns::PUBSUB, None))
     }
 
-    fn may_retrieve(&self, node: &Node) -> bool {
+    /// Whether the requester receives the presence of one of the node's owners: the
+    /// `presence` access model (XEP-0060 §4.5), answered from the owners' rosters.
+    async fn receives_owner_presence(&self, node: &Node) -> bool {
+        let me = self.bare();
+        for (owner, aff) in &node.affiliations {
+            if aff == "owner" && self.cx.server.receives_presence(owner, &me).await {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Why the requester may not retrieve items (XEP-0060 §6.5.9), if it may not.
+    async fn retrieve_denied(&self, node: &Node) -> Option<Outcome> {
         let aff = node.affiliation(&self.bare());
         if aff == "outcast" {
-            return false;
+            return Some(Outcome::Error(Condition::Forbidden.into()));
         }
         if matches!(aff, "owner" | "publisher" | "member") {
-            return true;
+            return None;
         }
-        match node.config.access_model {
+        let allowed = match node.config.access_model {
             AccessModel::Open => true,
             AccessModel::Authorize => node.subscribed(&self.from),
-            AccessModel::Whitelist | AccessModel::Presence => false,
-        }
+            AccessModel::Whitelist => false,
+            AccessModel::Presence => {
+                return (!self.receives_owner_presence(node).await).then(|| {
+                    ps_error(
+                        Condition::NotAuthorized,
+                        Some("presence-subscription-required"),
+                    )
+                });
+            }
+        };
+        (!allowed).then(|| ps_error(Condition::NotAllowed, Some("closed-node")))
     }
 
     async fn items(&self, op: &Element) -> Result<Outcome, ModuleError> {
@@ -1207,8 +1229,8 @@ impl Request<'_> {
         let Some(node) = self.node(name).await else {
             return Ok(Outcome::Error(Condition::ItemNotFound.into()));
         };
-        if !self.may_retrieve(&node) {
-            return Ok(ps_error(Condition::NotAllowed, Some("closed-node")));
+        if let Some(denied) = self.retrieve_denied(&node).await {
+            return Ok(denied);
         }
         let ids: Vec<String> = op
             .children()
@@ -1366,7 +1388,7 @@ impl Request<'_> {
                 let Some(node) = self.node(name).await else {
                     return Ok(Outcome::Error(Condition::ItemNotFound.into()));
                 };
-                if !self.may_retrieve(&node) {
+                if self.retrieve_denied(&node).await.is_some() {
                     return Ok(Outcome::Error(Condition::Forbidden.into()));
                 }
                 q.set_attr("node", name);
