@@ -53,6 +53,18 @@ fn app_condition(err: &tokio_xmpp::parsers::stanza_error::StanzaError) -> Option
         .map(|o| o.name().to_owned())
 }
 
+/// A server with alice, bob and carol online (resources a, b and c).
+async fn three_online() -> (TestServer, [(Client, tokio_xmpp::jid::Jid); 3]) {
+    let server = TestServer::start().await;
+    for u in ["alice", "bob", "carol"] {
+        server.add_user(u, "pw").await;
+    }
+    let alice = online(&server, "alice@localhost/a", "pw", false).await;
+    let bob = online(&server, "bob@localhost/b", "pw", false).await;
+    let carol = online(&server, "carol@localhost/c", "pw", false).await;
+    (server, [alice, bob, carol])
+}
+
 #[tokio::test]
 async fn node_life_cycle_with_two_subscribers() {
     let mut server = TestServer::start().await;
@@ -470,13 +482,8 @@ fn options_form(fields: &str) -> String {
 
 #[tokio::test]
 async fn subscription_options() {
-    let server = TestServer::start().await;
-    for u in ["alice", "bob", "carol"] {
-        server.add_user(u, "pw").await;
-    }
-    let (mut alice, _) = online(&server, "alice@localhost/a", "pw", false).await;
-    let (mut bob, bob_jid) = online(&server, "bob@localhost/b", "pw", false).await;
-    let (mut carol, carol_jid) = online(&server, "carol@localhost/c", "pw", false).await;
+    let (_server, [(mut alice, _), (mut bob, bob_jid), (mut carol, carol_jid)]) =
+        three_online().await;
     iq(&mut alice, SERVICE, false, &ps("<create node='opts'/>"))
         .await
         .unwrap();
@@ -613,6 +620,33 @@ async fn subscription_options() {
     }
 }
 
+/// Sets a node's access model through the owner configuration form.
+async fn set_access_model(owner_client: &mut Client, node: &str, model: &str) {
+    let set = owner(&format!(
+        "<configure node='{node}'><x xmlns='jabber:x:data' type='submit'>\
+         <field var='FORM_TYPE'><value>http://jabber.org/protocol/pubsub#node_config</value></field>\
+         <field var='pubsub#access_model'><value>{model}</value></field></x></configure>"
+    ));
+    iq(owner_client, SERVICE, false, &set).await.unwrap();
+}
+
+/// Subscribes `jid` to `node`; returns the subscription state the service answered.
+async fn subscribe_state(client: &mut Client, node: &str, jid: &impl std::fmt::Display) -> String {
+    let sub = iq(
+        client,
+        SERVICE,
+        false,
+        &ps(&format!("<subscribe node='{node}' jid='{jid}'/>")),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    sub.first_child()
+        .and_then(|s| s.attr("subscription"))
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// The next message carrying a data form (an approval request), as our element tree.
 async fn next_form_message(client: &mut Client) -> Element {
     loop {
@@ -662,13 +696,8 @@ async fn answer_approval(owner: &mut Client, request: &Element, allow: bool) {
 
 #[tokio::test]
 async fn authorize_access_model_asks_the_owner() {
-    let server = TestServer::start().await;
-    for u in ["alice", "bob", "carol"] {
-        server.add_user(u, "pw").await;
-    }
-    let (mut alice, _) = online(&server, "alice@localhost/a", "pw", false).await;
-    let (mut bob, bob_jid) = online(&server, "bob@localhost/b", "pw", false).await;
-    let (mut carol, carol_jid) = online(&server, "carol@localhost/c", "pw", false).await;
+    let (_server, [(mut alice, _), (mut bob, bob_jid), (mut carol, carol_jid)]) =
+        three_online().await;
     // Approval requests go to the owner's bare JID: alice is available to receive them.
     alice
         .send_stanza(tokio_xmpp::parsers::presence::Presence::available().into())
@@ -677,28 +706,10 @@ async fn authorize_access_model_asks_the_owner() {
     iq(&mut alice, SERVICE, false, &ps("<create node='club'/>"))
         .await
         .unwrap();
-    let set = owner(
-        "<configure node='club'><x xmlns='jabber:x:data' type='submit'>\
-         <field var='FORM_TYPE'><value>http://jabber.org/protocol/pubsub#node_config</value></field>\
-         <field var='pubsub#access_model'><value>authorize</value></field></x></configure>",
-    );
-    iq(&mut alice, SERVICE, false, &set).await.unwrap();
+    set_access_model(&mut alice, "club", "authorize").await;
 
     // bob asks: pending, and the owner gets the approval form (§8.6).
-    let sub = iq(
-        &mut bob,
-        SERVICE,
-        false,
-        &ps(&format!("<subscribe node='club' jid='{bob_jid}'/>")),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    assert_eq!(
-        sub.first_child().unwrap().attr("subscription"),
-        Some("pending"),
-        "{sub}"
-    );
+    assert_eq!(subscribe_state(&mut bob, "club", &bob_jid).await, "pending");
     let request = next_form_message(&mut alice).await;
     assert_eq!(request.attr("from"), Some(SERVICE), "{request}");
     assert_eq!(
@@ -788,12 +799,7 @@ async fn presence_access_model_follows_the_owners_roster() {
     iq(&mut alice, SERVICE, false, &ps("<create node='diary'/>"))
         .await
         .unwrap();
-    let set = owner(
-        "<configure node='diary'><x xmlns='jabber:x:data' type='submit'>\
-         <field var='FORM_TYPE'><value>http://jabber.org/protocol/pubsub#node_config</value></field>\
-         <field var='pubsub#access_model'><value>presence</value></field></x></configure>",
-    );
-    iq(&mut alice, SERVICE, false, &set).await.unwrap();
+    set_access_model(&mut alice, "diary", "presence").await;
     iq(
         &mut alice,
         SERVICE,
@@ -855,19 +861,9 @@ async fn presence_access_model_follows_the_owners_roster() {
         .await
         .unwrap();
     wait_presence(&mut bob, PresenceType::Subscribed).await;
-    let sub = iq(
-        &mut bob,
-        SERVICE,
-        false,
-        &ps(&format!("<subscribe node='diary' jid='{bob_jid}'/>")),
-    )
-    .await
-    .unwrap()
-    .unwrap();
     assert_eq!(
-        sub.first_child().unwrap().attr("subscription"),
-        Some("subscribed"),
-        "{sub}"
+        subscribe_state(&mut bob, "diary", &bob_jid).await,
+        "subscribed"
     );
     let items = iq(&mut bob, SERVICE, true, &ps("<items node='diary'/>"))
         .await

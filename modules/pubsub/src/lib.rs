@@ -349,17 +349,6 @@ impl Module for PubSub {
         let Some(payload) = stanza.first_child() else {
             return Ok(Outcome::Error(Condition::BadRequest.into()));
         };
-        if approval {
-            let req = Request {
-                cx,
-                svc,
-                stanza: &stanza,
-                from,
-                host: &self.host,
-            };
-            return req.approval().await;
-        }
-        let get = stanza.attr("type") == Some("get");
         let req = Request {
             cx,
             svc,
@@ -367,6 +356,10 @@ impl Module for PubSub {
             from,
             host: &self.host,
         };
+        if approval {
+            return req.approval().await;
+        }
+        let get = stanza.attr("type") == Some("get");
         match (payload.ns(), get) {
             (pns::PUBSUB, _) => req.pubsub(payload, get).await,
             (pns::OWNER, _) => req.owner(payload, get).await,
