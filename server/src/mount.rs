@@ -72,6 +72,8 @@ pub struct Host {
     pub modules: Vec<Arc<Mounted>>,
     /// Payload namespace → module, for iqs to the host itself.
     pub iq_handlers: HashMap<&'static str, Arc<Mounted>>,
+    /// Payload namespace → module, for iqs to an account's bare JID (PEP).
+    pub account_iq: HashMap<&'static str, Arc<Mounted>>,
     /// SASL mechanisms offered on this host, in order.
     pub mechanisms: Vec<String>,
     /// Whether new accounts may register in-band (XEP-0077).
@@ -115,7 +117,7 @@ impl Tables {
                             t.domain_routes
                                 .insert(d.to_ascii_lowercase(), (host.clone(), m.clone()));
                         }
-                        Route::ServerIq(_) => {}
+                        Route::ServerIq(_) | Route::AccountIq(_) => {}
                     }
                 }
             }
@@ -165,7 +167,8 @@ impl Tables {
 fn host_with(h: &Host, modules: Vec<Arc<Mounted>>) -> Host {
     Host {
         domain: h.domain.clone(),
-        iq_handlers: iq_handlers(&modules),
+        iq_handlers: iq_handlers(&modules, false),
+        account_iq: iq_handlers(&modules, true),
         modules,
         mechanisms: h.mechanisms.clone(),
         allow_registration: h.allow_registration,
@@ -179,12 +182,20 @@ fn ordered(mut hosts: Vec<Host>, default: &str) -> Vec<Host> {
     hosts
 }
 
-fn iq_handlers(modules: &[Arc<Mounted>]) -> HashMap<&'static str, Arc<Mounted>> {
+/// Payload namespace → module for iqs to the host (`account: false`) or to an account's
+/// bare JID (`account: true`).
+fn iq_handlers(modules: &[Arc<Mounted>], account: bool) -> HashMap<&'static str, Arc<Mounted>> {
     let mut out = HashMap::new();
     for m in modules {
         for r in m.module.routes() {
-            if let Route::ServerIq(ns) = r {
-                out.insert(ns, m.clone());
+            match r {
+                Route::ServerIq(ns) if !account => {
+                    out.insert(ns, m.clone());
+                }
+                Route::AccountIq(ns) if account => {
+                    out.insert(ns, m.clone());
+                }
+                _ => {}
             }
         }
     }
@@ -244,7 +255,8 @@ pub fn build(
         }
         built.hosts.push(Host {
             domain: domain.clone(),
-            iq_handlers: iq_handlers(&mounted),
+            iq_handlers: iq_handlers(&mounted, false),
+            account_iq: iq_handlers(&mounted, true),
             modules: mounted,
             mechanisms: hc.sasl_mechanisms.clone(),
             allow_registration: hc.allow_registration,

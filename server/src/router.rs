@@ -439,6 +439,9 @@ impl Router {
         // Presence without `to` was already taken by the session (availability); messages
         // to one's own account without `to` have nowhere else to go.
         if stanza.name() == "iq" {
+            if let Some(m) = account_handler(&host, &stanza) {
+                return self.call(&m, &host.cx, stanza).await;
+            }
             self.to_host(&host, stanza).await
         }
     }
@@ -507,6 +510,12 @@ impl Router {
             // §8.5.2.1.3): vCards; nothing else yet.
             "iq" => match stanza.attr("type") {
                 Some("get") | Some("set") => {
+                    let domain = bare.rsplit_once('@').map_or("", |(_, d)| d);
+                    if let Some(host) = self.host(domain)
+                        && let Some(m) = account_handler(&host, &stanza)
+                    {
+                        return self.call(&m, &host.cx, stanza).await;
+                    }
                     if stanza.get_child("vCard", crate::im::vcard::NS).is_some() {
                         let own = stanza
                             .attr("from")
@@ -623,6 +632,16 @@ impl TableSlot for Router {
     }
 }
 
+/// The module that answers this iq (get/set) on an account's behalf, by payload namespace.
+fn account_handler(host: &Host, iq: &Element) -> Option<Arc<Mounted>> {
+    if !matches!(iq.attr("type"), Some("get" | "set")) {
+        return None;
+    }
+    iq.first_child()
+        .and_then(|p| host.account_iq.get(p.ns()))
+        .cloned()
+}
+
 /// A copy of a stanza's name and attributes, to address an error after the module took
 /// the stanza.
 fn shallow(stanza: &Element) -> Element {
@@ -692,7 +711,7 @@ impl ServerHandle for RouterRef {
             .flat_map(|m| m.module.routes())
             .filter_map(|route| match route {
                 Route::Jid(j) | Route::Domain(j) => Some(j),
-                Route::ServerIq(_) => None,
+                Route::ServerIq(_) | Route::AccountIq(_) => None,
             })
             .collect();
         out.sort();
@@ -757,6 +776,42 @@ impl ServerHandle for RouterRef {
                 }
             }
         })
+    }
+
+    fn presence_subscribers(&self, owner: &str) -> BoxFuture<'static, Vec<String>> {
+        let router = self.0.upgrade();
+        let owner = owner.to_owned();
+        Box::pin(async move {
+            let Some(router) = router else {
+                return Vec::new();
+            };
+            let Some((user, domain)) = owner.split_once('@') else {
+                return Vec::new();
+            };
+            match router.im.roster(user, domain).await {
+                Ok((_, items)) => items
+                    .into_iter()
+                    .filter(|i| i.state.from)
+                    .map(|i| i.jid)
+                    .collect(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "roster not readable for presence subscribers");
+                    Vec::new()
+                }
+            }
+        })
+    }
+
+    fn available_presences(&self, bare: &str) -> Vec<(String, Arc<Element>)> {
+        match self.0.upgrade() {
+            Some(r) => r
+                .registry
+                .presences(bare)
+                .into_iter()
+                .map(|(resource, p)| (format!("{bare}/{resource}"), p))
+                .collect(),
+            None => Vec::new(),
+        }
     }
 
     fn is_hosted_service(&self, jid: &str) -> bool {

@@ -35,6 +35,10 @@ pub enum Route {
     Jid(String),
     /// Every stanza addressed to this domain or any JID in it (e.g. `pubsub.example.org`).
     Domain(String),
+    /// `iq` get/set addressed to a local account's bare JID, or without `to` (the sender's
+    /// own account), whose payload is in this namespace: the module answers on the
+    /// account's behalf (PEP, XEP-0163).
+    AccountIq(&'static str),
 }
 
 /// A disco identity (XEP-0030 §3.1).
@@ -101,6 +105,12 @@ pub trait ServerHandle: Send + Sync {
     /// `both` (RFC 6121 §2.1.2.5). `false` for accounts not hosted here, and when the
     /// roster cannot be read. What the `presence` access model of XEP-0060 asks.
     fn receives_presence(&self, owner: &str, contact: &str) -> BoxFuture<'static, bool>;
+    /// Bare JIDs that receive the presence of `owner`, a local account: its roster items
+    /// with a subscription of `from` or `both`.
+    fn presence_subscribers(&self, owner: &str) -> BoxFuture<'static, Vec<String>>;
+    /// The available resources of a local account with the last presence each broadcast
+    /// (full JID, presence): what a PEP service reads entity capabilities (XEP-0115) from.
+    fn available_presences(&self, bare: &str) -> Vec<(String, Arc<Element>)>;
 }
 
 /// Handed to a module on every call: which host it serves and how to reach the server.

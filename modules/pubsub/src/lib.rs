@@ -19,6 +19,7 @@
 //! max_items = 100
 //! ```
 
+pub mod caps;
 pub mod config;
 pub mod forms;
 pub mod suboptions;
@@ -138,8 +139,12 @@ impl Node {
 
 /// One PubSub service (one JID).
 struct Service {
-    /// The service JID (a domain).
+    /// The service JID: a domain, or an account's bare JID for its PEP service.
     jid: String,
+    /// A PEP service (XEP-0163): only the account publishes, its nodes are created by its
+    /// first publish, and notifications also go to the account's own resources and to
+    /// contacts that receive its presence and advertise `NODE+notify`.
+    pep: bool,
     /// Nodes by name. Replaced per node on change; read briefly.
     nodes: RwLock<HashMap<String, Arc<Node>>>,
 }
@@ -249,9 +254,17 @@ impl ModuleFactory for Factory {
                 .into_iter()
                 .map(|jid| Service {
                     jid,
+                    pep: false,
                     nodes: RwLock::new(HashMap::new()),
                 })
                 .collect(),
+            pep_enabled: match options.get("pep") {
+                None => true,
+                Some(toml::Value::Boolean(b)) => *b,
+                Some(_) => return Err(config_err("pep must be true or false")),
+            },
+            pep: Default::default(),
+            caps: Default::default(),
             preconfigured: preconfigured(host, options)?,
         }))
     }
@@ -263,6 +276,12 @@ pub struct PubSub {
     host: String,
     /// Services of this host.
     services: Vec<Service>,
+    /// Whether the host's accounts have PEP services (option `pep`, default on).
+    pep_enabled: bool,
+    /// PEP services by account bare JID, loaded from the store on first use.
+    pep: tokio::sync::Mutex<HashMap<String, Arc<Service>>>,
+    /// Verified entity capabilities, for `+notify` filtering.
+    caps: Arc<caps::CapsCache>,
     /// Nodes from the configuration file.
     preconfigured: Vec<Preconfigured>,
 }
@@ -274,10 +293,16 @@ impl Module for PubSub {
     }
 
     fn routes(&self) -> Vec<Route> {
-        self.services
+        let mut routes: Vec<Route> = self
+            .services
             .iter()
             .map(|s| Route::Domain(s.jid.clone()))
-            .collect()
+            .collect();
+        if self.pep_enabled {
+            routes.push(Route::AccountIq(pns::PUBSUB));
+            routes.push(Route::AccountIq(pns::OWNER));
+        }
+        routes
     }
 
     async fn start(&self, cx: &Context) -> Result<(), ModuleError> {
@@ -299,32 +324,7 @@ impl Module for PubSub {
                         .map_err(internal)?;
                 }
             }
-            let mut nodes: HashMap<String, Node> = store
-                .nodes(&svc.jid)
-                .await
-                .map_err(internal)?
-                .into_iter()
-                .map(|n| {
-                    (
-                        n.node,
-                        Node {
-                            config: NodeConfig::deserialize(&n.config),
-                            ..Node::default()
-                        },
-                    )
-                })
-                .collect();
-            for a in store.affiliations(&svc.jid).await.map_err(internal)? {
-                if let Some(n) = nodes.get_mut(&a.node) {
-                    n.affiliations.insert(a.jid, a.affiliation);
-                }
-            }
-            for s in store.subscriptions(&svc.jid).await.map_err(internal)? {
-                if let Some(n) = nodes.get_mut(&s.node) {
-                    n.subscriptions.push(s);
-                }
-            }
-            *svc.nodes.write().await = nodes.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
+            *svc.nodes.write().await = load_nodes(cx, &svc.jid).await?;
         }
         Ok(())
     }
@@ -337,14 +337,38 @@ impl Module for PubSub {
         if !request && !approval {
             return Ok(Outcome::Handled);
         }
-        let to = stanza.attr("to").and_then(|t| Jid::new(t).ok());
-        let Some(svc) =
-            to.and_then(|t| self.services.iter().find(|s| s.jid == t.domain().as_str()))
-        else {
-            return Ok(Outcome::Error(Condition::ItemNotFound.into()));
-        };
         let Some(from) = stanza.attr("from").and_then(|f| Jid::new(f).ok()) else {
             return Ok(Outcome::Error(Condition::BadRequest.into()));
+        };
+        let to = match stanza.attr("to") {
+            None => None,
+            Some(t) => match Jid::new(t) {
+                Ok(j) => Some(j),
+                Err(_) => return Ok(Outcome::Error(Condition::JidMalformed.into())),
+            },
+        };
+        // An account's bare JID, or no `to` (one's own account): its PEP service.
+        let pep_owner = match &to {
+            None => Some(from.to_bare()),
+            Some(t) if t.node().is_some() => Some(t.to_bare()),
+            Some(_) => None,
+        };
+        let pep_svc;
+        let svc: &Service = match pep_owner {
+            Some(owner) if request && self.pep_enabled => {
+                pep_svc = self.pep_service(cx, &owner.to_string()).await?;
+                &pep_svc
+            }
+            Some(_) => return Ok(Outcome::Error(Condition::ServiceUnavailable.into())),
+            None => {
+                let Some(svc) = to
+                    .as_ref()
+                    .and_then(|t| self.services.iter().find(|s| s.jid == t.domain().as_str()))
+                else {
+                    return Ok(Outcome::Error(Condition::ItemNotFound.into()));
+                };
+                svc
+            }
         };
         let Some(payload) = stanza.first_child() else {
             return Ok(Outcome::Error(Condition::BadRequest.into()));
@@ -355,6 +379,7 @@ impl Module for PubSub {
             stanza: &stanza,
             from,
             host: &self.host,
+            caps: &self.caps,
         };
         if approval {
             return req.approval().await;
@@ -370,6 +395,156 @@ impl Module for PubSub {
     }
 }
 
+/// A service's nodes, affiliations and subscriptions as stored.
+async fn load_nodes(cx: &Context, jid: &str) -> Result<HashMap<String, Arc<Node>>, ModuleError> {
+    let store = cx.storage.pubsub();
+    let mut nodes: HashMap<String, Node> = store
+        .nodes(jid)
+        .await
+        .map_err(internal)?
+        .into_iter()
+        .map(|n| {
+            (
+                n.node,
+                Node {
+                    config: NodeConfig::deserialize(&n.config),
+                    ..Node::default()
+                },
+            )
+        })
+        .collect();
+    for a in store.affiliations(jid).await.map_err(internal)? {
+        if let Some(n) = nodes.get_mut(&a.node) {
+            n.affiliations.insert(a.jid, a.affiliation);
+        }
+    }
+    for s in store.subscriptions(jid).await.map_err(internal)? {
+        if let Some(n) = nodes.get_mut(&s.node) {
+            n.subscriptions.push(s);
+        }
+    }
+    Ok(nodes.into_iter().map(|(k, v)| (k, Arc::new(v))).collect())
+}
+
+impl PubSub {
+    /// The PEP service of a local account, loaded on first use.
+    async fn pep_service(&self, cx: &Context, bare: &str) -> Result<Arc<Service>, ModuleError> {
+        let mut pep = self.pep.lock().await;
+        if let Some(svc) = pep.get(bare) {
+            return Ok(svc.clone());
+        }
+        let svc = Arc::new(Service {
+            jid: bare.to_owned(),
+            pep: true,
+            nodes: RwLock::new(load_nodes(cx, bare).await?),
+        });
+        pep.insert(bare.to_owned(), svc.clone());
+        Ok(svc)
+    }
+}
+
+/// XEP-0163 §5: the configuration of a PEP node created by a publish.
+fn pep_defaults() -> NodeConfig {
+    NodeConfig {
+        deliver_payloads: true,
+        persist_items: true,
+        max_items: Some(1),
+        access_model: AccessModel::Presence,
+        publish_model: PublishModel::Publishers,
+        ..NodeConfig::default()
+    }
+}
+
+/// Sends one event notification (PEP notifications are headlines, XEP-0163 §4.3).
+fn send_event(cx: &Context, from: &str, to: &str, event: &Element, headline: bool) {
+    notifications().increment(1);
+    let mut msg = Element::new("message", ns::CLIENT)
+        .with_attr("from", from.to_owned())
+        .with_attr("to", to.to_owned())
+        .with_attr("id", random_id())
+        .with_child(event.clone());
+    if headline {
+        msg.set_attr("type", "headline");
+    }
+    cx.server.send(msg);
+}
+
+/// A PEP event on its way to the resources that want it: the account's own and, when the
+/// access model lets them see the node, those of the contacts that receive its presence —
+/// each when its entity capabilities include `NODE+notify` (XEP-0163 §4). Only resources
+/// on this server are known.
+struct PepNotice {
+    /// To reach the server.
+    cx: Context,
+    /// Verified capabilities.
+    caps: Arc<caps::CapsCache>,
+    /// The account (the PEP service's JID, the notifications' `from`).
+    owner: String,
+    /// Whether contacts may receive it (presence or open access model).
+    contacts: bool,
+    /// Explicit subscribers, already notified.
+    already: Vec<String>,
+    /// The `<event/>` to send.
+    event: Element,
+}
+
+impl PepNotice {
+    async fn send(self) {
+        let Some(name) = self.event.first_child().and_then(|c| c.attr("node")) else {
+            return;
+        };
+        let wanted = format!("{name}+notify");
+        let mut accounts = vec![self.owner.clone()];
+        if self.contacts {
+            accounts.extend(self.cx.server.presence_subscribers(&self.owner).await);
+        }
+        for account in accounts {
+            for (full, presence) in self.cx.server.available_presences(&account) {
+                if !self.already.contains(&full) && self.wants(&full, &presence, &wanted).await {
+                    send_event(&self.cx, &self.owner, &full, &self.event, true);
+                }
+            }
+        }
+    }
+
+    /// Whether a resource's entity capabilities include `feature`: from the cache, else by
+    /// asking the resource (XEP-0115 §6.2) and keeping the answer when its hash checks.
+    async fn wants(&self, full: &str, presence: &Element, feature: &str) -> bool {
+        let Some(c) = caps::caps_of(presence) else {
+            return false;
+        };
+        if let Some(features) = self.caps.get(&c.ver) {
+            return features.iter().any(|f| f == feature);
+        }
+        let ask = Element::new("iq", ns::CLIENT)
+            .with_attr("type", "get")
+            .with_attr("from", self.owner.clone())
+            .with_attr("to", full.to_owned())
+            .with_attr("id", random_id())
+            .with_child(
+                Element::new("query", ns::DISCO_INFO)
+                    .with_attr("node", format!("{}#{}", c.node, c.ver)),
+            );
+        let answer = match self
+            .cx
+            .server
+            .send_iq(ask, std::time::Duration::from_secs(10))
+            .await
+        {
+            Ok(a) if a.attr("type") == Some("result") => a,
+            _ => return false,
+        };
+        let Some(query) = answer.get_child("query", ns::DISCO_INFO) else {
+            return false;
+        };
+        let features = Arc::new(caps::features_of(query));
+        if c.hash == "sha-1" && caps::ver_of(query) == c.ver {
+            self.caps.put(&c.ver, features.clone());
+        }
+        features.iter().any(|f| f == feature)
+    }
+}
+
 /// One request being handled.
 struct Request<'a> {
     /// Module context.
@@ -382,6 +557,8 @@ struct Request<'a> {
     from: Jid,
     /// The host domain.
     host: &'a str,
+    /// Verified entity capabilities (PEP notifications).
+    caps: &'a Arc<caps::CapsCache>,
 }
 
 /// `openspimed_pubsub_notifications_total`, registered once (counted per subscriber).
@@ -426,20 +603,33 @@ impl Request<'_> {
         }
     }
 
-    /// Sends a notification to every subscriber of a node.
-    fn notify(&self, node: &Node, event_child: Element) {
-        for sub in node
+    /// Sends a notification to every subscriber of a node; on a PEP service also, from a
+    /// task of its own (finding out who wants it may mean asking their clients), to the
+    /// resources that want it (XEP-0163 §4).
+    async fn notify(&self, node: &Node, event_child: Element) {
+        let subscribers: Vec<String> = node
             .subscriptions
             .iter()
             .filter(|s| s.state == "subscribed" && s.deliver)
-        {
-            notifications().increment(1);
-            let msg = Element::new("message", ns::CLIENT)
-                .with_attr("from", self.svc.jid.clone())
-                .with_attr("to", sub.jid.clone())
-                .with_attr("id", random_id())
-                .with_child(Element::new("event", pns::EVENT).with_child(event_child.clone()));
-            self.cx.server.send(msg);
+            .map(|s| s.jid.clone())
+            .collect();
+        let event = Element::new("event", pns::EVENT).with_child(event_child);
+        for jid in &subscribers {
+            send_event(self.cx, &self.svc.jid, jid, &event, self.svc.pep);
+        }
+        if self.svc.pep {
+            let pep = PepNotice {
+                cx: self.cx.clone(),
+                caps: self.caps.clone(),
+                owner: self.svc.jid.clone(),
+                contacts: matches!(
+                    node.config.access_model,
+                    AccessModel::Presence | AccessModel::Open
+                ),
+                already: subscribers,
+                event,
+            };
+            tokio::spawn(pep.send());
         }
     }
 
@@ -526,7 +716,8 @@ impl Request<'_> {
                     self.notify(
                         &node,
                         Element::new("delete", pns::EVENT).with_attr("node", name),
-                    );
+                    )
+                    .await;
                 }
                 Ok(self.reply(pns::OWNER, None))
             }
@@ -538,7 +729,8 @@ impl Request<'_> {
                 self.notify(
                     &node,
                     Element::new("purge", pns::EVENT).with_attr("node", name),
-                );
+                )
+                .await;
                 Ok(self.reply(pns::OWNER, None))
             }
             ("subscriptions", true) => {
@@ -655,16 +847,64 @@ impl Request<'_> {
         }
     }
 
+    /// Whether the sender may create nodes here: accounts of this host on a service, only
+    /// the account itself on its PEP service.
+    fn may_create(&self) -> bool {
+        if self.svc.pep {
+            return self.bare() == self.svc.jid;
+        }
+        self.from.domain().as_str() == self.host && self.from.node().is_some()
+    }
+
+    /// The configuration a new node starts from.
+    fn default_config(&self) -> NodeConfig {
+        if self.svc.pep {
+            pep_defaults()
+        } else {
+            NodeConfig::default()
+        }
+    }
+
+    /// Creates a node owned by the sender; `None` when it exists already.
+    async fn create_node(
+        &self,
+        name: &str,
+        config: NodeConfig,
+    ) -> Result<Option<Arc<Node>>, ModuleError> {
+        let owner = self.bare();
+        let created = self
+            .cx
+            .storage
+            .pubsub()
+            .create_node(&self.svc.jid, name, &config.serialize(), &owner)
+            .await
+            .map_err(internal)?;
+        if !created {
+            return Ok(None);
+        }
+        let mut node = Node {
+            config,
+            ..Node::default()
+        };
+        node.affiliations.insert(owner, "owner".into());
+        let node = Arc::new(node);
+        self.svc
+            .nodes
+            .write()
+            .await
+            .insert(name.to_owned(), node.clone());
+        Ok(Some(node))
+    }
+
     async fn create(&self, op: &Element, payload: &Element) -> Result<Outcome, ModuleError> {
-        // Accounts of this host may create nodes.
-        if self.from.domain().as_str() != self.host || self.from.node().is_none() {
+        if !self.may_create() {
             return Ok(Outcome::Error(Condition::Forbidden.into()));
         }
         let (name, instant) = match op.attr("node") {
             Some(n) if !n.is_empty() => (n.to_owned(), false),
             _ => (random_id(), true),
         };
-        let mut config = NodeConfig::default();
+        let mut config = self.default_config();
         let form = payload
             .get_child("configure", pns::PUBSUB)
             .and_then(Form::find);
@@ -673,27 +913,9 @@ impl Request<'_> {
                 StanzaError::new(Condition::NotAcceptable).with_text(why),
             ));
         }
-        let owner = self.bare();
-        let created = self
-            .cx
-            .storage
-            .pubsub()
-            .create_node(&self.svc.jid, &name, &config.serialize(), &owner)
-            .await
-            .map_err(internal)?;
-        if !created {
+        if self.create_node(&name, config).await?.is_none() {
             return Ok(Outcome::Error(Condition::Conflict.into()));
         }
-        let mut node = Node {
-            config,
-            ..Node::default()
-        };
-        node.affiliations.insert(owner, "owner".into());
-        self.svc
-            .nodes
-            .write()
-            .await
-            .insert(name.clone(), Arc::new(node));
         Ok(if instant {
             self.reply(
                 pns::PUBSUB,
@@ -1051,17 +1273,33 @@ impl Request<'_> {
         let Some(name) = op.attr("node") else {
             return Ok(ps_error(Condition::BadRequest, Some("nodeid-required")));
         };
-        let Some(node) = self.node(name).await else {
-            return Ok(Outcome::Error(Condition::ItemNotFound.into()));
+        let options = payload
+            .get_child("publish-options", pns::PUBSUB)
+            .and_then(Form::find);
+        let node = match self.node(name).await {
+            Some(n) => n,
+            // XEP-0163 §3: the account's first publish creates the node ("auto-create"),
+            // configured by the publish-options it carries.
+            None if self.svc.pep && self.may_create() => {
+                let mut config = self.default_config();
+                if let Some(Err(_)) = options.as_ref().map(|f| config.apply_form(f)) {
+                    return Ok(ps_error(Condition::Conflict, Some("precondition-not-met")));
+                }
+                match self.create_node(name, config).await? {
+                    Some(n) => n,
+                    None => match self.node(name).await {
+                        Some(n) => n,
+                        None => return Ok(Outcome::Error(Condition::ItemNotFound.into())),
+                    },
+                }
+            }
+            None => return Ok(Outcome::Error(Condition::ItemNotFound.into())),
         };
         if !self.may_publish(&node) {
             return Ok(Outcome::Error(Condition::Forbidden.into()));
         }
         // XEP-0060 §7.1.5: publish-options are preconditions on the node configuration.
-        if let Some(form) = payload
-            .get_child("publish-options", pns::PUBSUB)
-            .and_then(Form::find)
-        {
+        if let Some(form) = &options {
             for (var, values) in &form.fields {
                 if var == "FORM_TYPE" {
                     continue;
@@ -1122,7 +1360,8 @@ impl Request<'_> {
             Element::new("items", pns::EVENT)
                 .with_attr("node", name)
                 .with_child(ev_item),
-        );
+        )
+        .await;
         // XEP-0060 §7.1.2: the generated id is returned; a given one needs no echo (the
         // seed's SpimeSeek publish is answered with an empty result).
         Ok(if generated {
@@ -1173,7 +1412,8 @@ impl Request<'_> {
                 Element::new("items", pns::EVENT)
                     .with_attr("node", name)
                     .with_child(Element::new("retract", pns::EVENT).with_attr("id", id)),
-            );
+            )
+            .await;
         }
         Ok(self.reply(pns::PUBSUB, None))
     }
