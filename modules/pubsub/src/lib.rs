@@ -2,12 +2,14 @@
 //! persistent nodes, items and subscriptions through [`PubSubStore`], notifications with
 //! payloads routed like any stanza (so subscribers can be local sessions, hosted services
 //! or — with federation — remote JIDs), and preconfigured nodes such as OpenSpime's
-//! `spimeseek` (seed §1.2, wire profile §9).
+//! `spimeseek` (seed §1.2, wire profile §9). The same engine serves PEP (XEP-0163): each
+//! account of the host is a service at its bare JID (`PepNotice` sends its notifications).
 //!
 //! Options (`[modules.pubsub]`):
 //! ```toml
 //! [modules.pubsub]
 //! services = ["pubsub.example.org"]          # default: pubsub.HOST for each host
+//! pep = true                                 # PEP (XEP-0163) on the host's accounts
 //! [[modules.pubsub.nodes]]                   # default: one spimeseek node per service
 //! name = "spimeseek"
 //! service = "pubsub.example.org"             # default: every service
