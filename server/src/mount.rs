@@ -74,6 +74,8 @@ pub struct Host {
     pub iq_handlers: HashMap<&'static str, Arc<Mounted>>,
     /// Payload namespace → module, for iqs to an account's bare JID (PEP).
     pub account_iq: HashMap<&'static str, Arc<Mounted>>,
+    /// Modules that see the accounts' initial presences (PEP's last items).
+    pub presence_watchers: Vec<Arc<Mounted>>,
     /// SASL mechanisms offered on this host, in order.
     pub mechanisms: Vec<String>,
     /// Whether new accounts may register in-band (XEP-0077).
@@ -117,7 +119,7 @@ impl Tables {
                             t.domain_routes
                                 .insert(d.to_ascii_lowercase(), (host.clone(), m.clone()));
                         }
-                        Route::ServerIq(_) | Route::AccountIq(_) => {}
+                        Route::ServerIq(_) | Route::AccountIq(_) | Route::InitialPresence => {}
                     }
                 }
             }
@@ -169,6 +171,7 @@ fn host_with(h: &Host, modules: Vec<Arc<Mounted>>) -> Host {
         domain: h.domain.clone(),
         iq_handlers: iq_handlers(&modules, false),
         account_iq: iq_handlers(&modules, true),
+        presence_watchers: presence_watchers(&modules),
         modules,
         mechanisms: h.mechanisms.clone(),
         allow_registration: h.allow_registration,
@@ -200,6 +203,15 @@ fn iq_handlers(modules: &[Arc<Mounted>], account: bool) -> HashMap<&'static str,
         }
     }
     out
+}
+
+/// The modules that asked for the accounts' initial presences.
+fn presence_watchers(modules: &[Arc<Mounted>]) -> Vec<Arc<Mounted>> {
+    modules
+        .iter()
+        .filter(|m| m.module.routes().contains(&Route::InitialPresence))
+        .cloned()
+        .collect()
 }
 
 /// Hosts built from a configuration, reusing what can stay of `previous`.
@@ -257,6 +269,7 @@ pub fn build(
             domain: domain.clone(),
             iq_handlers: iq_handlers(&mounted, false),
             account_iq: iq_handlers(&mounted, true),
+            presence_watchers: presence_watchers(&mounted),
             modules: mounted,
             mechanisms: hc.sasl_mechanisms.clone(),
             allow_registration: hc.allow_registration,

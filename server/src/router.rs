@@ -402,6 +402,18 @@ impl Router {
         }
     }
 
+    /// Hands a copy of an account's initial presence to the modules of its host that
+    /// watch for it (PEP sends the last published items).
+    pub async fn initial_presence(&self, bare: &str, presence: &Element) {
+        let domain = bare.rsplit_once('@').map_or("", |(_, d)| d);
+        let Some(host) = self.host(domain) else {
+            return;
+        };
+        for m in &host.presence_watchers {
+            self.call(m, &host.cx, presence.clone()).await;
+        }
+    }
+
     /// A stanza for another domain: queued for federation (RFC 6120 §10.4).
     async fn to_remote(&self, stanza: Element) {
         let Some(s2s) = self.remote.get() else {
@@ -711,7 +723,7 @@ impl ServerHandle for RouterRef {
             .flat_map(|m| m.module.routes())
             .filter_map(|route| match route {
                 Route::Jid(j) | Route::Domain(j) => Some(j),
-                Route::ServerIq(_) | Route::AccountIq(_) => None,
+                Route::ServerIq(_) | Route::AccountIq(_) | Route::InitialPresence => None,
             })
             .collect();
         out.sort();
@@ -796,6 +808,30 @@ impl ServerHandle for RouterRef {
                     .collect(),
                 Err(e) => {
                     tracing::warn!(error = %e, "roster not readable for presence subscribers");
+                    Vec::new()
+                }
+            }
+        })
+    }
+
+    fn presence_sources(&self, user: &str) -> BoxFuture<'static, Vec<String>> {
+        let router = self.0.upgrade();
+        let user = user.to_owned();
+        Box::pin(async move {
+            let Some(router) = router else {
+                return Vec::new();
+            };
+            let Some((name, domain)) = user.split_once('@') else {
+                return Vec::new();
+            };
+            match router.im.roster(name, domain).await {
+                Ok((_, items)) => items
+                    .into_iter()
+                    .filter(|i| i.state.to)
+                    .map(|i| i.jid)
+                    .collect(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "roster not readable for presence sources");
                     Vec::new()
                 }
             }

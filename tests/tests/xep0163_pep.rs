@@ -2,8 +2,8 @@
 //! node, a contact that receives the account's presence and advertises `NODE+notify` in
 //! its entity capabilities (XEP-0115, asked of its resource and verified) gets the event
 //! from the account's bare JID, the next publish needs no second question, contacts read
-//! the items under the presence access model and strangers cannot, and nobody but the
-//! account publishes.
+//! the items under the presence access model and strangers cannot, a resource coming
+//! online gets the last item, and nobody but the account publishes.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -151,6 +151,17 @@ async fn pep_notifies_contacts_that_want_the_node() {
     let second = bob.element().await;
     assert_eq!(second.name(), "message", "{second}");
     assert_eq!(mood_of(&second), "calm");
+
+    // A newly available resource that wants the node gets its last item (XEP-0163 §4.3.4).
+    let (mut tablet, _) = Raw::login(&server, "bob", "pw", "tablet").await;
+    tablet
+        .send(&format!(
+            "<presence><c xmlns='http://jabber.org/protocol/caps' hash='sha-1' \
+             node='{CLIENT_NODE}' ver='{ver}'/></presence>"
+        ))
+        .await;
+    let last = tablet.stanza("message").await;
+    assert_eq!(mood_of(&last), "calm");
 
     // Presence access: bob reads the items; carol, a stranger, may not.
     let items = ask(

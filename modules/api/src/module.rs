@@ -39,6 +39,10 @@ pub enum Route {
     /// own account), whose payload is in this namespace: the module answers on the
     /// account's behalf (PEP, XEP-0163).
     AccountIq(&'static str),
+    /// A copy of each initial available presence of the host's accounts (RFC 6121 §4.2.2),
+    /// `from` the resource's full JID, after the server broadcast it. The module must not
+    /// hold the session up: slow work belongs in a task of its own.
+    InitialPresence,
 }
 
 /// A disco identity (XEP-0030 §3.1).
@@ -108,6 +112,9 @@ pub trait ServerHandle: Send + Sync {
     /// Bare JIDs that receive the presence of `owner`, a local account: its roster items
     /// with a subscription of `from` or `both`.
     fn presence_subscribers(&self, owner: &str) -> BoxFuture<'static, Vec<String>>;
+    /// Bare JIDs whose presence `user`, a local account, receives: its roster items with a
+    /// subscription of `to` or `both`.
+    fn presence_sources(&self, user: &str) -> BoxFuture<'static, Vec<String>>;
     /// The available resources of a local account with the last presence each broadcast
     /// (full JID, presence): what a PEP service reads entity capabilities (XEP-0115) from.
     fn available_presences(&self, bare: &str) -> Vec<(String, Arc<Element>)>;

@@ -281,7 +281,7 @@ pub struct PubSub {
     /// Whether the host's accounts have PEP services (option `pep`, default on).
     pep_enabled: bool,
     /// PEP services by account bare JID, loaded from the store on first use.
-    pep: tokio::sync::Mutex<HashMap<String, Arc<Service>>>,
+    pep: PepServices,
     /// Verified entity capabilities, for `+notify` filtering.
     caps: Arc<caps::CapsCache>,
     /// Nodes from the configuration file.
@@ -303,6 +303,7 @@ impl Module for PubSub {
         if self.pep_enabled {
             routes.push(Route::AccountIq(pns::PUBSUB));
             routes.push(Route::AccountIq(pns::OWNER));
+            routes.push(Route::InitialPresence);
         }
         routes
     }
@@ -332,6 +333,20 @@ impl Module for PubSub {
     }
 
     async fn handle(&self, cx: &Context, stanza: Element) -> Result<Outcome, ModuleError> {
+        if stanza.name() == "presence" {
+            // An account's initial presence (Route::InitialPresence): the last items, from
+            // a task of their own (capabilities may have to be asked for).
+            if self.pep_enabled && stanza.attr("type").is_none() {
+                tokio::spawn(send_last_items(
+                    cx.clone(),
+                    self.caps.clone(),
+                    self.pep.clone(),
+                    self.host.clone(),
+                    stanza,
+                ));
+            }
+            return Ok(Outcome::Handled);
+        }
         let approval = stanza.name() == "message"
             && stanza.attr("type") != Some("error")
             && stanza.get_child("x", forms::DATA).is_some();
@@ -358,7 +373,7 @@ impl Module for PubSub {
         let pep_svc;
         let svc: &Service = match pep_owner {
             Some(owner) if request && self.pep_enabled => {
-                pep_svc = self.pep_service(cx, &owner.to_string()).await?;
+                pep_svc = pep_service(&self.pep, cx, &owner.to_string()).await?;
                 &pep_svc
             }
             Some(_) => return Ok(Outcome::Error(Condition::ServiceUnavailable.into())),
@@ -428,21 +443,147 @@ async fn load_nodes(cx: &Context, jid: &str) -> Result<HashMap<String, Arc<Node>
     Ok(nodes.into_iter().map(|(k, v)| (k, Arc::new(v))).collect())
 }
 
-impl PubSub {
-    /// The PEP service of a local account, loaded on first use.
-    async fn pep_service(&self, cx: &Context, bare: &str) -> Result<Arc<Service>, ModuleError> {
-        let mut pep = self.pep.lock().await;
-        if let Some(svc) = pep.get(bare) {
-            return Ok(svc.clone());
-        }
-        let svc = Arc::new(Service {
-            jid: bare.to_owned(),
-            pep: true,
-            nodes: RwLock::new(load_nodes(cx, bare).await?),
-        });
-        pep.insert(bare.to_owned(), svc.clone());
-        Ok(svc)
+/// PEP services by account bare JID, shared with the tasks that send last items.
+type PepServices = Arc<tokio::sync::Mutex<HashMap<String, Arc<Service>>>>;
+
+/// The PEP service of a local account, loaded on first use.
+async fn pep_service(
+    pep: &PepServices,
+    cx: &Context,
+    bare: &str,
+) -> Result<Arc<Service>, ModuleError> {
+    let mut services = pep.lock().await;
+    if let Some(svc) = services.get(bare) {
+        return Ok(svc.clone());
     }
+    let svc = Arc::new(Service {
+        jid: bare.to_owned(),
+        pep: true,
+        nodes: RwLock::new(load_nodes(cx, bare).await?),
+    });
+    services.insert(bare.to_owned(), svc.clone());
+    Ok(svc)
+}
+
+/// XEP-0163 §4.3.4: a resource that just became available gets the last item of each node
+/// it wants (`NODE+notify`) of its own account's PEP service and of the local accounts
+/// whose presence it receives.
+async fn send_last_items(
+    cx: Context,
+    caps: Arc<caps::CapsCache>,
+    pep: PepServices,
+    host: String,
+    presence: Element,
+) {
+    let Some(full) = presence.attr("from").map(str::to_owned) else {
+        return;
+    };
+    let Some(bare) = Jid::new(&full).ok().map(|j| j.to_bare().to_string()) else {
+        return;
+    };
+    let mut sources = vec![bare.clone()];
+    sources.extend(cx.server.presence_sources(&bare).await);
+    for source in sources {
+        if source.rsplit_once('@').map(|(_, d)| d) != Some(host.as_str()) {
+            continue;
+        }
+        let Ok(svc) = pep_service(&pep, &cx, &source).await else {
+            continue;
+        };
+        let nodes: Vec<(String, Arc<Node>)> = svc
+            .nodes
+            .read()
+            .await
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (name, node) in nodes {
+            let visible = source == bare
+                || matches!(
+                    node.config.access_model,
+                    AccessModel::Presence | AccessModel::Open
+                );
+            if !visible
+                || !wants(
+                    &cx,
+                    &caps,
+                    &source,
+                    &full,
+                    &presence,
+                    &format!("{name}+notify"),
+                )
+                .await
+            {
+                continue;
+            }
+            let Ok(last) = cx
+                .storage
+                .pubsub()
+                .items(&source, &name, None, Some(1))
+                .await
+            else {
+                continue;
+            };
+            for it in last {
+                let mut item = Element::new("item", pns::EVENT).with_attr("id", it.id);
+                if node.config.deliver_payloads
+                    && let Ok(p) = Element::parse(&it.payload)
+                {
+                    item.push_child(p);
+                }
+                let event = Element::new("event", pns::EVENT).with_child(
+                    Element::new("items", pns::EVENT)
+                        .with_attr("node", name.clone())
+                        .with_child(item),
+                );
+                send_event(&cx, &source, &full, &event, true);
+            }
+        }
+    }
+}
+
+/// Whether a resource's entity capabilities include `feature`: from the cache, else by
+/// asking the resource from `asker` (XEP-0115 §6.2) and keeping the answer when its hash
+/// checks.
+async fn wants(
+    cx: &Context,
+    caps: &caps::CapsCache,
+    asker: &str,
+    full: &str,
+    presence: &Element,
+    feature: &str,
+) -> bool {
+    let Some(c) = caps::caps_of(presence) else {
+        return false;
+    };
+    if let Some(features) = caps.get(&c.ver) {
+        return features.iter().any(|f| f == feature);
+    }
+    let ask = Element::new("iq", ns::CLIENT)
+        .with_attr("type", "get")
+        .with_attr("from", asker.to_owned())
+        .with_attr("to", full.to_owned())
+        .with_attr("id", random_id())
+        .with_child(
+            Element::new("query", ns::DISCO_INFO)
+                .with_attr("node", format!("{}#{}", c.node, c.ver)),
+        );
+    let answer = match cx
+        .server
+        .send_iq(ask, std::time::Duration::from_secs(10))
+        .await
+    {
+        Ok(a) if a.attr("type") == Some("result") => a,
+        _ => return false,
+    };
+    let Some(query) = answer.get_child("query", ns::DISCO_INFO) else {
+        return false;
+    };
+    let features = Arc::new(caps::features_of(query));
+    if c.hash == "sha-1" && caps::ver_of(query) == c.ver {
+        caps.put(&c.ver, features.clone());
+    }
+    features.iter().any(|f| f == feature)
 }
 
 /// XEP-0163 §5: the configuration of a PEP node created by a publish.
@@ -502,48 +643,13 @@ impl PepNotice {
         }
         for account in accounts {
             for (full, presence) in self.cx.server.available_presences(&account) {
-                if !self.already.contains(&full) && self.wants(&full, &presence, &wanted).await {
+                if !self.already.contains(&full)
+                    && wants(&self.cx, &self.caps, &self.owner, &full, &presence, &wanted).await
+                {
                     send_event(&self.cx, &self.owner, &full, &self.event, true);
                 }
             }
         }
-    }
-
-    /// Whether a resource's entity capabilities include `feature`: from the cache, else by
-    /// asking the resource (XEP-0115 §6.2) and keeping the answer when its hash checks.
-    async fn wants(&self, full: &str, presence: &Element, feature: &str) -> bool {
-        let Some(c) = caps::caps_of(presence) else {
-            return false;
-        };
-        if let Some(features) = self.caps.get(&c.ver) {
-            return features.iter().any(|f| f == feature);
-        }
-        let ask = Element::new("iq", ns::CLIENT)
-            .with_attr("type", "get")
-            .with_attr("from", self.owner.clone())
-            .with_attr("to", full.to_owned())
-            .with_attr("id", random_id())
-            .with_child(
-                Element::new("query", ns::DISCO_INFO)
-                    .with_attr("node", format!("{}#{}", c.node, c.ver)),
-            );
-        let answer = match self
-            .cx
-            .server
-            .send_iq(ask, std::time::Duration::from_secs(10))
-            .await
-        {
-            Ok(a) if a.attr("type") == Some("result") => a,
-            _ => return false,
-        };
-        let Some(query) = answer.get_child("query", ns::DISCO_INFO) else {
-            return false;
-        };
-        let features = Arc::new(caps::features_of(query));
-        if c.hash == "sha-1" && caps::ver_of(query) == c.ver {
-            self.caps.put(&c.ver, features.clone());
-        }
-        features.iter().any(|f| f == feature)
     }
 }
 

@@ -507,6 +507,7 @@ pub async fn broadcast(
             .with_attr("type", "probe");
         Box::pin(router.route(probe)).await;
     }
+    Box::pin(router.initial_presence(bare, &presence)).await;
     for (resource, p) in router.registry.presences(bare) {
         let other = format!("{bare}/{resource}");
         if other != full {
