@@ -644,6 +644,33 @@ impl TableSlot for Router {
     }
 }
 
+/// The contacts in a local account's roster whose subscription state passes `keep`.
+fn roster_jids(
+    router: Option<Arc<Router>>,
+    bare: String,
+    keep: fn(&crate::im::subscription::SubState) -> bool,
+) -> BoxFuture<'static, Vec<String>> {
+    Box::pin(async move {
+        let Some(router) = router else {
+            return Vec::new();
+        };
+        let Some((user, domain)) = bare.split_once('@') else {
+            return Vec::new();
+        };
+        match router.im.roster(user, domain).await {
+            Ok((_, items)) => items
+                .into_iter()
+                .filter(|i| keep(&i.state))
+                .map(|i| i.jid)
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "roster not readable for a module");
+                Vec::new()
+            }
+        }
+    })
+}
+
 /// The module that answers this iq (get/set) on an account's behalf, by payload namespace.
 fn account_handler(host: &Host, iq: &Element) -> Option<Arc<Mounted>> {
     if !matches!(iq.attr("type"), Some("get" | "set")) {
@@ -791,51 +818,11 @@ impl ServerHandle for RouterRef {
     }
 
     fn presence_subscribers(&self, owner: &str) -> BoxFuture<'static, Vec<String>> {
-        let router = self.0.upgrade();
-        let owner = owner.to_owned();
-        Box::pin(async move {
-            let Some(router) = router else {
-                return Vec::new();
-            };
-            let Some((user, domain)) = owner.split_once('@') else {
-                return Vec::new();
-            };
-            match router.im.roster(user, domain).await {
-                Ok((_, items)) => items
-                    .into_iter()
-                    .filter(|i| i.state.from)
-                    .map(|i| i.jid)
-                    .collect(),
-                Err(e) => {
-                    tracing::warn!(error = %e, "roster not readable for presence subscribers");
-                    Vec::new()
-                }
-            }
-        })
+        roster_jids(self.0.upgrade(), owner.to_owned(), |s| s.from)
     }
 
     fn presence_sources(&self, user: &str) -> BoxFuture<'static, Vec<String>> {
-        let router = self.0.upgrade();
-        let user = user.to_owned();
-        Box::pin(async move {
-            let Some(router) = router else {
-                return Vec::new();
-            };
-            let Some((name, domain)) = user.split_once('@') else {
-                return Vec::new();
-            };
-            match router.im.roster(name, domain).await {
-                Ok((_, items)) => items
-                    .into_iter()
-                    .filter(|i| i.state.to)
-                    .map(|i| i.jid)
-                    .collect(),
-                Err(e) => {
-                    tracing::warn!(error = %e, "roster not readable for presence sources");
-                    Vec::new()
-                }
-            }
-        })
+        roster_jids(self.0.upgrade(), user.to_owned(), |s| s.to)
     }
 
     fn available_presences(&self, bare: &str) -> Vec<(String, Arc<Element>)> {
