@@ -451,7 +451,13 @@ impl Router {
         // Presence without `to` was already taken by the session (availability); messages
         // to one's own account without `to` have nowhere else to go.
         if stanza.name() == "iq" {
-            if let Some(m) = account_handler(&host, &stanza) {
+            // Service discovery without `to` stays the server's: that is what clients ask
+            // it for; the account's own disco is asked at its bare JID.
+            let disco = stanza.first_child().is_some_and(|p| {
+                p.ns() == openspimed_module_api::ns::DISCO_INFO
+                    || p.ns() == openspimed_module_api::ns::DISCO_ITEMS
+            });
+            if !disco && let Some(m) = account_handler(&host, &stanza) {
                 return self.call(&m, &host.cx, stanza).await;
             }
             self.to_host(&host, stanza).await

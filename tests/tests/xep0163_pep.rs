@@ -188,6 +188,45 @@ async fn pep_notifies_contacts_that_want_the_node() {
         "{refused}"
     );
 
+    // Discovery (XEP-0163 §6): the account is a pubsub/pep service; its nodes are listed
+    // to those who may read them.
+    let info = ask(
+        &mut bob,
+        "d1",
+        Some("alice@localhost"),
+        "get",
+        &format!("<query xmlns='{DISCO_INFO}'/>"),
+    )
+    .await;
+    let pep_identity = info.get_child("query", DISCO_INFO).and_then(|q| {
+        q.children()
+            .find(|i| i.attr("category") == Some("pubsub") && i.attr("type") == Some("pep"))
+    });
+    assert!(pep_identity.is_some(), "{info}");
+    let items_of = |answer: &Element| -> Vec<String> {
+        answer
+            .get_child("query", "http://jabber.org/protocol/disco#items")
+            .map(|q| {
+                q.children()
+                    .filter_map(|i| i.attr("node").map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let disco_items = "<query xmlns='http://jabber.org/protocol/disco#items'/>";
+    let listed = ask(&mut bob, "d2", Some("alice@localhost"), "get", disco_items).await;
+    assert_eq!(items_of(&listed), [MOOD], "{listed}");
+    let hidden = ask(
+        &mut carol,
+        "d3",
+        Some("alice@localhost"),
+        "get",
+        disco_items,
+    )
+    .await;
+    assert_eq!(hidden.attr("type"), Some("result"), "{hidden}");
+    assert!(items_of(&hidden).is_empty(), "{hidden}");
+
     // Only the account publishes to its PEP service.
     let forbidden = ask(
         &mut bob,

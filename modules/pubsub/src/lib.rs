@@ -303,6 +303,8 @@ impl Module for PubSub {
         if self.pep_enabled {
             routes.push(Route::AccountIq(pns::PUBSUB));
             routes.push(Route::AccountIq(pns::OWNER));
+            routes.push(Route::AccountIq(ns::DISCO_INFO));
+            routes.push(Route::AccountIq(ns::DISCO_ITEMS));
             routes.push(Route::InitialPresence);
         }
         routes
@@ -1664,12 +1666,24 @@ impl Request<'_> {
         let mut q = Element::new("query", ns::DISCO_INFO);
         match query.attr("node") {
             None => {
-                q.push_child(
-                    Element::new("identity", ns::DISCO_INFO)
-                        .with_attr("category", "pubsub")
-                        .with_attr("type", "service")
-                        .with_attr("name", "openspimed PubSub"),
-                );
+                if self.svc.pep {
+                    // XEP-0163 §6.1: an account with PEP is a registered account and a
+                    // pubsub/pep service.
+                    for (category, kind) in [("account", "registered"), ("pubsub", "pep")] {
+                        q.push_child(
+                            Element::new("identity", ns::DISCO_INFO)
+                                .with_attr("category", category)
+                                .with_attr("type", kind),
+                        );
+                    }
+                } else {
+                    q.push_child(
+                        Element::new("identity", ns::DISCO_INFO)
+                            .with_attr("category", "pubsub")
+                            .with_attr("type", "service")
+                            .with_attr("name", "openspimed PubSub"),
+                    );
+                }
                 q.push_child(
                     Element::new("feature", ns::DISCO_INFO).with_attr("var", ns::DISCO_INFO),
                 );
@@ -1712,15 +1726,26 @@ impl Request<'_> {
         let mut q = Element::new("query", ns::DISCO_ITEMS);
         match query.attr("node") {
             None => {
-                let nodes = self.svc.nodes.read().await;
-                let mut names: Vec<&String> = nodes.keys().collect();
-                names.sort();
-                for n in names {
+                let mut nodes: Vec<(String, Arc<Node>)> = self
+                    .svc
+                    .nodes
+                    .read()
+                    .await
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                nodes.sort_by(|a, b| a.0.cmp(&b.0));
+                for (n, node) in nodes {
+                    // What an account publishes is its own: a PEP service lists only the
+                    // nodes the requester may read.
+                    if self.svc.pep && self.retrieve_denied(&node).await.is_some() {
+                        continue;
+                    }
                     let mut item = Element::new("item", ns::DISCO_ITEMS)
                         .with_attr("jid", self.svc.jid.clone())
-                        .with_attr("node", n.clone());
-                    if !nodes[n].config.title.is_empty() {
-                        item.set_attr("name", nodes[n].config.title.clone());
+                        .with_attr("node", n);
+                    if !node.config.title.is_empty() {
+                        item.set_attr("name", node.config.title.clone());
                     }
                     q.push_child(item);
                 }
