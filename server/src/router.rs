@@ -831,6 +831,17 @@ impl ServerHandle for RouterRef {
         roster_jids(self.0.upgrade(), user.to_owned(), |s| s.to)
     }
 
+    fn blocks(&self, user: &str, other: &str) -> BoxFuture<'static, bool> {
+        let router = self.0.upgrade();
+        let (user, other) = (user.to_owned(), other.to_owned());
+        Box::pin(async move {
+            match router {
+                Some(r) => crate::im::blocking::blocks(&r, &user, &other).await,
+                None => false,
+            }
+        })
+    }
+
     fn available_presences(&self, bare: &str) -> Vec<(String, Arc<Element>)> {
         match self.0.upgrade() {
             Some(r) => r

@@ -163,6 +163,22 @@ async fn pep_notifies_contacts_that_want_the_node() {
     let last = tablet.stanza("message").await;
     assert_eq!(mood_of(&last), "calm");
 
+    // Nothing reaches a contact the account blocks (XEP-0163 §4.3.3): the event published
+    // while bob is blocked never comes; the one after the unblock does, and comes first.
+    let block = |verb: &str| {
+        format!("<{verb} xmlns='urn:xmpp:blocking'><item jid='bob@localhost'/></{verb}>")
+    };
+    let blocked = ask(&mut alice, "b1", None, "set", &block("block")).await;
+    assert_eq!(blocked.attr("type"), Some("result"), "{blocked}");
+    let done = ask(&mut alice, "p4", None, "set", &publish("current", "tired")).await;
+    assert_eq!(done.attr("type"), Some("result"), "{done}");
+    let unblocked = ask(&mut alice, "b2", None, "set", &block("unblock")).await;
+    assert_eq!(unblocked.attr("type"), Some("result"), "{unblocked}");
+    let done = ask(&mut alice, "p5", None, "set", &publish("current", "awake")).await;
+    assert_eq!(done.attr("type"), Some("result"), "{done}");
+    let next = bob.stanza("message").await;
+    assert_eq!(mood_of(&next), "awake");
+
     // Presence access: bob reads the items; carol, a stranger, may not.
     let items = ask(
         &mut bob,
@@ -173,7 +189,7 @@ async fn pep_notifies_contacts_that_want_the_node() {
     )
     .await;
     assert_eq!(items.attr("type"), Some("result"), "{items}");
-    assert!(items.to_string().contains("calm"), "{items}");
+    assert!(items.to_string().contains("awake"), "{items}");
     let refused = ask(
         &mut carol,
         "i2",

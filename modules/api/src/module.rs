@@ -115,6 +115,9 @@ pub trait ServerHandle: Send + Sync {
     /// Bare JIDs whose presence `user`, a local account, receives: its roster items with a
     /// subscription of `to` or `both`.
     fn presence_sources(&self, user: &str) -> BoxFuture<'static, Vec<String>>;
+    /// Whether the local account `user` blocks `other` (XEP-0191): a module sending on the
+    /// account's behalf (PEP) must not reach it.
+    fn blocks(&self, user: &str, other: &str) -> BoxFuture<'static, bool>;
     /// The available resources of a local account with the last presence each broadcast
     /// (full JID, presence): what a PEP service reads entity capabilities (XEP-0115) from.
     fn available_presences(&self, bare: &str) -> Vec<(String, Arc<Element>)>;

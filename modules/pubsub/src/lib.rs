@@ -486,7 +486,9 @@ async fn send_last_items(
     let mut sources = vec![bare.clone()];
     sources.extend(cx.server.presence_sources(&bare).await);
     for source in sources {
-        if source.rsplit_once('@').map(|(_, d)| d) != Some(host.as_str()) {
+        if source.rsplit_once('@').map(|(_, d)| d) != Some(host.as_str())
+            || cx.server.blocks(&source, &bare).await
+        {
             continue;
         }
         let Ok(svc) = pep_service(&pep, &cx, &source).await else {
@@ -614,10 +616,9 @@ fn send_event(cx: &Context, from: &str, to: &str, event: &Element, headline: boo
     cx.server.send(msg);
 }
 
-/// A PEP event on its way to the resources that want it: the account's own and, when the
-/// access model lets them see the node, those of the contacts that receive its presence —
-/// each when its entity capabilities include `NODE+notify` (XEP-0163 §4). Only resources
-/// on this server are known.
+/// A PEP event on its way to the resources that want it: the account's own and those of the
+/// contacts chosen at publish time — each when its entity capabilities include
+/// `NODE+notify` (XEP-0163 §4). Only resources on this server are known.
 struct PepNotice {
     /// To reach the server.
     cx: Context,
@@ -625,8 +626,9 @@ struct PepNotice {
     caps: Arc<caps::CapsCache>,
     /// The account (the PEP service's JID, the notifications' `from`).
     owner: String,
-    /// Whether contacts may receive it (presence or open access model).
-    contacts: bool,
+    /// The account and the contacts that may receive it (not blocked, and seeing the node
+    /// under its access model).
+    accounts: Vec<String>,
     /// Explicit subscribers, already notified.
     already: Vec<String>,
     /// The `<event/>` to send.
@@ -639,12 +641,8 @@ impl PepNotice {
             return;
         };
         let wanted = format!("{name}+notify");
-        let mut accounts = vec![self.owner.clone()];
-        if self.contacts {
-            accounts.extend(self.cx.server.presence_subscribers(&self.owner).await);
-        }
-        for account in accounts {
-            for (full, presence) in self.cx.server.available_presences(&account) {
+        for account in &self.accounts {
+            for (full, presence) in self.cx.server.available_presences(account) {
                 if !self.already.contains(&full)
                     && wants(&self.cx, &self.caps, &self.owner, &full, &presence, &wanted).await
                 {
@@ -725,17 +723,33 @@ impl Request<'_> {
             .collect();
         let event = Element::new("event", pns::EVENT).with_child(event_child);
         for jid in &subscribers {
+            // XEP-0163 §4.3.3: nothing on an account's behalf to whom it blocks.
+            if self.svc.pep && self.cx.server.blocks(&self.svc.jid, jid).await {
+                continue;
+            }
             send_event(self.cx, &self.svc.jid, jid, &event, self.svc.pep);
         }
         if self.svc.pep {
+            // Who may get it is settled now, at publish time; only the capability
+            // questions wait for the task.
+            let owner = self.svc.jid.clone();
+            let mut accounts = vec![owner.clone()];
+            if matches!(
+                node.config.access_model,
+                AccessModel::Presence | AccessModel::Open
+            ) {
+                for contact in self.cx.server.presence_subscribers(&owner).await {
+                    // XEP-0163 §4.3.3: nothing on an account's behalf to whom it blocks.
+                    if !self.cx.server.blocks(&owner, &contact).await {
+                        accounts.push(contact);
+                    }
+                }
+            }
             let pep = PepNotice {
                 cx: self.cx.clone(),
                 caps: self.caps.clone(),
-                owner: self.svc.jid.clone(),
-                contacts: matches!(
-                    node.config.access_model,
-                    AccessModel::Presence | AccessModel::Open
-                ),
+                owner,
+                accounts,
                 already: subscribers,
                 event,
             };
