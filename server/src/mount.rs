@@ -54,8 +54,15 @@ impl Mounted {
         self.gate.add_permits(GATE_PERMITS as usize);
     }
 
-    /// Waits for the calls in progress, then closes for good. Only for instances already
-    /// out of the routing table, so that callers turned away find something else.
+    /// Closes an instance that never opened (its `start` failed): no call is inside, and
+    /// the callers waiting at the gate go back to the routing table, which must no longer
+    /// name it. (`retire` would wait for permits that were never given.)
+    fn turn_away(&self) {
+        self.gate.close();
+    }
+
+    /// Waits for the calls in progress, then closes for good. Only for opened instances
+    /// already out of the routing table, so that callers turned away find something else.
     async fn retire(&self) {
         if let Ok(all) = self.gate.acquire_many(GATE_PERMITS).await {
             all.forget();
@@ -338,7 +345,7 @@ pub async fn switch(slot: &dyn TableSlot, built: Built) -> Switched {
                     again
                 });
                 slot.set_tables(slot.tables().replacing(&cx.host, &m, back.as_ref()));
-                m.retire().await;
+                m.turn_away();
                 report.failed.push(format!("{what}: {e}"));
             }
         }
@@ -409,6 +416,7 @@ async fn start_all(
 mod tests {
     use super::*;
     use openspimed_module_api::{Element, Outcome};
+    use std::collections::HashMap;
 
     struct Quiet;
 
@@ -456,5 +464,90 @@ mod tests {
         retiring.await.unwrap();
         assert!(!late.await.unwrap());
         assert!(m.enter().await.is_none());
+    }
+
+    /// A module named `quiet` whose start fails.
+    struct Broken;
+
+    #[async_trait::async_trait]
+    impl Module for Broken {
+        fn name(&self) -> &'static str {
+            "quiet"
+        }
+        fn routes(&self) -> Vec<Route> {
+            Vec::new()
+        }
+        async fn handle(&self, _cx: &Context, _s: Element) -> Result<Outcome, ModuleError> {
+            Ok(Outcome::Handled)
+        }
+        async fn start(&self, _cx: &Context) -> Result<(), ModuleError> {
+            Err(ModuleError::Internal("refuses to start".into()))
+        }
+    }
+
+    fn host(cx: &Context, m: &Arc<Mounted>) -> Host {
+        Host {
+            domain: "example.test".into(),
+            modules: vec![m.clone()],
+            iq_handlers: HashMap::new(),
+            account_iq: HashMap::new(),
+            presence_watchers: Vec::new(),
+            mechanisms: Vec::new(),
+            allow_registration: false,
+            cx: cx.clone(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_replacement_that_fails_to_start_gives_way_to_its_predecessor() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(
+            crate::storage::sqlite::SqliteStore::open(&dir.path().join("s.sqlite")).unwrap(),
+        );
+        let router = crate::router::Router::new(
+            store.clone(),
+            store.clone(),
+            crate::im::ImLimits {
+                offline_quota: 10,
+                roster_items: 10,
+            },
+        );
+        let storage: Arc<dyn ModuleStorage> = store;
+        let cx = Context {
+            host: Arc::from("example.test"),
+            server: router.handle(),
+            storage,
+        };
+        let first = Mounted::new(Arc::new(Quiet), toml::Table::new());
+        first.open();
+        router.set_tables(Tables::new(vec![host(&cx, &first)]));
+
+        let broken = Mounted::new(Arc::new(Broken), toml::Table::new());
+        let built = Built {
+            hosts: vec![host(&cx, &broken)],
+            fresh: vec![(broken.clone(), cx.clone())],
+        };
+        let report = switch(router.as_ref(), built).await;
+        assert_eq!(report.failed.len(), 1, "{report:?}");
+        assert!(report.started.is_empty(), "{report:?}");
+        // The predecessor's module serves again, under an open gate; the broken one is shut.
+        let tables = router.tables();
+        let now = &tables.hosts["example.test"].modules[0];
+        assert!(Arc::ptr_eq(&now.module, &first.module));
+        assert!(now.enter().await.is_some());
+        assert!(broken.enter().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn an_instance_that_never_opened_turns_its_waiting_callers_away() {
+        let m = Mounted::new(Arc::new(Quiet), toml::Table::new());
+        let waiting = {
+            let m = m.clone();
+            tokio::spawn(async move { m.enter().await.is_some() })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        m.turn_away();
+        assert!(!waiting.await.unwrap());
     }
 }
