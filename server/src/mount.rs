@@ -418,7 +418,8 @@ mod tests {
     use openspimed_module_api::{Element, Outcome};
     use std::collections::HashMap;
 
-    struct Quiet;
+    /// A module named `quiet` that handles nothing; `Quiet(true)` refuses to start.
+    struct Quiet(bool);
 
     #[async_trait::async_trait]
     impl Module for Quiet {
@@ -431,11 +432,17 @@ mod tests {
         async fn handle(&self, _cx: &Context, _s: Element) -> Result<Outcome, ModuleError> {
             Ok(Outcome::Handled)
         }
+        async fn start(&self, _cx: &Context) -> Result<(), ModuleError> {
+            if self.0 {
+                return Err(ModuleError::Internal("refuses to start".into()));
+            }
+            Ok(())
+        }
     }
 
     #[tokio::test]
     async fn gate_holds_calls_until_start_and_drains_before_closing() {
-        let m = Mounted::new(Arc::new(Quiet), toml::Table::new());
+        let m = Mounted::new(Arc::new(Quiet(false)), toml::Table::new());
         // Shut until opened: a caller waits.
         let waiting = {
             let m = m.clone();
@@ -464,25 +471,6 @@ mod tests {
         retiring.await.unwrap();
         assert!(!late.await.unwrap());
         assert!(m.enter().await.is_none());
-    }
-
-    /// A module named `quiet` whose start fails.
-    struct Broken;
-
-    #[async_trait::async_trait]
-    impl Module for Broken {
-        fn name(&self) -> &'static str {
-            "quiet"
-        }
-        fn routes(&self) -> Vec<Route> {
-            Vec::new()
-        }
-        async fn handle(&self, _cx: &Context, _s: Element) -> Result<Outcome, ModuleError> {
-            Ok(Outcome::Handled)
-        }
-        async fn start(&self, _cx: &Context) -> Result<(), ModuleError> {
-            Err(ModuleError::Internal("refuses to start".into()))
-        }
     }
 
     fn host(cx: &Context, m: &Arc<Mounted>) -> Host {
@@ -518,11 +506,11 @@ mod tests {
             server: router.handle(),
             storage,
         };
-        let first = Mounted::new(Arc::new(Quiet), toml::Table::new());
+        let first = Mounted::new(Arc::new(Quiet(false)), toml::Table::new());
         first.open();
         router.set_tables(Tables::new(vec![host(&cx, &first)]));
 
-        let broken = Mounted::new(Arc::new(Broken), toml::Table::new());
+        let broken = Mounted::new(Arc::new(Quiet(true)), toml::Table::new());
         let built = Built {
             hosts: vec![host(&cx, &broken)],
             fresh: vec![(broken.clone(), cx.clone())],
@@ -540,7 +528,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_instance_that_never_opened_turns_its_waiting_callers_away() {
-        let m = Mounted::new(Arc::new(Quiet), toml::Table::new());
+        let m = Mounted::new(Arc::new(Quiet(false)), toml::Table::new());
         let waiting = {
             let m = m.clone();
             tokio::spawn(async move { m.enter().await.is_some() })

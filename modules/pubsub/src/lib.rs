@@ -151,6 +151,21 @@ struct Service {
     nodes: RwLock<HashMap<String, Arc<Node>>>,
 }
 
+impl Service {
+    /// The nodes as they are now, by name.
+    async fn snapshot(&self) -> Vec<(String, Arc<Node>)> {
+        let mut nodes: Vec<(String, Arc<Node>)> = self
+            .nodes
+            .read()
+            .await
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        nodes.sort_by(|a, b| a.0.cmp(&b.0));
+        nodes
+    }
+}
+
 /// A node preconfigured in the configuration file.
 #[derive(Clone, Debug)]
 struct Preconfigured {
@@ -494,14 +509,7 @@ async fn send_last_items(
         let Ok(svc) = pep_service(&pep, &cx, &source).await else {
             continue;
         };
-        let nodes: Vec<(String, Arc<Node>)> = svc
-            .nodes
-            .read()
-            .await
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        for (name, node) in nodes {
+        for (name, node) in svc.snapshot().await {
             let visible = source == bare
                 || matches!(
                     node.config.access_model,
@@ -1740,16 +1748,7 @@ impl Request<'_> {
         let mut q = Element::new("query", ns::DISCO_ITEMS);
         match query.attr("node") {
             None => {
-                let mut nodes: Vec<(String, Arc<Node>)> = self
-                    .svc
-                    .nodes
-                    .read()
-                    .await
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect();
-                nodes.sort_by(|a, b| a.0.cmp(&b.0));
-                for (n, node) in nodes {
+                for (n, node) in self.svc.snapshot().await {
                     // What an account publishes is its own: a PEP service lists only the
                     // nodes the requester may read.
                     if self.svc.pep && self.retrieve_denied(&node).await.is_some() {
