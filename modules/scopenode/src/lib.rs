@@ -258,9 +258,25 @@ enum ReportError {
 impl ScopeNodes {
     fn count(&self, what: &str) {
         if let Ok(mut s) = self.stats.lock() {
-            *s.entry(what.to_owned()).or_insert(0) += 1;
+            // Counted for every report: no key allocated once the event is known.
+            match s.get_mut(what) {
+                Some(n) => *n += 1,
+                None => {
+                    s.insert(what.to_owned(), 1);
+                }
+            }
         }
-        // The same events as Prometheus counters, the reason as a label.
+        // The same events as Prometheus counters, the reason as a label; the accepted
+        // reports' counter (one per report) is registered once.
+        if what == "reports_accepted" {
+            static ACCEPTED: std::sync::OnceLock<metrics::Counter> = std::sync::OnceLock::new();
+            ACCEPTED
+                .get_or_init(|| {
+                    metrics::counter!("openspimed_scopenode_reports_total", "result" => "accepted", "reason" => "")
+                })
+                .increment(1);
+            return;
+        }
         let (name, result, reason) = if let Some(r) = what.strip_prefix("reports_rejected_") {
             ("openspimed_scopenode_reports_total", "rejected", r)
         } else if what == "reports_accepted" {
