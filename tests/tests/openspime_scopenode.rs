@@ -9,11 +9,9 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{iq, online, vector_key};
+use common::{co2_report, iq, online, vector_key};
 use openspime::keyinfo::{self, KeyForm};
-use openspime::{
-    ClaimKeyRef, Container, Data, Entry, Field, RsaPrivateKey, SeekRequest, SpimeSeek, crypto,
-};
+use openspime::{ClaimKeyRef, Container, RsaPrivateKey, SeekRequest, SpimeSeek, crypto};
 use openspimed_module_api::{Element, toml};
 use openspimed_tests::{TestServer, WAIT};
 use tokio_xmpp::parsers::stanza_error::DefinedCondition;
@@ -45,35 +43,6 @@ async fn network() -> TestServer {
         );
     })
     .await
-}
-
-fn entry(ppm: &str) -> Entry {
-    let f = |name: &str, value: &str| Field {
-        name: name.into(),
-        value: value.into(),
-        attrs: if name == "ele" {
-            vec![("unit".into(), "m".into())]
-        } else {
-            vec![]
-        },
-    };
-    Entry {
-        fields: vec![
-            f("date", "2008-04-02T17:54:22+01:00"),
-            f("exposure", "outdoor"),
-            f("lat", "45.475841199050905"),
-            f("lon", "9.172725677490234"),
-            f("ele", "120.0"),
-            f("ppm", ppm),
-        ],
-    }
-}
-
-fn data(ppm: &str) -> Element {
-    Data {
-        entries: vec![entry(ppm)],
-    }
-    .to_element()
 }
 
 async fn publish_key(client: &mut Client, jid: &str, key: &RsaPrivateKey) {
@@ -202,7 +171,7 @@ async fn reports_and_seeks_end_to_end() {
     publish_key(&mut stranger, STRANGER, &stranger_key).await;
 
     // §1.0.0: a plain report is answered with an empty result and stored.
-    let plain = Container::seal(data("176.4"), None, None, None).unwrap();
+    let plain = Container::seal(co2_report("176.4"), None, None, None).unwrap();
     assert_eq!(
         iq(&mut spime, SCOPE, false, &plain.to_element())
             .await
@@ -213,7 +182,7 @@ async fn reports_and_seeks_end_to_end() {
     // §1.0.1: encrypted + signed, to the ScopeNode's key from the certification service.
     let scope_key = node_key(&mut spime).await;
     let sealed = Container::seal(
-        data("180.0"),
+        co2_report("180.0"),
         Some((&spime_key, CERT, Some(SPIME))),
         None,
         Some(&scope_key),
@@ -241,7 +210,7 @@ async fn reports_and_seeks_end_to_end() {
     );
 
     // Inconsistent with the scope: the seed's error stanza.
-    let bad = Container::seal(data("not-a-number"), None, None, None).unwrap();
+    let bad = Container::seal(co2_report("not-a-number"), None, None, None).unwrap();
     let err = iq(&mut spime, SCOPE, false, &bad.to_element())
         .await
         .unwrap_err();
@@ -256,14 +225,14 @@ async fn reports_and_seeks_end_to_end() {
     );
     // A tampered signature on a report.
     let mut forged = Container::seal(
-        data("1.0"),
+        co2_report("1.0"),
         Some((&spime_key, CERT, Some(SPIME))),
         None,
         None,
     )
     .unwrap();
     if let openspime::Transport::Clear { payload, .. } = &mut forged.transport {
-        *payload = data("999.0");
+        *payload = co2_report("999.0");
     }
     let err = iq(&mut spime, SCOPE, false, &forged.to_element())
         .await
