@@ -91,6 +91,29 @@ pub struct Host {
     pub cx: Context,
 }
 
+impl Host {
+    /// A host with these modules; the iq handlers and presence watchers are derived from
+    /// the modules' routes.
+    pub fn new(
+        domain: String,
+        modules: Vec<Arc<Mounted>>,
+        mechanisms: Vec<String>,
+        allow_registration: bool,
+        cx: Context,
+    ) -> Host {
+        Host {
+            domain,
+            iq_handlers: iq_handlers(&modules, false),
+            account_iq: iq_handlers(&modules, true),
+            presence_watchers: presence_watchers(&modules),
+            modules,
+            mechanisms,
+            allow_registration,
+            cx,
+        }
+    }
+}
+
 /// A module that owns an address, with the host it belongs to.
 pub type ModuleRoute = (Arc<Host>, Arc<Mounted>);
 
@@ -165,24 +188,16 @@ impl Tables {
                         }
                     })
                     .collect();
-                host_with(h, modules)
+                Host::new(
+                    h.domain.clone(),
+                    modules,
+                    h.mechanisms.clone(),
+                    h.allow_registration,
+                    h.cx.clone(),
+                )
             })
             .collect();
         Tables::new(ordered(hosts, &self.default_host))
-    }
-}
-
-/// A copy of `h` with other modules (and the iq handlers derived from them).
-fn host_with(h: &Host, modules: Vec<Arc<Mounted>>) -> Host {
-    Host {
-        domain: h.domain.clone(),
-        iq_handlers: iq_handlers(&modules, false),
-        account_iq: iq_handlers(&modules, true),
-        presence_watchers: presence_watchers(&modules),
-        modules,
-        mechanisms: h.mechanisms.clone(),
-        allow_registration: h.allow_registration,
-        cx: h.cx.clone(),
     }
 }
 
@@ -272,16 +287,13 @@ pub fn build(
             built.fresh.push((m.clone(), cx.clone()));
             mounted.push(m);
         }
-        built.hosts.push(Host {
-            domain: domain.clone(),
-            iq_handlers: iq_handlers(&mounted, false),
-            account_iq: iq_handlers(&mounted, true),
-            presence_watchers: presence_watchers(&mounted),
-            modules: mounted,
-            mechanisms: hc.sasl_mechanisms.clone(),
-            allow_registration: hc.allow_registration,
+        built.hosts.push(Host::new(
+            domain.clone(),
+            mounted,
+            hc.sasl_mechanisms.clone(),
+            hc.allow_registration,
             cx,
-        });
+        ));
     }
     Ok(built)
 }
@@ -416,7 +428,6 @@ async fn start_all(
 mod tests {
     use super::*;
     use openspimed_module_api::{Element, Outcome};
-    use std::collections::HashMap;
 
     /// A module named `quiet` that handles nothing; `Quiet(true)` refuses to start.
     struct Quiet(bool);
@@ -444,10 +455,7 @@ mod tests {
     async fn gate_holds_calls_until_start_and_drains_before_closing() {
         let m = Mounted::new(Arc::new(Quiet(false)), toml::Table::new());
         // Shut until opened: a caller waits.
-        let waiting = {
-            let m = m.clone();
-            tokio::spawn(async move { m.enter().await.is_some() })
-        };
+        let waiting = waiter(&m);
         tokio::task::yield_now().await;
         assert!(!waiting.is_finished());
         m.open();
@@ -462,10 +470,7 @@ mod tests {
         tokio::task::yield_now().await;
         assert!(!retiring.is_finished());
         // Callers arriving now queue behind the retirement and are turned away.
-        let late = {
-            let m = m.clone();
-            tokio::spawn(async move { m.enter().await.is_some() })
-        };
+        let late = waiter(&m);
         tokio::task::yield_now().await;
         drop(inside);
         retiring.await.unwrap();
@@ -474,16 +479,19 @@ mod tests {
     }
 
     fn host(cx: &Context, m: &Arc<Mounted>) -> Host {
-        Host {
-            domain: "example.test".into(),
-            modules: vec![m.clone()],
-            iq_handlers: HashMap::new(),
-            account_iq: HashMap::new(),
-            presence_watchers: Vec::new(),
-            mechanisms: Vec::new(),
-            allow_registration: false,
-            cx: cx.clone(),
-        }
+        Host::new(
+            "example.test".into(),
+            vec![m.clone()],
+            Vec::new(),
+            false,
+            cx.clone(),
+        )
+    }
+
+    /// A caller waiting at `m`'s gate: `true` once let in, `false` when turned away.
+    fn waiter(m: &Arc<Mounted>) -> tokio::task::JoinHandle<bool> {
+        let m = m.clone();
+        tokio::spawn(async move { m.enter().await.is_some() })
     }
 
     #[tokio::test]
@@ -529,10 +537,7 @@ mod tests {
     #[tokio::test]
     async fn an_instance_that_never_opened_turns_its_waiting_callers_away() {
         let m = Mounted::new(Arc::new(Quiet(false)), toml::Table::new());
-        let waiting = {
-            let m = m.clone();
-            tokio::spawn(async move { m.enter().await.is_some() })
-        };
+        let waiting = waiter(&m);
         tokio::task::yield_now().await;
         assert!(!waiting.is_finished());
         m.turn_away();
