@@ -451,13 +451,13 @@ impl Router {
         // Presence without `to` was already taken by the session (availability); messages
         // to one's own account without `to` have nowhere else to go.
         if stanza.name() == "iq" {
-            // Service discovery without `to` stays the server's: that is what clients ask
-            // it for; the account's own disco is asked at its bare JID.
-            let disco = stanza.first_child().is_some_and(|p| {
-                p.ns() == openspimed_module_api::ns::DISCO_INFO
-                    || p.ns() == openspimed_module_api::ns::DISCO_ITEMS
-            });
-            if !disco && let Some(m) = account_handler(&host, &stanza) {
+            // The server's own handler for the payload first (service discovery without
+            // `to` is what clients ask the server for; an account's disco is asked at its
+            // bare JID), else the account's (PEP publishes without `to`).
+            let server_handles = stanza
+                .first_child()
+                .is_some_and(|p| host.iq_handlers.contains_key(p.ns()));
+            if !server_handles && let Some(m) = account_handler(&host, &stanza) {
                 return self.call(&m, &host.cx, stanza).await;
             }
             self.to_host(&host, stanza).await
