@@ -610,18 +610,24 @@ fn pep_defaults() -> NodeConfig {
     }
 }
 
-/// Sends one event notification (PEP notifications are headlines, XEP-0163 §4.3).
-fn send_event(cx: &Context, from: &str, to: &str, event: &Element, headline: bool) {
-    notifications().increment(1);
+/// A message carrying an `<event/>` (PEP notifications are headlines, XEP-0163 §4.3).
+fn event_message(from: &str, to: &str, event: Element, headline: bool) -> Element {
     let mut msg = Element::new("message", ns::CLIENT)
         .with_attr("from", from.to_owned())
         .with_attr("to", to.to_owned())
         .with_attr("id", random_id())
-        .with_child(event.clone());
+        .with_child(event);
     if headline {
         msg.set_attr("type", "headline");
     }
-    cx.server.send(msg);
+    msg
+}
+
+/// Sends one item notification (counted as such).
+fn send_event(cx: &Context, from: &str, to: &str, event: &Element, headline: bool) {
+    notifications().increment(1);
+    cx.server
+        .send(event_message(from, to, event.clone(), headline));
 }
 
 /// A PEP event on its way to the resources that want it: the account's own and those of the
@@ -1249,21 +1255,16 @@ impl Request<'_> {
                 .await;
             "none"
         };
-        self.cx.server.send(
-            Element::new("message", ns::CLIENT)
-                .with_attr("from", self.svc.jid.clone())
-                .with_attr("to", pending.jid.clone())
-                .with_attr("id", random_id())
-                .with_child(
-                    Element::new("event", pns::EVENT).with_child(
-                        Element::new("subscription", pns::EVENT)
-                            .with_attr("node", name)
-                            .with_attr("jid", pending.jid)
-                            .with_attr("subid", pending.subid)
-                            .with_attr("subscription", state),
-                    ),
-                ),
+        let event = Element::new("event", pns::EVENT).with_child(
+            Element::new("subscription", pns::EVENT)
+                .with_attr("node", name)
+                .with_attr("jid", pending.jid.clone())
+                .with_attr("subid", pending.subid)
+                .with_attr("subscription", state),
         );
+        self.cx
+            .server
+            .send(event_message(&self.svc.jid, &pending.jid, event, false));
         Ok(Outcome::Handled)
     }
 
