@@ -92,7 +92,13 @@ impl Reloader {
         let hosts_changed = new
             .as_ref()
             .is_some_and(|n| n.hosts != applied.hosts || n.modules != applied.modules);
-        if !hosts_changed {
+        // A new host set brings its own certificates; otherwise (or when it could not be
+        // applied) the current hosts' files are read again.
+        let mut certificates_loaded = false;
+        if let Some(new) = new.as_ref().filter(|_| hosts_changed) {
+            certificates_loaded = self.apply_hosts(new, &mut applied, &mut report).await;
+        }
+        if !certificates_loaded {
             match self.shared.reload_certificates() {
                 Ok(hosts) => {
                     report.push(ReloadLine::Done(format!("certificates of {hosts} host(s)")))
@@ -103,9 +109,6 @@ impl Reloader {
             }
         }
         if let Some(new) = new {
-            if hosts_changed {
-                self.apply_hosts(&new, &mut applied, &mut report).await;
-            }
             self.apply_config(new, &mut applied, &mut report);
         }
         for line in &report {
@@ -118,8 +121,14 @@ impl Reloader {
     }
 
     /// `[hosts]` and `[modules]`: certificates of the new host set, then the module
-    /// instances that changed. Nothing changes when the new set has a problem.
-    async fn apply_hosts(&self, new: &Config, applied: &mut Config, report: &mut Vec<ReloadLine>) {
+    /// instances that changed. Nothing changes when the new set has a problem. Returns
+    /// whether the certificates were loaded.
+    async fn apply_hosts(
+        &self,
+        new: &Config,
+        applied: &mut Config,
+        report: &mut Vec<ReloadLine>,
+    ) -> bool {
         let problems = new.problems(&crate::server::builtin_module_names());
         if !problems.is_empty() {
             report.extend(
@@ -127,14 +136,15 @@ impl Reloader {
                     ReloadLine::Failed(format!("{p} (hosts and modules stay as they are)"))
                 }),
             );
-            return;
+            return false;
         }
         match self.shared.set_hosts(&new.hosts, &new.modules).await {
-            Err(problems) => report.extend(problems.into_iter().map(|p| {
-                ReloadLine::Failed(format!(
-                    "{p} (hosts, modules and certificates stay as they are)"
-                ))
-            })),
+            Err(problems) => {
+                report.extend(problems.into_iter().map(|p| {
+                    ReloadLine::Failed(format!("{p} (hosts and modules stay as they are)"))
+                }));
+                false
+            }
             Ok(done) => {
                 report.push(ReloadLine::Done(format!(
                     "certificates of {} host(s)",
@@ -159,6 +169,7 @@ impl Reloader {
                 }
                 applied.hosts = new.hosts.clone();
                 applied.modules = new.modules.clone();
+                true
             }
         }
     }

@@ -200,6 +200,8 @@ async fn hosts_and_module_options_reload_live() {
             .any(|l| matches!(l, ReloadLine::Failed(s) if s.contains("pubsub"))),
         "{report:?}"
     );
+    // The certificates are still read again (ACME renewals do not wait for a good file).
+    assert!(done(&report, "certificates of 2 host(s)", ""), "{report:?}");
     let still = ask(
         &mut alice,
         "i2",
