@@ -390,7 +390,8 @@ impl Module for PubSub {
         let pep_svc;
         let svc: &Service = match pep_owner {
             Some(owner) if request && self.pep_enabled => {
-                pep_svc = pep_service(&self.pep, cx, &owner.to_string()).await?;
+                let by_owner = owner == from.to_bare();
+                pep_svc = pep_service(&self.pep, cx, &owner.to_string(), by_owner).await?;
                 &pep_svc
             }
             Some(_) => return Ok(Outcome::Error(Condition::ServiceUnavailable.into())),
@@ -464,21 +465,30 @@ async fn load_nodes(cx: &Context, jid: &str) -> Result<HashMap<String, Arc<Node>
 type PepServices = Arc<tokio::sync::Mutex<HashMap<String, Arc<Service>>>>;
 
 /// The PEP service of a local account, loaded on first use.
+/// A service without nodes is kept only when its own account asks (`by_owner`): anyone
+/// may address any bare JID, and keeping an empty service for each would let strangers
+/// grow the map without bound. Nothing can change in an empty service but through its
+/// owner, whose request keeps it.
 async fn pep_service(
     pep: &PepServices,
     cx: &Context,
     bare: &str,
+    by_owner: bool,
 ) -> Result<Arc<Service>, ModuleError> {
     let mut services = pep.lock().await;
     if let Some(svc) = services.get(bare) {
         return Ok(svc.clone());
     }
+    let nodes = load_nodes(cx, bare).await?;
+    let keep = by_owner || !nodes.is_empty();
     let svc = Arc::new(Service {
         jid: bare.to_owned(),
         pep: true,
-        nodes: RwLock::new(load_nodes(cx, bare).await?),
+        nodes: RwLock::new(nodes),
     });
-    services.insert(bare.to_owned(), svc.clone());
+    if keep {
+        services.insert(bare.to_owned(), svc.clone());
+    }
     Ok(svc)
 }
 
@@ -506,7 +516,7 @@ async fn send_last_items(
         {
             continue;
         }
-        let Ok(svc) = pep_service(&pep, &cx, &source).await else {
+        let Ok(svc) = pep_service(&pep, &cx, &source, false).await else {
             continue;
         };
         for (name, node) in svc.snapshot().await {
