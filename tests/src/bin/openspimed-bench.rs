@@ -813,7 +813,7 @@ async fn publish_rate(publishers: usize, seconds: u64, window: usize) -> serde_l
     let mut tasks = Vec::new();
     for (p, s) in sessions.into_iter().enumerate() {
         let (acked, errors) = (acked.clone(), errors.clone());
-        tasks.push(tokio::spawn(pipeline(s, stop_at, window, acked, errors, move |n| {
+        tasks.push(tokio::spawn(pipeline(s.io, stop_at, window, acked, errors, move |n| {
             format!(
                 "<iq type='set' id='p{p}-{n}' to='pubsub.localhost'><pubsub xmlns='{PUBSUB_NS}'><publish node='rate'>\
                  <item id='{p}-{n}'><v xmlns='urn:bench'>{n}</v></item></publish></pubsub></iq>"
@@ -839,27 +839,35 @@ async fn publish_rate(publishers: usize, seconds: u64, window: usize) -> serde_l
 
 /// Keeps `window` requests in flight on one session until `stop_at`: `make(n)` writes
 /// request `n`; every answer (any top-level element back) frees a slot and is counted in
-/// `acked` when it is an iq result, in `errors` otherwise.
-async fn pipeline(
-    s: Session,
+/// `acked` when it is an iq result, in `errors` otherwise. Returns the stream once every
+/// request sent has been answered (or 5 s after `stop_at`), so the next round can use it.
+async fn pipeline<S>(
+    io: S,
     stop_at: Instant,
     window: usize,
     acked: Arc<AtomicU64>,
     errors: Arc<AtomicU64>,
     make: impl Fn(u64) -> String,
-) {
-    let (mut rd, mut wr) = tokio::io::split(s.io);
+) -> S
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut rd, mut wr) = tokio::io::split(io);
+    let give_up = stop_at + Duration::from_secs(5);
     let inflight = Arc::new(AtomicU64::new(0));
     let wake = Arc::new(tokio::sync::Notify::new());
-    let (in2, wake2) = (inflight.clone(), wake.clone());
+    let finished = Arc::new(tokio::sync::Notify::new());
+    let (in2, wake2, finished2) = (inflight.clone(), wake.clone(), finished.clone());
     let reader = tokio::spawn(async move {
         let mut answers = TagScanner::new(b"<iq ");
         let mut buf = vec![0u8; 16384];
         loop {
-            let deadline = (stop_at + Duration::from_secs(5)).into();
-            let n = match tokio::time::timeout_at(deadline, rd.read(&mut buf)).await {
-                Ok(Ok(n)) if n > 0 => n,
-                _ => break,
+            let n = tokio::select! {
+                r = tokio::time::timeout_at(give_up.into(), rd.read(&mut buf)) => match r {
+                    Ok(Ok(n)) if n > 0 => n,
+                    _ => break,
+                },
+                _ = finished2.notified() => break,
             };
             let mut answered = 0;
             answers.feed(&buf[..n], |tag| {
@@ -875,6 +883,7 @@ async fn pipeline(
                 wake2.notify_one();
             }
         }
+        rd
     });
     let mut n = 0u64;
     let mut out = Vec::new();
@@ -896,7 +905,13 @@ async fn pipeline(
             break;
         }
     }
-    let _ = reader.await;
+    // Collect the answers still owed, then stop the reader.
+    while inflight.load(Ordering::Relaxed) > 0 && Instant::now() < give_up {
+        let _ = tokio::time::timeout_at(give_up.into(), wake.notified()).await;
+    }
+    finished.notify_one();
+    let rd = reader.await.expect("the answer reader panicked");
+    rd.unsplit(wr)
 }
 
 /// Counts the top-level elements of one kind in the bytes a session receives without
@@ -1020,6 +1035,7 @@ async fn report_rate(
     seconds: u64,
     window: usize,
     encrypted: bool,
+    rounds: usize,
 ) -> serde_like::Json {
     let server = start_server(sessions).await;
     let spime_key = openspime::crypto::generate_key(2048).unwrap();
@@ -1056,39 +1072,62 @@ async fn report_rate(
         containers.push(container.to_element().to_string());
         clients.push(s);
     }
-    // The machine is noisy: measure the raw rate before and after the load, and average.
-    let raw_before = if encrypted {
-        rsa_private_rate(&spime_key, 2.0)
-    } else {
-        0.0
-    };
+    // This VM's speed drifts by ±15% from second to second (a CPU-only loop shows it), so a
+    // raw rate measured once before and once after the load says little about the load in
+    // between. The encrypted scenario alternates: raw private operations for a second (the
+    // server idle), a round of load, ..., raw again; each round is compared with the raw
+    // rates on either side of it.
+    let rounds = if encrypted { rounds.max(1) } else { 1 };
+    let per_round = Duration::from_secs_f64(seconds as f64 / rounds as f64);
     let pid = server.pid;
-    let cpu0 = cpu_seconds(pid);
-    let stop_at = Instant::now() + Duration::from_secs(seconds);
     let acked = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for (c, (s, container)) in clients.into_iter().zip(containers).enumerate() {
-        let (acked, errors) = (acked.clone(), errors.clone());
-        tasks.push(tokio::spawn(pipeline(s, stop_at, window, acked, errors, move |n| {
-            format!("<iq type='set' id='r{c}-{n}' to='demo@scopenode.localhost/co2'>{container}</iq>")
-        })));
+    let containers: Vec<Arc<str>> = containers.into_iter().map(Arc::from).collect();
+    let mut streams: Vec<_> = clients.into_iter().map(|s| s.io).collect();
+    let mut raws = Vec::new();
+    // Per round: (reports answered, wall seconds of load, server CPU-seconds).
+    let mut measured = Vec::new();
+    for _ in 0..rounds {
+        if encrypted {
+            raws.push(rsa_private_rate(&spime_key, 1.0));
+        }
+        let (acked0, cpu0, start) = (
+            acked.load(Ordering::Relaxed),
+            cpu_seconds(pid),
+            Instant::now(),
+        );
+        let stop_at = start + per_round;
+        let mut tasks = Vec::new();
+        for (c, (io, container)) in streams.drain(..).zip(&containers).enumerate() {
+            let (acked, errors, container) = (acked.clone(), errors.clone(), container.clone());
+            tasks.push(tokio::spawn(pipeline(io, stop_at, window, acked, errors, move |n| {
+                format!("<iq type='set' id='r{c}-{n}' to='demo@scopenode.localhost/co2'>{container}</iq>")
+            })));
+        }
+        for t in tasks {
+            streams.push(t.await.expect("a load session panicked"));
+        }
+        measured.push((
+            acked.load(Ordering::Relaxed) - acked0,
+            start.elapsed().as_secs_f64(),
+            cpu_seconds(pid) - cpu0,
+        ));
     }
-    for t in tasks {
-        let _ = t.await;
+    if encrypted {
+        raws.push(rsa_private_rate(&spime_key, 1.0));
     }
-    let acked = acked.load(Ordering::Relaxed);
-    let rate = acked as f64 / seconds as f64;
+    let total = |f: fn(&(u64, f64, f64)) -> f64| measured.iter().map(f).sum::<f64>();
+    let (acked, wall, cpu) = (total(|m| m.0 as f64), total(|m| m.1), total(|m| m.2));
+    let rate = acked / wall;
     let kind = if encrypted {
         "encrypted+signed"
     } else {
         "plain"
     };
-    let cpu = cpu_seconds(pid) - cpu0;
-    println!("report ({kind}): {sessions} spimes, window {window}, {seconds} s");
+    println!("report ({kind}): {sessions} spimes, window {window}, {seconds} s of load");
     println!(
         "server CPU {cpu:.2} s: {:.0} reports per server CPU-second",
-        acked as f64 / cpu.max(1e-9)
+        acked / cpu.max(1e-9)
     );
     println!(
         "{acked} reports stored and answered ({rate:.0}/s), {} errors",
@@ -1099,14 +1138,25 @@ async fn report_rate(
         ("reports_per_second", format!("{rate:.0}")),
     ];
     if encrypted {
-        let raw = (raw_before + rsa_private_rate(&spime_key, 2.0)) / 2.0;
+        for (i, (n, secs, cpu)) in measured.iter().enumerate() {
+            let raw = (raws[i] + raws[i + 1]) / 2.0;
+            println!(
+                "round {}: {:.0} reports/s, {:.0} per server CPU-second; raw {raw:.0}/s on one core: {:.0}% of the machine, {:.0}% per CPU-second",
+                i + 1,
+                *n as f64 / secs,
+                *n as f64 / cpu,
+                100.0 * *n as f64 / secs / (2.0 * raw),
+                100.0 * *n as f64 / cpu / raw
+            );
+        }
+        let raw = raws.iter().sum::<f64>() / raws.len() as f64;
         println!(
-            "raw RSA-2048 private operations on one core, same run (before/after average): {raw:.0}/s; the machine (2 cores): {:.0}% of its rate",
+            "raw RSA-2048 private operations on one core, between the rounds: {raw:.0}/s on average; the machine (2 cores): {:.0}% of its rate",
             100.0 * rate / (2.0 * raw)
         );
         println!(
             "reports per server CPU-second / raw private operations per CPU-second: {:.0}%",
-            100.0 * (acked as f64 / cpu.max(1e-9)) / raw
+            100.0 * (acked / cpu.max(1e-9)) / raw
         );
         fields.push(("rsa_private_ops_per_second_one_core", format!("{raw:.0}")));
     }
@@ -1287,6 +1337,7 @@ fn main() {
                     arg(&args, "--seconds", 10).min(600),
                     arg(&args, "--window", 64) as usize,
                     scenario == "report-encrypted",
+                    arg(&args, "--rounds", 5) as usize,
                 )
                 .await
             }
@@ -1303,7 +1354,7 @@ fn main() {
                     "usage: openspimed-bench SCENARIO [options]\n  login [--count N] [--concurrency C]\n  idle [--sessions N]\n  \
                      messages [--sessions N] [--seconds S] [--window W | --rate R [--echo]]\n  \
                      pubsub-fanout [--subscribers N] [--publishes P]\n  publish [--publishers N] [--seconds S] [--window W]\n  \
-                     report | report-encrypted [--sessions N] [--seconds S] [--window W]\n  \
+                     report | report-encrypted [--sessions N] [--seconds S] [--window W] [--rounds R]\n  \
                      seek [--total N] [--mine M] [--rounds R]"
                 );
                 std::process::exit(2);
