@@ -148,8 +148,9 @@ fn backend(e: impl std::fmt::Display) -> StorageError {
 /// is 1,000). Under steady writes the same pages — the tail of each spime's index range,
 /// of each node's items — are rewritten in commit after commit; a longer log lets a
 /// checkpoint copy each of them once instead of once per 1,000 pages. Measured with
-/// `openspimed-bench report --sessions 128 --window 4`: median 18,300 → 20,450 entries/s
-/// (six and eight runs). The cost is a log of up to ~40 MiB between checkpoints.
+/// `openspimed-bench report --sessions 128 --window 4`, runs alternating with the default:
+/// median 18,300 → 20,450 entries/s (six and eight runs; the VM drifts by ±15%, so only
+/// alternating runs compare). The cost is a log of up to ~40 MiB between checkpoints.
 const WAL_AUTOCHECKPOINT_PAGES: i64 = 10_000;
 
 fn open_connection(path: &Path) -> Result<Connection, StorageError> {
