@@ -393,7 +393,7 @@ fn scopenode_list_show_and_data_export() {
             ),
         };
         store
-            .append_entries(&[entry("176.4", 1_207_155_262), entry("180,5", 1_207_155_300)])
+            .append_entries(vec![entry("176.4", 1_207_155_262), entry("180,5", 1_207_155_300)])
             .await
             .unwrap();
     });

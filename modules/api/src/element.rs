@@ -315,11 +315,13 @@ pub enum ParseError {
     Incomplete,
 }
 
-fn escape_attr(out: &mut Vec<u8>, s: &str) {
+/// Appends `s` escaped for a single-quoted attribute value.
+pub fn escape_attr(out: &mut Vec<u8>, s: &str) {
     escape(out, s, true);
 }
 
-fn escape_text(out: &mut Vec<u8>, s: &str) {
+/// Appends `s` escaped for character data.
+pub fn escape_text(out: &mut Vec<u8>, s: &str) {
     escape(out, s, false);
 }
 

@@ -184,7 +184,7 @@ pub struct SensorEntry {
 #[async_trait]
 pub trait SensorStore: Send + Sync {
     /// Stores entries in one transaction; returns once durable.
-    async fn append_entries(&self, entries: &[SensorEntry]) -> Result<(), StorageFailure>;
+    async fn append_entries(&self, entries: Vec<SensorEntry>) -> Result<(), StorageFailure>;
     /// The newest entries of a spime at a ScopeNode, newest first, at most `limit`.
     async fn entries_for_spime(
         &self,

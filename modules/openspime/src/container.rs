@@ -3,7 +3,10 @@
 //! Parsing accepts the namespaced form and pyopenspime's legacy form (`xmlsn=` typo, so
 //! everything sits in the stream's default namespace); building emits the namespaced form.
 
+use std::borrow::Cow;
+
 use openspimed_module_api::Element;
+use openspimed_module_api::element::{escape_attr, escape_text};
 use rsa::{RsaPrivateKey, RsaPublicKey};
 
 use crate::crypto::{self, EncryptedTransport};
@@ -150,15 +153,28 @@ impl Container {
 
     /// The payload and its C14N context, decrypting with `key` if needed.
     pub fn open(&self, key: Option<&RsaPrivateKey>) -> Result<(Element, String), OpenSpimeError> {
+        self.open_borrowed(key)
+            .map(|(payload, ctx)| (payload.into_owned(), ctx.into_owned()))
+    }
+
+    /// Like [`Container::open`], borrowing a clear payload instead of copying it (a report's
+    /// payload is read once: copying its tree was a measurable part of storing it).
+    pub fn open_borrowed(
+        &self,
+        key: Option<&RsaPrivateKey>,
+    ) -> Result<(Cow<'_, Element>, Cow<'_, str>), OpenSpimeError> {
         match &self.transport {
             Transport::Clear {
                 payload,
                 context_ns,
-            } => Ok((payload.clone(), context_ns.clone())),
+            } => Ok((Cow::Borrowed(payload), Cow::Borrowed(context_ns))),
             Transport::Encrypted(enc) => {
                 let key = key.ok_or(OpenSpimeError::DecryptionNotEnabled)?;
                 // Decrypted payloads were serialized standalone: their context is empty.
-                Ok((crypto::decrypt(&enc.text, &enc.key, key)?, String::new()))
+                Ok((
+                    Cow::Owned(crypto::decrypt(&enc.text, &enc.key, key)?),
+                    Cow::Borrowed(""),
+                ))
             }
         }
     }
@@ -281,6 +297,47 @@ impl Entry {
             });
         }
         Ok(Entry { fields })
+    }
+
+    /// Writes the entry as a child of `<data/>` writes it (the form a ScopeNode stores):
+    /// the bytes of `to_element(ns::DATA)` serialized under its parent, without building
+    /// the tree first.
+    pub fn write_in_data(&self, out: &mut Vec<u8>) {
+        if self
+            .fields
+            .iter()
+            .any(|f| f.attrs.iter().any(|(k, _)| k.starts_with('{')))
+        {
+            // Namespaced attributes need the serializer's prefix declarations.
+            self.to_element(ns::DATA).write_to(out, ns::DATA);
+            return;
+        }
+        if self.fields.is_empty() {
+            out.extend_from_slice(b"<entry/>");
+            return;
+        }
+        out.extend_from_slice(b"<entry>");
+        for f in &self.fields {
+            out.push(b'<');
+            out.extend_from_slice(f.name.as_bytes());
+            for (k, v) in &f.attrs {
+                out.push(b' ');
+                out.extend_from_slice(k.as_bytes());
+                out.extend_from_slice(b"='");
+                escape_attr(out, v);
+                out.push(b'\'');
+            }
+            if f.value.is_empty() {
+                out.extend_from_slice(b"/>");
+            } else {
+                out.push(b'>');
+                escape_text(out, &f.value);
+                out.extend_from_slice(b"</");
+                out.extend_from_slice(f.name.as_bytes());
+                out.push(b'>');
+            }
+        }
+        out.extend_from_slice(b"</entry>");
     }
 
     fn to_element(&self, ns_: &str) -> Element {
@@ -486,6 +543,47 @@ impl SpimeSeek {
                 }
                 s.with_child(resp)
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_writes_the_bytes_its_element_would() {
+        let field = |name: &str, value: &str, attrs: &[(&str, &str)]| Field {
+            name: name.into(),
+            value: value.into(),
+            attrs: attrs
+                .iter()
+                .map(|(k, v)| ((*k).into(), (*v).into()))
+                .collect(),
+        };
+        let entries = [
+            Entry::default(),
+            Entry {
+                fields: vec![
+                    field("date", "2008-04-02T17:54:22+01:00", &[]),
+                    field("exposure", "", &[]),
+                    field("ele", "120.0", &[("unit", "m"), ("note", "a'b\"<&>\t\n")]),
+                    field("text", "1 < 2 & 3 > 2\r", &[]),
+                ],
+            },
+            Entry {
+                fields: vec![field("x", "1", &[("{urn:other}y", "2")])],
+            },
+        ];
+        for entry in entries {
+            let mut direct = Vec::new();
+            entry.write_in_data(&mut direct);
+            let mut via_tree = Vec::new();
+            entry.to_element(ns::DATA).write_to(&mut via_tree, ns::DATA);
+            assert_eq!(
+                String::from_utf8(direct).unwrap(),
+                String::from_utf8(via_tree).unwrap()
+            );
         }
     }
 }

@@ -378,7 +378,7 @@ impl ScopeNodes {
             )));
         }
         let key = self.key(&node.jid);
-        let opened = c.open(key.as_deref());
+        let opened = c.open_borrowed(key.as_deref());
         if c.is_encrypted() {
             metrics::counter!(
                 "openspimed_openspime_decryptions_total",
@@ -425,25 +425,21 @@ impl ScopeNodes {
                 .get("date")
                 .and_then(|d| openspime::date::parse(d).ok())
                 .unwrap_or(now);
-            let mut xml = Vec::new();
-            let wrapped = Data {
-                entries: vec![entry.clone()],
-            }
-            .to_element();
-            if let Some(e) = wrapped.first_child() {
-                e.write_to(&mut xml, openspime::ns::DATA);
-            }
+            let mut xml = Vec::with_capacity(128);
+            entry.write_in_data(&mut xml);
             rows.push(SensorEntry {
                 node: node.jid.clone(),
                 scope: scope.name.clone(),
                 spime: from.to_string(),
                 at_unix: at,
-                xml: String::from_utf8_lossy(&xml).into_owned(),
+                // Written from `String`s: always UTF-8.
+                xml: String::from_utf8(xml)
+                    .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
             });
         }
         cx.storage
             .sensors()
-            .append_entries(&rows)
+            .append_entries(rows)
             .await
             .map_err(|e| ReportError::Storage(e.to_string()))?;
         self.enforce_retention(cx).await;

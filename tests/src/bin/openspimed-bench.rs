@@ -1179,11 +1179,10 @@ async fn seek_latency(total: u64, mine: u64, rounds: usize) -> serde_like::Json 
                 xml: format!("<entry xmlns='openspime:protocol:extension:data'><date>2008</date><ppm>{i}</ppm></entry>"),
             });
             if batch.len() == 20_000 {
-                store.append_entries(&batch).await.unwrap();
-                batch.clear();
+                store.append_entries(std::mem::take(&mut batch)).await.unwrap();
             }
         }
-        store.append_entries(&batch).await.unwrap();
+        store.append_entries(batch).await.unwrap();
     })
     .await;
     println!(
