@@ -299,9 +299,9 @@ impl Entry {
         Ok(Entry { fields })
     }
 
-    /// Writes the entry as a child of `<data/>` writes it (the form a ScopeNode stores):
-    /// the bytes of `to_element(ns::DATA)` serialized under its parent, without building
-    /// the tree first.
+    /// Writes the entry the way its `<data/>` parent would serialize it (the form a
+    /// ScopeNode stores): the bytes of `to_element(ns::DATA)` written under that parent,
+    /// without building the tree first.
     pub fn write_in_data(&self, out: &mut Vec<u8>) {
         if self
             .fields
