@@ -8,18 +8,18 @@ cd "$(dirname "$0")/.."
 secs="${1:-60}"
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 export RUSTC_BOOTSTRAP=1
-mkdir -p fuzz/corpus/container
+mkdir -p tests/fuzz/corpus/container
 # Seed the container corpus with the stanzas of the test vectors.
 python3 - <<'PY'
 import json, pathlib
 v = json.load(open("modules/openspime/tests/data/openspime-0.9.json"))
-out = pathlib.Path("fuzz/corpus/container")
+out = pathlib.Path("tests/fuzz/corpus/container")
 for name, s in v["stanzas"].items():
     if isinstance(s, str) and s.startswith("<"):
         (out / name).write_text(s)
 PY
 for target in container decrypt stream; do
   echo "== fuzzing $target for ${secs}s"
-  cargo fuzz run "$target" -- -max_total_time="$secs" -max_len=8192
+  cargo fuzz run --fuzz-dir tests/fuzz "$target" -- -max_total_time="$secs" -max_len=8192
 done
 echo "fuzzing finished without a crash"

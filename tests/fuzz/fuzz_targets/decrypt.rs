@@ -10,7 +10,7 @@ use openspime::{OpenSpimeError, RsaPrivateKey};
 fn key() -> &'static RsaPrivateKey {
     static KEY: OnceLock<RsaPrivateKey> = OnceLock::new();
     KEY.get_or_init(|| {
-        let v = include_str!("../../modules/openspime/tests/data/openspime-0.9.json");
+        let v = include_str!("../../../modules/openspime/tests/data/openspime-0.9.json");
         let start = v.find("-----BEGIN RSA PRIVATE KEY-----").expect("a key in the vectors");
         let end = v[start..].find("-----END RSA PRIVATE KEY-----").expect("key end") + start + 29;
         let pem = v[start..end].replace("\\n", "\n");
