@@ -304,6 +304,8 @@ pub struct Raw<S> {
     parser: StreamParser,
     /// Unparsed bytes.
     pending: Vec<u8>,
+    /// Every byte read so far, for tests about the exact wire form (prefixes, quoting).
+    pub received: Vec<u8>,
 }
 
 impl Raw<TcpStream> {
@@ -451,6 +453,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Raw<S> {
             io,
             parser: StreamParser::new(Limits::default()),
             pending: Vec::new(),
+            received: Vec::new(),
         }
     }
 
@@ -495,7 +498,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Raw<S> {
             let mut chunk = [0u8; 8192];
             match self.io.read(&mut chunk).await {
                 Ok(0) | Err(_) => return Got::Eof,
-                Ok(n) => self.pending.extend_from_slice(&chunk[..n]),
+                Ok(n) => {
+                    self.pending.extend_from_slice(&chunk[..n]);
+                    self.received.extend_from_slice(&chunk[..n]);
+                }
             }
         }
     }

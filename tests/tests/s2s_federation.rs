@@ -260,6 +260,10 @@ async fn a_certificate_for_the_wrong_domain_is_refused_when_dialback_is_disallow
     let answer = peer.element().await;
     assert!(answer.is("result", "jabber:server:dialback"), "{answer}");
     assert_eq!(answer.attr("type"), Some("error"), "{answer}");
+    // In the prefixed form the stream header declares, as Prosody and ejabberd write it.
+    let wire = String::from_utf8_lossy(&peer.received).into_owned();
+    assert!(wire.contains("<db:result "), "{wire}");
+    assert!(!wire.contains("<result"), "{wire}");
     assert_eq!(error_condition(&answer).as_deref(), Some("not-authorized"));
     // And nothing from it is routed.
     peer.send(
@@ -267,6 +271,161 @@ async fn a_certificate_for_the_wrong_domain_is_refused_when_dialback_is_disallow
     )
     .await;
     assert_eq!(peer.stream_error().await, "not-authorized");
+}
+
+/// A remote server for `b.example` as a test peer: `a` is pointed at it, it accepts `a`'s
+/// outgoing STARTTLS stream with a certificate from `ca` (one `a` does not trust unless told
+/// to), offers `features` on the secured stream, and is handed back right after them, with
+/// Alice online at `a`. The message Alice sent to `bob@b.example/x` is what `a` writes once
+/// authenticated.
+async fn peer_for_b(
+    a: &TestServer,
+    ca: &DevCa,
+    features: &str,
+) -> (
+    Raw<tokio_rustls::server::TlsStream<TcpStream>>,
+    tokio_xmpp::Client,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut remotes = a.config.s2s.remote.clone();
+    remotes.insert(
+        "b.example".to_owned(),
+        RemoteConfig {
+            addresses: vec![listener.local_addr().unwrap()],
+            direct_tls: false,
+            dialback: Some(true),
+        },
+    );
+    a.shared().s2s.set_remotes(remotes);
+    a.add_account("alice", "a.example", "pw-a").await;
+    let (mut alice, _) = online(a, "alice@a.example/phone", "pw-a", false).await;
+    send(
+        &mut alice,
+        chat("bob@b.example/x", "to a peer like ejabberd"),
+    )
+    .await;
+
+    let (tcp, _) = tokio::time::timeout(WAIT, listener.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut peer = Raw::new(tcp);
+    assert!(matches!(peer.next().await, openspimed_tests::Got::Header));
+    peer.send(&peer_header("plain")).await;
+    peer.send("<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls></stream:features>").await;
+    assert!(peer.element().await.is("starttls", ns::TLS));
+    peer.send("<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        .await;
+    let (cert, key) = ca.issue(&["b.example"]).unwrap();
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert.as_bytes())
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
+    let tls = tokio_rustls::TlsAcceptor::from(Arc::new(config))
+        .accept(peer.io)
+        .await
+        .unwrap();
+    let mut peer = Raw::new(tls);
+    assert!(matches!(peer.next().await, openspimed_tests::Got::Header));
+    peer.send(&peer_header("secured")).await;
+    peer.send(features).await;
+    (peer, alice)
+}
+
+/// The stream header of the test peer for `b.example`.
+fn peer_header(id: &str) -> String {
+    format!(
+        "<?xml version='1.0'?><stream:stream xmlns='jabber:server' \
+         xmlns:db='jabber:server:dialback' xmlns:stream='http://etherx.jabber.org/streams' \
+         from='b.example' to='a.example' id='{id}' version='1.0'>"
+    )
+}
+
+/// Reads the message Alice sent through [`peer_for_b`].
+async fn alices_message(peer: &mut Raw<tokio_rustls::server::TlsStream<TcpStream>>) {
+    let message = peer.element().await;
+    assert!(message.is("message", ns::SERVER), "{message}");
+    assert_eq!(message.attr("to"), Some("bob@b.example/x"));
+    assert_eq!(
+        message.get_child("body", ns::SERVER).map(|b| b.text()),
+        Some("to a peer like ejabberd".to_owned())
+    );
+}
+
+/// ejabberd (23.01) answers only `<db:result/>` in the prefixed form both stream headers
+/// declare. So does this peer, whose certificate `a` does not trust (dialback is the way
+/// in): before, openspimed wrote the default-namespace form, got no answer, and bounced the
+/// message.
+#[tokio::test]
+async fn outgoing_dialback_is_written_in_the_prefixed_form_ejabberd_answers() {
+    let ca = DevCa::new("federation CA").unwrap();
+    let a = TestServer::start_on(&ca, &["a.example"], |_| {}).await;
+    let untrusted = DevCa::new("a CA that a does not trust").unwrap();
+    let dialback_only = "<stream:features><dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback></stream:features>";
+    let (mut peer, _alice) = peer_for_b(&a, &untrusted, dialback_only).await;
+    let result = peer.element().await;
+    assert!(result.is("result", "jabber:server:dialback"), "{result}");
+    let wire = String::from_utf8_lossy(&peer.received).into_owned();
+    assert!(
+        wire.contains("<db:result from='a.example' to='b.example'>"),
+        "ejabberd would not answer this: {wire}"
+    );
+    peer.send("<db:result from='b.example' to='a.example' type='valid'/>")
+        .await;
+    alices_message(&mut peer).await;
+}
+
+/// Prosody and ejabberd try SASL EXTERNAL whenever the receiving server offers it, whether
+/// or not they trust its certificate, and fall back to dialback: what the receiving server
+/// thinks of *our* certificate is its business. Before, openspimed tried EXTERNAL only to
+/// servers whose certificate it trusted, so this link went by dialback.
+#[tokio::test]
+async fn sasl_external_is_tried_whenever_offered_even_to_an_untrusted_peer() {
+    let ca = DevCa::new("federation CA").unwrap();
+    let a = TestServer::start_on(&ca, &["a.example"], |_| {}).await;
+    let untrusted = DevCa::new("a CA that a does not trust").unwrap();
+    let both = "<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>EXTERNAL</mechanism></mechanisms><dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback></stream:features>";
+    let (mut peer, _alice) = peer_for_b(&a, &untrusted, both).await;
+    let auth = peer.element().await;
+    assert!(auth.is("auth", ns::SASL), "{auth}");
+    assert_eq!(auth.attr("mechanism"), Some("EXTERNAL"));
+    assert_eq!(
+        auth.text(),
+        "YS5leGFtcGxl",
+        "authzid a.example (XEP-0178 §4)"
+    );
+    peer.send("<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>")
+        .await;
+    peer.restart();
+    assert!(matches!(peer.next().await, openspimed_tests::Got::Header));
+    peer.send(&peer_header("authenticated")).await;
+    peer.send("<stream:features/>").await;
+    alices_message(&mut peer).await;
+}
+
+/// When the peer refuses EXTERNAL, the link falls back to dialback (policy permitting).
+#[tokio::test]
+async fn a_refused_sasl_external_falls_back_to_dialback() {
+    let ca = DevCa::new("federation CA").unwrap();
+    let a = TestServer::start_on(&ca, &["a.example"], |_| {}).await;
+    let untrusted = DevCa::new("a CA that a does not trust").unwrap();
+    let both = "<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>EXTERNAL</mechanism></mechanisms><dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback></stream:features>";
+    let (mut peer, _alice) = peer_for_b(&a, &untrusted, both).await;
+    assert!(peer.element().await.is("auth", ns::SASL));
+    peer.send("<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><not-authorized/></failure>")
+        .await;
+    assert!(peer.element().await.is("result", "jabber:server:dialback"));
+    peer.send("<db:result from='b.example' to='a.example' type='valid'/>")
+        .await;
+    alices_message(&mut peer).await;
 }
 
 /// A raw server-to-server stream to `target` secured with STARTTLS, presenting a client

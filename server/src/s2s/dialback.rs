@@ -1,6 +1,8 @@
 //! Server Dialback keys (XEP-0220 §2.1.1, generated as XEP-0185 recommends). Sans-IO.
 
 use hmac::{Hmac, Mac};
+use openspimed_module_api::element::{Node, escape_attr, escape_text};
+use openspimed_module_api::{Element, ns};
 use sha2::{Digest, Sha256};
 
 /// The namespace of `<db:result/>` and `<db:verify/>` (XEP-0220).
@@ -66,6 +68,36 @@ impl Secret {
     }
 }
 
+/// Serializes `<db:result/>` or `<db:verify/>` with the `db:` prefix that every server
+/// stream header declares (`xmlns:db='jabber:server:dialback'`), the form XEP-0220's
+/// examples use and Prosody and ejabberd write. ejabberd only answers that form: a
+/// default-namespace `<result xmlns='jabber:server:dialback'/>` is never answered, and it
+/// bounces everything for the domain. Children (a dialback `<error/>`) are in the stream's
+/// `jabber:server` namespace.
+pub fn to_wire(el: &Element) -> Vec<u8> {
+    let mut out = Vec::with_capacity(160);
+    out.extend_from_slice(b"<db:");
+    out.extend_from_slice(el.name().as_bytes());
+    for (name, value) in el.attrs() {
+        out.push(b' ');
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"='");
+        escape_attr(&mut out, value);
+        out.push(b'\'');
+    }
+    out.push(b'>');
+    for node in el.nodes() {
+        match node {
+            Node::Element(child) => child.write_to(&mut out, ns::SERVER),
+            Node::Text(t) => escape_text(&mut out, t),
+        }
+    }
+    out.extend_from_slice(b"</db:");
+    out.extend_from_slice(el.name().as_bytes());
+    out.push(b'>');
+    out
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -87,6 +119,47 @@ mod tests {
         assert!(!s.verify("example.org", "xmpp.example.com", "D60000229F", &key));
         assert!(!s.verify("xmpp.example.com", "example.org", "D60000229G", &key));
         assert!(!s.verify("xmpp.example.com", "example.org", "D60000229F", ""));
+    }
+
+    #[test]
+    fn dialback_elements_go_out_with_the_db_prefix() {
+        let result = Element::new("result", NS)
+            .with_attr("from", "a.example")
+            .with_attr("to", "b.example")
+            .with_text("k<1>");
+        assert_eq!(
+            String::from_utf8(to_wire(&result)).unwrap(),
+            "<db:result from='a.example' to='b.example'>k&lt;1&gt;</db:result>"
+        );
+        let error = Element::new("result", NS)
+            .with_attr("type", "error")
+            .with_child(
+                Element::new("error", ns::SERVER)
+                    .with_attr("type", "cancel")
+                    .with_child(Element::new("item-not-found", ns::XMPP_STANZAS)),
+            );
+        let wire = String::from_utf8(to_wire(&error)).unwrap();
+        assert_eq!(
+            wire,
+            "<db:result type='error'><error type='cancel'><item-not-found \
+             xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></db:result>"
+        );
+        // Read back inside a server stream that declares the prefix, it is the same element.
+        let stream = format!(
+            "<stream:stream xmlns='jabber:server' xmlns:db='{NS}' \
+             xmlns:stream='http://etherx.jabber.org/streams'>{wire}"
+        );
+        let mut p = crate::xml::StreamParser::new(crate::xml::Limits::default());
+        let mut buf = stream.as_bytes();
+        let mut got = None;
+        while let Ok(Some(ev)) = p.next(&mut buf) {
+            if let crate::xml::StreamEvent::Element(e) = ev {
+                got = Some(e);
+            }
+        }
+        let got = got.unwrap();
+        assert!(got.is("result", NS), "{got}");
+        assert!(got.get_child("error", ns::SERVER).is_some(), "{got}");
     }
 
     #[test]

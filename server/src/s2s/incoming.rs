@@ -338,7 +338,9 @@ impl Incoming {
             )
         };
         if !self.shared.router.is_local_domain(&local) {
-            return conn.send(&error("item-not-found", "cancel")).await;
+            return conn
+                .write_raw(&dialback::to_wire(&error("item-not-found", "cancel")))
+                .await;
         }
         let verdict = if self.certificate_valid_for(&remote).is_ok() {
             // The certificate already proves the domain (XEP-0344 §2.4).
@@ -347,25 +349,31 @@ impl Incoming {
             tracing::info!(peer = %self.peer, %remote, "dialback refused by policy: certificate not valid");
             metrics::counter!(telemetry::S2S_AUTHENTICATIONS, "direction" => "in", "method" => "dialback", "result" => "failure")
                 .increment(1);
-            return conn.send(&error("not-authorized", "auth")).await;
+            return conn
+                .write_raw(&dialback::to_wire(&error("not-authorized", "auth")))
+                .await;
         } else {
             let key = el.text();
             outgoing::verify_key(&self.s2s, &local, &remote, &conn.stream_id, key.trim()).await
         };
         match verdict {
             Ok(true) => {
-                conn.send(&reply("valid")).await?;
+                conn.write_raw(&dialback::to_wire(&reply("valid"))).await?;
                 self.authenticated(&remote, &local, "dialback")
             }
             Ok(false) => {
                 metrics::counter!(telemetry::S2S_AUTHENTICATIONS, "direction" => "in", "method" => "dialback", "result" => "failure")
                     .increment(1);
                 tracing::info!(peer = %self.peer, %remote, "dialback key invalid");
-                conn.send(&reply("invalid")).await
+                conn.write_raw(&dialback::to_wire(&reply("invalid"))).await
             }
             Err(e) => {
                 tracing::info!(peer = %self.peer, %remote, error = %e, "cannot verify a dialback key");
-                conn.send(&error("remote-server-not-found", "cancel")).await
+                conn.write_raw(&dialback::to_wire(&error(
+                    "remote-server-not-found",
+                    "cancel",
+                )))
+                .await
             }
         }
     }
@@ -393,7 +401,7 @@ impl Incoming {
             .with_attr("to", receiving)
             .with_attr("id", id)
             .with_attr("type", if valid { "valid" } else { "invalid" });
-        conn.send(&answer).await
+        conn.write_raw(&dialback::to_wire(&answer)).await
     }
 
     /// A stanza: checked against the authenticated pairs, then routed.

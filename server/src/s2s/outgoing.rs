@@ -1,10 +1,10 @@
 //! Outgoing server-to-server connections: one link per (local domain, remote domain).
 //!
 //! A link resolves the remote domain, connects (STARTTLS or direct TLS), checks the remote
-//! certificate, authenticates with SASL EXTERNAL when both sides can (XEP-0178), else with
-//! Server Dialback when policy allows (XEP-0220), and then writes its queue until it has
-//! been idle for `idle_timeout_secs`. The same connection set-up serves the receiving
-//! side of dialback, which asks the authoritative server with `<db:verify/>`.
+//! certificate, authenticates with SASL EXTERNAL whenever the remote server offers it
+//! (XEP-0178), else with Server Dialback when policy allows (XEP-0220), and then writes its
+//! queue until it has been idle for `idle_timeout_secs`. The same connection set-up serves
+//! the receiving side of dialback, which asks the authoritative server with `<db:verify/>`.
 
 use std::sync::Arc;
 
@@ -213,10 +213,22 @@ async fn authenticate(
         certificate,
         stream_id,
     } = sec;
+    // Policy first: a remote domain whose certificate does not validate is only talked to
+    // when dialback may be used with it.
+    if let Err(why) = &certificate
+        && !s2s.dialback_allowed(remote)
+    {
+        return Err(SetupError::Refused(format!(
+            "{why}, and dialback is not allowed for {remote}"
+        )));
+    }
+    // SASL EXTERNAL whenever it is offered, as Prosody and ejabberd do: whether the
+    // receiving server accepts our certificate is for it to say, not for what we think of
+    // its own. A refusal falls back to dialback.
     let external = features
         .get_child("mechanisms", ns::SASL)
         .is_some_and(|m| m.children().any(|c| c.text().trim() == "EXTERNAL"));
-    if certificate.is_ok() && external {
+    if external {
         // XEP-0178 §4: the authorization identity is our domain.
         conn.write_raw(
             format!(
@@ -236,21 +248,14 @@ async fn authenticate(
         }
         tracing::info!(%remote, %answer, "SASL EXTERNAL refused; trying dialback");
     }
-    if let Err(why) = &certificate
-        && !s2s.dialback_allowed(remote)
-    {
-        return Err(SetupError::Refused(format!(
-            "{why}, and dialback is not allowed for {remote}"
-        )));
-    }
     // XEP-0220 §2.1.1: the key is bound to the receiving server's stream id.
     let key = s2s.secret.key(remote, local, &stream_id);
-    conn.send(
+    conn.write_raw(&dialback::to_wire(
         &Element::new("result", dialback::NS)
             .with_attr("from", local)
             .with_attr("to", remote)
             .with_text(key),
-    )
+    ))
     .await?;
     loop {
         let el = next_element(&mut conn, s2s).await?;
@@ -279,13 +284,13 @@ pub(super) async fn verify_key(
     let work = async {
         let mut sec = connect(s2s, local, remote).await?;
         sec.conn
-            .send(
+            .write_raw(&dialback::to_wire(
                 &Element::new("verify", dialback::NS)
                     .with_attr("from", local)
                     .with_attr("to", remote)
                     .with_attr("id", stream_id)
                     .with_text(key),
-            )
+            ))
             .await?;
         loop {
             let el = next_element(&mut sec.conn, s2s).await?;
