@@ -182,7 +182,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Run => rt.block_on(run(config, cli.config)),
         Command::Reload => rt.block_on(reload(&config)),
-        Command::Check => check(&config),
+        Command::Check => check(&config, cli.config.as_deref()),
         Command::Adduser { jid, password } => {
             rt.block_on(set_password(&config, &jid, password, true))
         }
@@ -347,8 +347,15 @@ async fn wait_for_signal() {
 }
 
 /// `openspimed check`: configuration, modules and certificates, like `prosodyctl check`.
-fn check(config: &Config) -> ExitCode {
+/// Every module is built with its options exactly as `run` builds it; each problem is one
+/// line naming the file and the key.
+fn check(config: &Config, file: Option<&std::path::Path>) -> ExitCode {
     let mut errors = config.problems(&crate::server::builtin_module_names());
+    errors.extend(crate::mount::problems(
+        &config.hosts,
+        &config.modules,
+        &crate::server::builtin_modules(),
+    ));
     if config.s2s.dialback_secret.as_deref() == Some(openspimed_config::EXAMPLE_DIALBACK_SECRET) {
         errors.push(
             "s2s.dialback_secret is the example's placeholder: set a long random string, or leave it out".to_owned(),
@@ -413,7 +420,25 @@ fn check(config: &Config) -> ExitCode {
         );
         ExitCode::SUCCESS
     } else {
-        fail(errors.join("\n"))
+        let file = file
+            .map(|f| f.display().to_string())
+            .unwrap_or_else(|| "embedded default".to_owned());
+        fail(
+            errors
+                .iter()
+                .map(|e| format!("{file}: {e}"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )
+    }
+}
+
+/// `1 entry`, `2 entries`.
+fn entries(n: u64) -> String {
+    if n == 1 {
+        "1 entry".to_owned()
+    } else {
+        format!("{n} entries")
     }
 }
 
@@ -832,7 +857,7 @@ async fn scopenode(config: &Config, action: ScopenodeAction) -> ExitCode {
                 let scopes: Vec<String> = n
                     .scopes
                     .iter()
-                    .map(|s| format!("{} ({} entries)", s.name, count(&n.jid, &s.name)))
+                    .map(|s| format!("{} ({})", s.name, entries(count(&n.jid, &s.name))))
                     .collect();
                 println!("{}\t{}", n.jid, scopes.join(", "));
             }
@@ -876,9 +901,9 @@ async fn scopenode(config: &Config, action: ScopenodeAction) -> ExitCode {
             }
             for s in &n.scopes {
                 println!(
-                    "scope {}: {} entries, signature {}, encryption {}, retention {}",
+                    "scope {}: {}, signature {}, encryption {}, retention {}",
                     s.name,
-                    count(&n.jid, &s.name),
+                    entries(count(&n.jid, &s.name)),
                     if s.require_signature {
                         "required"
                     } else {

@@ -298,6 +298,58 @@ pub fn build(
     Ok(built)
 }
 
+/// Everything building the modules of `hosts` from `modules` would refuse, as [`build`]
+/// meets it at start: each module of each host is built by its factory with its options
+/// (one line per problem, the same problem of several hosts once). `[modules.NAME]` tables
+/// of modules that do not exist are problems too; those of modules no host enables are
+/// checked against the first host, so a mistake shows before the day they are enabled.
+pub fn problems(
+    hosts: &BTreeMap<String, HostConfig>,
+    modules: &BTreeMap<String, toml::Table>,
+    factories: &[Box<dyn ModuleFactory>],
+) -> Vec<String> {
+    let empty = toml::Table::new();
+    let mut out: Vec<String> = Vec::new();
+    let mut push = |line: String| {
+        if !out.contains(&line) {
+            out.push(line);
+        }
+    };
+    for (domain, hc) in hosts {
+        for name in &hc.modules {
+            if let Some(f) = factories.iter().find(|f| f.name() == name)
+                && let Err(e) = f.build(domain, modules.get(name).unwrap_or(&empty))
+            {
+                push(e.to_string());
+            }
+        }
+    }
+    let first_host = hosts
+        .keys()
+        .next()
+        .map(String::as_str)
+        .unwrap_or("localhost");
+    for (name, options) in modules {
+        match factories.iter().find(|f| f.name() == name) {
+            None => push(format!(
+                "modules.{name}: no such module (available: {})",
+                factories
+                    .iter()
+                    .map(|f| f.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            Some(f) if !hosts.values().any(|h| h.modules.contains(name)) => {
+                if let Err(e) = f.build(first_host, options) {
+                    push(format!("{e} (the module is enabled on no host)"));
+                }
+            }
+            Some(_) => {}
+        }
+    }
+    out
+}
+
 /// What [`switch`] did, for the reload report.
 #[derive(Debug, Default)]
 pub struct Switched {

@@ -586,3 +586,36 @@ async fn accept_loop(
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../config/openspimed.example.toml");
+
+    /// Every option every module reads is in the example's `[modules.NAME]`, so none ships
+    /// undocumented (the config crate checks its own structs the same way); and the
+    /// example's module sections build, host by host, as `run` builds them.
+    #[test]
+    fn the_example_documents_and_builds_every_module_option() {
+        let example = Config::from_toml(EXAMPLE).expect("the example parses");
+        let empty = openspimed_module_api::toml::Table::new();
+        for f in builtin_modules() {
+            let section = example.modules.get(f.name()).unwrap_or(&empty);
+            let have = openspimed_module_api::options::keys(section);
+            for key in f.option_keys() {
+                assert!(
+                    have.contains(&key),
+                    "openspimed.example.toml lacks modules.{}.{key}",
+                    f.name()
+                );
+            }
+        }
+        let problems = crate::mount::problems(&example.hosts, &example.modules, &builtin_modules());
+        assert!(problems.is_empty(), "{problems:?}");
+        // The embedded default builds too.
+        let default = Config::default();
+        let problems = crate::mount::problems(&default.hosts, &default.modules, &builtin_modules());
+        assert!(problems.is_empty(), "{problems:?}");
+    }
+}

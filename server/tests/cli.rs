@@ -80,6 +80,61 @@ fn bad_config_lines_name_the_problem() {
     assert!(stderr_lines(&o)[0].contains("/nonexistent/x.toml"));
 }
 
+/// Module options `run` refuses, `check` reports, every one, with the file and the key.
+/// Before, `check` never built the modules and said "configuration OK".
+#[test]
+fn check_builds_every_module_as_run_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = openspimed_certs::self_signed_pem("example.test").unwrap();
+    std::fs::write(dir.path().join("c.pem"), cert).unwrap();
+    std::fs::write(dir.path().join("k.pem"), key).unwrap();
+    let cfg = write_config(
+        dir.path(),
+        "certificate = \"c.pem\"\nkey = \"k.pem\"\nmodules = [\"certsvc\", \"scopenode\"]\n\
+         [modules.certsvc]\nservices = [{ jid = \"cert.example.test\", form = \"bogus\" }]\n\
+         [[modules.scopenode.nodes]]\nname = \"n\"\n[[modules.scopenode.nodes.scopes]]\nname = \"co2\"\n\
+         fields = [{ name = \"date\", type = \"datetime\" }]\n\
+         [modules.version]\nshow_os = \"yes\"\n",
+    );
+    let path = cfg.to_str().unwrap();
+    let o = run(&["--config", path, "check"], dir.path());
+    assert!(
+        !o.status.success(),
+        "{:?}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let lines = stderr_lines(&o);
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    let has = |key: &str, what: &str| {
+        lines
+            .iter()
+            .any(|l| l.contains(path) && l.contains(key) && l.contains(what))
+    };
+    assert!(
+        has("modules.certsvc.services[0].form", "bogus"),
+        "{lines:?}"
+    );
+    assert!(
+        has(
+            "modules.scopenode.nodes[0].scopes[0].fields[0].type",
+            "datetime"
+        ),
+        "{lines:?}"
+    );
+    assert!(
+        has("modules.version.show_os", "enabled on no host"),
+        "{lines:?}"
+    );
+    // run refuses the same configuration.
+    let o = run(&["--config", path, "run"], dir.path());
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("modules.certsvc.services[0].form"),
+        "{:?}",
+        stderr_lines(&o)
+    );
+}
+
 #[test]
 fn certificate_for_another_domain_is_reported() {
     let dir = tempfile::tempdir().unwrap();
@@ -381,19 +436,37 @@ fn scopenode_list_show_and_data_export() {
     let cfg = write_config(dir.path(), "");
     let cfg = cfg.to_str().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
+    let entry = |ppm: &str, t: i64| SensorEntry {
+        node: "demo@scopenode.example.test".into(),
+        scope: "co2".into(),
+        spime: "s@example.test/spime".into(),
+        at_unix: t,
+        xml: format!(
+            "<entry xmlns='openspime:protocol:extension:data'><ppm>{ppm}</ppm><exposure>outdoor</exposure></entry>"
+        ),
+    };
     rt.block_on(async {
-        let store = openspimed::storage::sqlite::SqliteStore::open(&dir.path().join("data/openspimed.sqlite")).unwrap();
-        let entry = |ppm: &str, t: i64| SensorEntry {
-            node: "demo@scopenode.example.test".into(),
-            scope: "co2".into(),
-            spime: "s@example.test/spime".into(),
-            at_unix: t,
-            xml: format!(
-                "<entry xmlns='openspime:protocol:extension:data'><ppm>{ppm}</ppm><exposure>outdoor</exposure></entry>"
-            ),
-        };
+        let store = openspimed::storage::sqlite::SqliteStore::open(
+            &dir.path().join("data/openspimed.sqlite"),
+        )
+        .unwrap();
         store
-            .append_entries(vec![entry("176.4", 1_207_155_262), entry("180,5", 1_207_155_300)])
+            .append_entries(vec![entry("176.4", 1_207_155_262)])
+            .await
+            .unwrap();
+    });
+    let o = run(&["--config", cfg, "scopenode", "list"], dir.path());
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "demo@scopenode.example.test\tco2 (1 entry)\n"
+    );
+    rt.block_on(async {
+        let store = openspimed::storage::sqlite::SqliteStore::open(
+            &dir.path().join("data/openspimed.sqlite"),
+        )
+        .unwrap();
+        store
+            .append_entries(vec![entry("180,5", 1_207_155_300)])
             .await
             .unwrap();
     });

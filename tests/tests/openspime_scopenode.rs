@@ -223,6 +223,56 @@ async fn reports_and_seeks_end_to_end() {
             "openspime:protocol:extension:data:error"
         )
     );
+    // The text says which field and why (before: only the seed's fixed sentence).
+    let text = err.texts.values().next().cloned().unwrap_or_default();
+    assert!(
+        text.contains("data is not consistent with scope")
+            && text.contains("field ppm is not a number: \"not-a-number\""),
+        "{text}"
+    );
+    let out_of_range = Container::seal(co2_report("2000000"), None, None, None).unwrap();
+    let err = iq(&mut spime, SCOPE, false, &out_of_range.to_element())
+        .await
+        .unwrap_err();
+    let text = err.texts.values().next().cloned().unwrap_or_default();
+    assert!(
+        text.contains("field ppm is 2000000, out of its range [0, 1000000]"),
+        "{text}"
+    );
+    // The ScopeNode domain itself answers disco like any hosted service domain (before:
+    // item-not-found), and lists its nodes.
+    let info = iq(
+        &mut spime,
+        "scopenode.example",
+        true,
+        &Element::new("query", "http://jabber.org/protocol/disco#info"),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(
+        info.children()
+            .any(|c| c.name() == "identity" && c.attr("category") == Some("component")),
+        "{info}"
+    );
+    assert!(
+        info.children()
+            .any(|c| c.attr("var") == Some(openspime::ns::SPIMESEEK)),
+        "{info}"
+    );
+    let items = iq(
+        &mut spime,
+        "scopenode.example",
+        true,
+        &Element::new("query", "http://jabber.org/protocol/disco#items"),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(
+        items.children().any(|i| i.attr("jid") == Some(NODE)),
+        "{items}"
+    );
     // A tampered signature on a report.
     let mut forged = Container::seal(
         co2_report("1.0"),
@@ -408,7 +458,7 @@ async fn reports_and_seeks_end_to_end() {
     assert_eq!(s.get("reports_accepted"), Some(&2), "{s:?}");
     assert_eq!(
         s.get("reports_rejected_inconsistent-data-with-scope"),
-        Some(&1),
+        Some(&2),
         "{s:?}"
     );
     server.stop().await;

@@ -198,3 +198,50 @@ async fn legacy_form_uses_mpi_without_keyvalue_and_limits_request_loops() {
     assert!(refused >= 3, "{refused}");
     server.stop().await;
 }
+
+/// The default form, `auto`: a request shaped like the 2008 client's (pyopenspime's
+/// 16-character `[a-z0-9]` ids, a bare `<pubkeys jid/>`, here the vectors' own request)
+/// gets the legacy form, the only one its ScopeNodes read; any other request the seed's
+/// standard form. Before, every answer was standard and the 2008 ScopeNodes failed with
+/// `internal-server-error`.
+#[tokio::test]
+async fn the_auto_form_answers_the_2008_request_shape_in_the_legacy_form() {
+    let mut server = TestServer::start().await;
+    server.add_user("spime", "pw").await;
+    server.add_user("node", "pw").await;
+    let (mut spime, jid) = online(&server, "spime@localhost/spime", "pw", false).await;
+    let key = vector_key("sender");
+    let publish = keyinfo::pubkeys(&jid.to_string(), &key, KeyForm::Standard);
+    iq(&mut spime, "cert.localhost", false, &publish)
+        .await
+        .unwrap();
+
+    let (mut node, _) = openspimed_tests::Raw::login(&server, "node", "pw", "scope").await;
+    let ask = |id: &str| {
+        format!(
+            "<iq type='get' to='cert.localhost' id='{id}'><pubkeys xmlns='urn:xmpp:tmp:pubkey' \
+             jid='spime@localhost/spime' /></iq>"
+        )
+    };
+    // The vectors' request of the original implementation, as it was sent.
+    node.send(&ask("pk00000000000099")).await;
+    let legacy = node.stanza("iq").await;
+    assert_eq!(legacy.attr("type"), Some("result"), "{legacy}");
+    let ki = legacy.first_child().unwrap().first_child().unwrap();
+    assert_eq!(
+        ki.first_child().unwrap().name(),
+        "RSAKeyValue",
+        "no KeyValue wrapper: {legacy}"
+    );
+    let exponent = ki.first_child().unwrap().children().nth(1).unwrap().text();
+    assert_eq!(exponent, "AAAAAwEAAQ==", "MPI numbers: {legacy}");
+    assert_eq!(keyinfo::parse_key_info(ki).unwrap(), key);
+
+    // A client with ids of another shape gets the seed's form.
+    node.send(&ask("a1")).await;
+    let standard = node.stanza("iq").await;
+    let ki = standard.first_child().unwrap().first_child().unwrap();
+    assert_eq!(ki.first_child().unwrap().name(), "KeyValue", "{standard}");
+    assert_eq!(keyinfo::parse_key_info(ki).unwrap(), key);
+    server.stop().await;
+}

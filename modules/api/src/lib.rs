@@ -8,6 +8,7 @@ pub mod element;
 pub mod error;
 pub mod module;
 pub mod ns;
+pub mod options;
 pub mod stanza;
 pub mod storage;
 

@@ -71,10 +71,13 @@ pub enum Outcome {
 #[derive(Debug, thiserror::Error)]
 pub enum ModuleError {
     /// The module's configuration is invalid (reported at start and by `check`).
-    #[error("invalid configuration for module {module}: {reason}")]
+    #[error("invalid configuration: modules.{module}{}: {reason}", if key.is_empty() { String::new() } else { format!(".{key}") })]
     Config {
         /// Module name.
         module: &'static str,
+        /// The key within `[modules.NAME]` that is wrong (`nodes[0].scopes[0].name`);
+        /// empty when the problem is not one key's.
+        key: String,
         /// What is wrong, in one line.
         reason: String,
     },
@@ -163,5 +166,12 @@ pub trait ModuleFactory: Send + Sync {
     /// The name under which operators enable it (`modules = ["ping"]`).
     fn name(&self) -> &'static str;
     /// Builds the instance for `host` from `[modules.NAME]` (an empty table when absent).
+    /// `openspimed check` calls it too, exactly as `run` does, and reports what it refuses.
     fn build(&self, host: &str, options: &toml::Table) -> Result<Arc<dyn Module>, ModuleError>;
+    /// Every key of `[modules.NAME]` the module reads, as [`crate::options::keys`] lists
+    /// them from a sample with every option set: a test holds them against the documented
+    /// example configuration, so an option cannot ship undocumented.
+    fn option_keys(&self) -> Vec<String> {
+        Vec::new()
+    }
 }

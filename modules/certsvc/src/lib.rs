@@ -9,14 +9,16 @@
 //! [`KeyLookup`] is what other modules (ScopeNodes) use to get a JID's key from a named
 //! certification service: in-process when it is hosted here, by XEP-0189 otherwise.
 //!
-//! Options (`[modules.certsvc]`), shared by all hosts; each host serves the services on its
-//! own domain or subdomains (default: `cert.HOST`, standard form):
+//! Options ([`Options`], `[modules.certsvc]`), shared by all hosts; each host serves the
+//! services on its own domain or subdomains (default: `cert.HOST`, form `auto`):
 //! ```toml
 //! [modules.certsvc]
-//! services = [{ jid = "cert.example.org", form = "standard" },
+//! services = [{ jid = "cert.example.org", form = "auto" },
 //!             { jid = "services@spime.example.org/cert", form = "legacy" }]
 //! max_identical_requests_per_second = 5
 //! ```
+//! `form = "auto"` answers requests shaped like the 2008 client's in the legacy form (the
+//! only one it reads) and everyone else in the seed's standard form.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -28,10 +30,11 @@ use openspime::ns::PUBKEY;
 use openspimed_module_api::jid::Jid;
 use openspimed_module_api::{
     Condition, Context, Element, KeyStore, Module, ModuleError, ModuleFactory, Outcome, Route,
-    StanzaError, async_trait, iq_result, ns, toml,
+    StanzaError, async_trait, iq_result, ns, options, toml,
 };
 use rsa::RsaPublicKey;
 use rsa::pkcs8::{DecodePublicKey, EncodePublicKey};
+use serde::{Deserialize, Serialize};
 
 /// One hosted certification service.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,54 +42,108 @@ pub struct Service {
     /// Its JID, normalized (RFC 7622).
     pub jid: String,
     /// How it writes keys.
-    pub form: KeyForm,
+    pub form: FormOption,
 }
 
 /// Registers the `certsvc` module.
 pub struct Factory;
 
-fn config_err(reason: impl Into<String>) -> ModuleError {
+/// `[modules.certsvc]`
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Options {
+    /// Certification services hosted here (a domain, or a full JID on a hosted domain);
+    /// each host serves those on its own domain or subdomains. Absent: `cert.HOST`.
+    pub services: Option<Vec<ServiceOptions>>,
+    /// Identical key requests answered per requester and second (wire profile §10: the
+    /// 2008 client re-asks in a tight loop when it dislikes an answer).
+    pub max_identical_requests_per_second: u32,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            services: None,
+            max_identical_requests_per_second: 5,
+        }
+    }
+}
+
+/// One entry of `services`.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceOptions {
+    /// The service's JID.
+    pub jid: String,
+    /// How its answers write keys.
+    #[serde(default)]
+    pub form: FormOption,
+}
+
+/// How a key answer is written (wire profile §4).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FormOption {
+    /// The legacy form to requests shaped like the 2008 client's (pyopenspime, which
+    /// reads nothing else: its ScopeNodes fail with `internal-server-error` on the
+    /// standard form), the standard form to everyone else. Every reader that follows the
+    /// profile accepts both, so a modern client taken for a 2008 one loses nothing.
+    #[default]
+    Auto,
+    /// Always the seed's form: `KeyValue` wrapper, CryptoBinary numbers.
+    Standard,
+    /// Always the 2008 form: no wrapper, OpenSSL MPI numbers.
+    Legacy,
+}
+
+impl FormOption {
+    /// The form of the answer to `request`, an iq get whose payload is `<pubkeys/>`.
+    pub fn for_request(self, request: &Element) -> KeyForm {
+        match self {
+            FormOption::Standard => KeyForm::Standard,
+            FormOption::Legacy => KeyForm::Legacy,
+            FormOption::Auto if keyinfo::looks_like_2008_request(request) => KeyForm::Legacy,
+            FormOption::Auto => KeyForm::Standard,
+        }
+    }
+}
+
+fn config_err(key: &str, reason: impl Into<String>) -> ModuleError {
     ModuleError::Config {
         module: "certsvc",
+        key: key.to_owned(),
         reason: reason.into(),
     }
 }
 
 /// Reads `services` from the options: those belonging to `host` (its domain or a
-/// subdomain). Without the option, `cert.HOST` in the standard form.
+/// subdomain). Without the option, `cert.HOST` in the `auto` form.
 pub fn services_for_host(host: &str, options: &toml::Table) -> Result<Vec<Service>, ModuleError> {
-    let Some(list) = options.get("services") else {
+    let o: Options = options::parse("certsvc", options)?;
+    services_of(host, &o)
+}
+
+fn services_of(host: &str, o: &Options) -> Result<Vec<Service>, ModuleError> {
+    let Some(list) = &o.services else {
         return Ok(vec![Service {
             jid: format!("cert.{host}"),
-            form: KeyForm::Standard,
+            form: FormOption::Auto,
         }]);
     };
-    let list = list
-        .as_array()
-        .ok_or_else(|| config_err("services must be an array of tables"))?;
     let mut out = Vec::new();
-    for entry in list {
-        let jid = entry
-            .get("jid")
-            .and_then(|v| v.as_str())
-            .ok_or_else(|| config_err("every service needs a jid"))?;
-        let jid = Jid::new(jid)
-            .map_err(|e| config_err(format!("service jid {jid:?}: {e}")))?
-            .to_string();
-        let form = match entry.get("form").and_then(|v| v.as_str()) {
-            None | Some("standard") => KeyForm::Standard,
-            Some("legacy") => KeyForm::Legacy,
-            Some(other) => {
-                return Err(config_err(format!(
-                    "form {other:?} (use \"standard\" or \"legacy\")"
-                )));
-            }
-        };
-        let domain = Jid::new(&jid)
-            .map(|j| j.domain().to_string())
-            .unwrap_or_default();
+    for (i, entry) in list.iter().enumerate() {
+        let jid = Jid::new(&entry.jid).map_err(|e| {
+            config_err(
+                &format!("services[{i}].jid"),
+                format!("{:?}: {e}", entry.jid),
+            )
+        })?;
+        let domain = jid.domain().to_string();
         if domain == host || domain.ends_with(&format!(".{host}")) {
-            out.push(Service { jid, form });
+            out.push(Service {
+                jid: jid.to_string(),
+                form: entry.form,
+            });
         }
     }
     Ok(out)
@@ -97,18 +154,26 @@ impl ModuleFactory for Factory {
         "certsvc"
     }
     fn build(&self, host: &str, options: &toml::Table) -> Result<Arc<dyn Module>, ModuleError> {
-        let per_second = match options.get("max_identical_requests_per_second") {
-            None => 5,
-            Some(v) => v
-                .as_integer()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| config_err("max_identical_requests_per_second must be > 0"))?
-                as u32,
-        };
+        let o: Options = options::parse("certsvc", options)?;
+        if o.max_identical_requests_per_second == 0 {
+            return Err(config_err(
+                "max_identical_requests_per_second",
+                "must be at least 1",
+            ));
+        }
         Ok(Arc::new(CertService {
-            services: services_for_host(host, options)?,
-            limiter: RateLimiter::new(per_second, Duration::from_secs(1)),
+            services: services_of(host, &o)?,
+            limiter: RateLimiter::new(o.max_identical_requests_per_second, Duration::from_secs(1)),
         }))
+    }
+    fn option_keys(&self) -> Vec<String> {
+        options::keys(&Options {
+            services: Some(vec![ServiceOptions {
+                jid: "cert.example.org".into(),
+                form: FormOption::Auto,
+            }]),
+            ..Options::default()
+        })
     }
 }
 
@@ -278,7 +343,7 @@ impl CertService {
                 Outcome::Reply(iq_result(stanza).with_child(keyinfo::pubkeys(
                     asked,
                     &key,
-                    service.form,
+                    service.form.for_request(stanza),
                 )))
             }),
             None => Ok({
@@ -503,7 +568,7 @@ mod tests {
             services_for_host("localhost", &empty).unwrap(),
             [Service {
                 jid: "cert.localhost".into(),
-                form: KeyForm::Standard
+                form: FormOption::Auto
             }]
         );
         let opts: toml::Table = toml::from_str(
@@ -514,11 +579,14 @@ mod tests {
         .unwrap();
         let s = services_for_host("example.org", &opts).unwrap();
         assert_eq!(s.len(), 2);
-        assert_eq!(s[1].form, KeyForm::Legacy);
+        assert_eq!(s[0].form, FormOption::Auto);
+        assert_eq!(s[1].form, FormOption::Legacy);
         assert_eq!(s[1].jid, "services@spime.example.org/cert");
         let bad: toml::Table =
-            toml::from_str("services = [{ jid = \"x\", form = \"odd\" }]").unwrap();
-        assert!(services_for_host("x", &bad).is_err());
+            toml::from_str("services = [{ jid = \"x\", form = \"bogus\" }]").unwrap();
+        let e = services_for_host("x", &bad).unwrap_err().to_string();
+        assert!(e.contains("modules.certsvc.services[0].form"), "{e}");
+        assert!(e.contains("unknown variant `bogus`"), "{e}");
     }
 
     #[test]

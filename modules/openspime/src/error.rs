@@ -86,9 +86,14 @@ impl OpenSpimeError {
                 "data is not consistent with scope of this ScopeNode",
             ),
         };
-        StanzaError::new(Condition::BadRequest)
+        let err = StanzaError::new(Condition::BadRequest)
             .with_type(kind)
-            .with_app(Element::new(name, ns))
-            .with_text(text)
+            .with_app(Element::new(name, ns));
+        match self {
+            // What is inconsistent, and where: the reporter can mend it. (Decryption and
+            // signature failures keep their one fixed text, profile §3.)
+            OpenSpimeError::InconsistentData(why) => err.with_text(format!("{text}: {why}")),
+            _ => err.with_text(text),
+        }
     }
 }

@@ -22,6 +22,28 @@ pub enum KeyForm {
     Legacy,
 }
 
+/// Whether an XEP-0189 key request has the shape of the 2008 client's (pyopenspime on
+/// xmpppy), which reads only the legacy form: its stanza ids are 16 characters of
+/// `[a-z0-9]` (pyopenspime's `serialize()`, `generate_rnd_str(16)`), and its `<pubkeys/>`
+/// carries `jid` and nothing else. A modern client that happens to match gets the legacy
+/// form, which every reader following the profile accepts.
+pub fn looks_like_2008_request(iq: &Element) -> bool {
+    let id_2008 = iq.attr("id").is_some_and(|id| {
+        id.len() == 16
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    });
+    let bare_request = iq.children().count() == 1
+        && iq.first_child().is_some_and(|p| {
+            p.is("pubkeys", ns::PUBKEY)
+                && p.attr_count() == 1
+                && p.attr("jid").is_some()
+                && p.children().next().is_none()
+        });
+    id_2008 && bare_request
+}
+
 /// The magnitude of a number written either way: an MPI is recognised by its first four
 /// bytes equalling the length of the rest (its leading `00` is then dropped).
 pub fn decode_number(bytes: &[u8]) -> Vec<u8> {

@@ -330,6 +330,21 @@ fn pubkey_stanzas() {
         assert_eq!(req.ns(), openspime::ns::PUBKEY);
         assert!(req.attr("jid").is_some());
     }
+    // The request the original implementation sends is recognised as one (certsvc's
+    // `form = "auto"` answers it in the legacy form); ours is not.
+    let original = in_stream(s(&v["generated_by_original_pyopenspime"], "pubkey_request"));
+    assert!(keyinfo::looks_like_2008_request(&original), "{original}");
+    let ours = Element::new("iq", "jabber:client")
+        .with_attr("type", "get")
+        .with_attr("id", "spime1")
+        .with_child(Element::new("pubkeys", openspime::ns::PUBKEY).with_attr("jid", "a@b/c"));
+    assert!(!keyinfo::looks_like_2008_request(&ours));
+    let mut uuid_like = ours.clone();
+    uuid_like.set_attr("id", "6f1c2a9e-58d4-4c1b-9a9e-2b7f0c3d4e5f");
+    assert!(!keyinfo::looks_like_2008_request(&uuid_like));
+    let mut shaped = ours;
+    shaped.set_attr("id", "2rddemv1za18ejvh");
+    assert!(keyinfo::looks_like_2008_request(&shaped));
 }
 
 #[test]

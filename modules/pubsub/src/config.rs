@@ -6,7 +6,8 @@ use openspimed_module_api::Element;
 use crate::forms::{self, Form};
 
 /// Who may subscribe and retrieve items (XEP-0060 §4.5).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum AccessModel {
     /// Anyone (within `subscribe_domains`, if set).
     Open,
@@ -19,7 +20,8 @@ pub enum AccessModel {
 }
 
 /// Who may publish (XEP-0060 §16.4 `pubsub#publish_model`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum PublishModel {
     /// Owners and publishers.
     Publishers,

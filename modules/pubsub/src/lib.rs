@@ -24,6 +24,7 @@
 pub mod caps;
 pub mod config;
 pub mod forms;
+pub mod options;
 pub mod suboptions;
 
 use std::collections::HashMap;
@@ -39,6 +40,7 @@ use tokio::sync::RwLock;
 
 use crate::config::{AccessModel, NodeConfig, PublishModel};
 use crate::forms::Form;
+pub use crate::options::Options;
 use crate::suboptions::SubOptions;
 
 /// XEP-0060 namespaces.
@@ -83,13 +85,6 @@ const FEATURES: &[&str] = &[
     "subscription-options",
     "retrieve-default-sub",
 ];
-
-fn config_err(reason: impl Into<String>) -> ModuleError {
-    ModuleError::Config {
-        module: "pubsub",
-        reason: reason.into(),
-    }
-}
 
 fn internal(e: impl std::fmt::Display) -> ModuleError {
     ModuleError::Internal(e.to_string())
@@ -180,26 +175,11 @@ struct Preconfigured {
 /// Registers the `pubsub` module.
 pub struct Factory;
 
-fn string_list(v: Option<&toml::Value>, what: &str) -> Result<Vec<String>, ModuleError> {
-    match v {
-        None => Ok(Vec::new()),
-        Some(toml::Value::Array(a)) => a
-            .iter()
-            .map(|x| {
-                x.as_str()
-                    .map(str::to_owned)
-                    .ok_or_else(|| config_err(format!("{what} must be a list of strings")))
-            })
-            .collect(),
-        Some(_) => Err(config_err(format!("{what} must be a list of strings"))),
-    }
-}
-
-fn preconfigured(host: &str, options: &toml::Table) -> Result<Vec<Preconfigured>, ModuleError> {
-    let Some(nodes) = options.get("nodes") else {
+fn preconfigured(host: &str, o: &Options) -> Vec<Preconfigured> {
+    let Some(nodes) = &o.nodes else {
         // The embedded default: OpenSpime's spimeseek node, payloads on, publishing open to
         // entities of this host, subscription open to its ScopeNodes.
-        return Ok(vec![Preconfigured {
+        return vec![Preconfigured {
             name: "spimeseek".into(),
             service: None,
             config: NodeConfig {
@@ -212,45 +192,16 @@ fn preconfigured(host: &str, options: &toml::Table) -> Result<Vec<Preconfigured>
                 max_items: Some(100),
                 ..NodeConfig::default()
             },
-        }]);
+        }];
     };
-    let nodes = nodes
-        .as_array()
-        .ok_or_else(|| config_err("nodes must be an array of tables"))?;
-    let mut out = Vec::new();
-    for n in nodes {
-        let t = n
-            .as_table()
-            .ok_or_else(|| config_err("nodes must be an array of tables"))?;
-        let name = t
-            .get("name")
-            .and_then(|v| v.as_str())
-            .ok_or_else(|| config_err("every node needs a name"))?
-            .to_owned();
-        let mut config = NodeConfig::default();
-        for (k, v) in t {
-            let value = match v {
-                toml::Value::String(s) => s.clone(),
-                toml::Value::Boolean(b) => b.to_string(),
-                toml::Value::Integer(i) => i.to_string(),
-                _ => String::new(),
-            };
-            match k.as_str() {
-                "name" | "service" => {}
-                "publish_domains" => config.publish_domains = string_list(Some(v), k)?,
-                "subscribe_domains" => config.subscribe_domains = string_list(Some(v), k)?,
-                other => config
-                    .set(&format!("pubsub#{other}"), &[value])
-                    .map_err(|e| config_err(format!("node {name}: {e}")))?,
-            }
-        }
-        out.push(Preconfigured {
-            name,
-            service: t.get("service").and_then(|v| v.as_str()).map(str::to_owned),
-            config,
-        });
-    }
-    Ok(out)
+    nodes
+        .iter()
+        .map(|n| Preconfigured {
+            name: n.name.clone(),
+            service: n.service.clone(),
+            config: n.config(),
+        })
+        .collect()
 }
 
 impl ModuleFactory for Factory {
@@ -258,11 +209,13 @@ impl ModuleFactory for Factory {
         "pubsub"
     }
     fn build(&self, host: &str, options: &toml::Table) -> Result<Arc<dyn Module>, ModuleError> {
-        let services = match options.get("services") {
+        let o: Options = openspimed_module_api::options::parse("pubsub", options)?;
+        let services = match &o.services {
             None => vec![format!("pubsub.{host}")],
-            Some(v) => string_list(Some(v), "services")?
-                .into_iter()
-                .filter(|s| s == host || s.ends_with(&format!(".{host}")))
+            Some(list) => list
+                .iter()
+                .filter(|s| *s == host || s.ends_with(&format!(".{host}")))
+                .cloned()
                 .collect(),
         };
         Ok(Arc::new(PubSub {
@@ -275,15 +228,14 @@ impl ModuleFactory for Factory {
                     nodes: RwLock::new(HashMap::new()),
                 })
                 .collect(),
-            pep_enabled: match options.get("pep") {
-                None => true,
-                Some(toml::Value::Boolean(b)) => *b,
-                Some(_) => return Err(config_err("pep must be true or false")),
-            },
+            pep_enabled: o.pep,
             pep: Default::default(),
             caps: Default::default(),
-            preconfigured: preconfigured(host, options)?,
+            preconfigured: preconfigured(host, &o),
         }))
+    }
+    fn option_keys(&self) -> Vec<String> {
+        openspimed_module_api::options::keys(&Options::sample())
     }
 }
 

@@ -19,7 +19,7 @@
 //! seek_nodes = [{ service = "pubsub.example.org", node = "spimeseek" }]   # [pubsub.HOST]
 //! propagate_to = []                         # re-publish seeks to these nodes
 //! max_entries_per_response = 100
-//! key_form = "legacy"                       # how a node answers requests for its own key
+//! key_form = "auto"                         # how a node answers requests for its own key
 //! [[modules.scopenode.nodes]]               # [one node "demo" with the seed's co2 scope]
 //! name = "demo"
 //! key_file = "/etc/openspimed/demo.pem"     # optional
@@ -31,6 +31,7 @@
 //! fields = [{ name = "ppm", type = "number", min = 0, required = true }]
 //! ```
 
+pub mod options;
 pub mod scope;
 
 use std::collections::{BTreeMap, HashMap};
@@ -39,7 +40,7 @@ use std::time::Duration;
 
 use openspime::keyinfo::{self, KeyForm};
 use openspime::{Container, Data, OpenSpimeError, RsaPrivateKey, SpimeSeek};
-use openspimed_mod_certsvc::KeyLookup;
+use openspimed_mod_certsvc::{FormOption, KeyLookup};
 use openspimed_module_api::jid::Jid;
 use openspimed_module_api::{
     Condition, Context, Element, ErrorType, Module, ModuleError, ModuleFactory, Outcome, Route,
@@ -48,6 +49,8 @@ use openspimed_module_api::{
 use rand::RngCore;
 use rsa::pkcs8::{DecodePrivateKey, EncodePrivateKey};
 
+pub use options::Options;
+use options::PubSubNodeOptions;
 pub use scope::Scope;
 
 const PUBSUB_EVENT: &str = "http://jabber.org/protocol/pubsub#event";
@@ -55,9 +58,10 @@ const PUBSUB: &str = "http://jabber.org/protocol/pubsub";
 /// FORM_TYPE of the counters in disco#info.
 pub const STATS_FORM: &str = "urn:openspimed:scopenode:stats";
 
-fn config_err(reason: impl Into<String>) -> ModuleError {
+fn config_err(key: impl Into<String>, reason: impl Into<String>) -> ModuleError {
     ModuleError::Config {
         module: "scopenode",
+        key: key.into(),
         reason: reason.into(),
     }
 }
@@ -89,26 +93,10 @@ type PubSubNode = (String, String);
 /// Registers the `scopenode` module.
 pub struct Factory;
 
-fn pubsub_nodes(
-    v: Option<&toml::Value>,
-    what: &str,
-) -> Result<Option<Vec<PubSubNode>>, ModuleError> {
-    let Some(v) = v else { return Ok(None) };
-    let arr = v
-        .as_array()
-        .ok_or_else(|| config_err(format!("{what} must be an array of {{ service, node }}")))?;
-    arr.iter()
-        .map(|e| {
-            let s = e.get("service").and_then(|x| x.as_str());
-            let n = e
-                .get("node")
-                .and_then(|x| x.as_str())
-                .unwrap_or("spimeseek");
-            s.map(|s| (s.to_owned(), n.to_owned()))
-                .ok_or_else(|| config_err(format!("{what}: every entry needs a service")))
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map(Some)
+fn pubsub_nodes(list: &[PubSubNodeOptions]) -> Vec<PubSubNode> {
+    list.iter()
+        .map(|p| (p.service.clone(), p.node.clone()))
+        .collect()
 }
 
 impl ModuleFactory for Factory {
@@ -119,78 +107,55 @@ impl ModuleFactory for Factory {
     fn build(&self, host: &str, options: &toml::Table) -> Result<Arc<dyn Module>, ModuleError> {
         Ok(Arc::new(self.build_nodes(host, options)?))
     }
+
+    fn option_keys(&self) -> Vec<String> {
+        openspimed_module_api::options::keys(&Options::sample())
+    }
 }
 
 impl Factory {
     fn build_nodes(&self, host: &str, options: &toml::Table) -> Result<ScopeNodes, ModuleError> {
-        let s = |k: &str| options.get(k).and_then(|v| v.as_str()).map(str::to_owned);
-        let domain = s("domain").unwrap_or_else(|| format!("scopenode.{host}"));
+        let o: Options = openspimed_module_api::options::parse("scopenode", options)?;
+        let domain = o.domain.unwrap_or_else(|| format!("scopenode.{host}"));
         let serves = domain == host || domain.ends_with(&format!(".{host}"));
-        let cert_service = s("cert_service").unwrap_or_else(|| format!("cert.{host}"));
-        let trusted = match options.get("trusted_cert_services") {
-            None => vec![cert_service.clone()],
-            Some(v) => v
-                .as_array()
-                .ok_or_else(|| config_err("trusted_cert_services must be a list"))?
-                .iter()
-                .map(|x| {
-                    x.as_str()
-                        .map(str::to_owned)
-                        .ok_or_else(|| config_err("trusted_cert_services must be strings"))
-                })
-                .collect::<Result<_, _>>()?,
+        let cert_service = o.cert_service.unwrap_or_else(|| format!("cert.{host}"));
+        let trusted = o
+            .trusted_cert_services
+            .unwrap_or_else(|| vec![cert_service.clone()]);
+        let seek_nodes = match &o.seek_nodes {
+            Some(list) => pubsub_nodes(list),
+            None => vec![(format!("pubsub.{host}"), "spimeseek".into())],
         };
-        let seek_nodes = pubsub_nodes(options.get("seek_nodes"), "seek_nodes")?
-            .unwrap_or_else(|| vec![(format!("pubsub.{host}"), "spimeseek".into())]);
-        let propagate =
-            pubsub_nodes(options.get("propagate_to"), "propagate_to")?.unwrap_or_default();
-        let max_entries = options
-            .get("max_entries_per_response")
-            .and_then(|v| v.as_integer())
-            .unwrap_or(100)
-            .clamp(1, 10_000) as u64;
-        let key_form = match s("key_form").as_deref() {
-            None | Some("legacy") => KeyForm::Legacy,
-            Some("standard") => KeyForm::Standard,
-            Some(o) => return Err(config_err(format!("key_form {o:?}"))),
-        };
-        let nodes = match options.get("nodes") {
+        if !(1..=10_000).contains(&o.max_entries_per_response) {
+            return Err(config_err(
+                "max_entries_per_response",
+                format!("{} is not between 1 and 10000", o.max_entries_per_response),
+            ));
+        }
+        let nodes = match &o.nodes {
             None => vec![NodeDef {
                 jid: format!("demo@{domain}"),
                 key_file: None,
                 scopes: vec![Scope::co2()],
             }],
-            Some(v) => {
+            Some(list) => {
                 let mut out = Vec::new();
-                for n in v
-                    .as_array()
-                    .ok_or_else(|| config_err("nodes must be an array of tables"))?
-                {
-                    let name = n
-                        .get("name")
-                        .and_then(|x| x.as_str())
-                        .ok_or_else(|| config_err("every node needs a name"))?;
-                    let jid = Jid::new(&format!("{name}@{domain}"))
-                        .map_err(|e| config_err(format!("node {name}: {e}")))?
+                for (i, n) in list.iter().enumerate() {
+                    let jid = Jid::new(&format!("{}@{domain}", n.name))
+                        .map_err(|e| {
+                            config_err(format!("nodes[{i}].name"), format!("{:?}: {e}", n.name))
+                        })?
                         .to_string();
                     let mut scopes = Vec::new();
-                    for sc in n
-                        .get("scopes")
-                        .and_then(|x| x.as_array())
-                        .into_iter()
-                        .flatten()
-                    {
-                        let t = sc
-                            .as_table()
-                            .ok_or_else(|| config_err("a scope is not a table"))?;
-                        scopes.push(Scope::from_toml(t).map_err(config_err)?);
+                    for (j, sc) in n.scopes.iter().enumerate() {
+                        let scope = Scope::from_options(sc).map_err(|(key, why)| {
+                            config_err(format!("nodes[{i}].scopes[{j}].{key}"), why)
+                        })?;
+                        scopes.push(scope);
                     }
                     out.push(NodeDef {
                         jid,
-                        key_file: n
-                            .get("key_file")
-                            .and_then(|x| x.as_str())
-                            .map(str::to_owned),
+                        key_file: n.key_file.as_ref().map(|p| p.display().to_string()),
                         scopes,
                     });
                 }
@@ -204,9 +169,9 @@ impl Factory {
             cert_service,
             trusted,
             seek_nodes,
-            propagate,
-            max_entries,
-            key_form,
+            propagate: pubsub_nodes(&o.propagate_to),
+            max_entries: o.max_entries_per_response,
+            key_form: o.key_form,
             keys: Mutex::new(HashMap::new()),
             lookup: OnceLock::new(),
             stats: Mutex::new(BTreeMap::new()),
@@ -234,7 +199,7 @@ pub struct ScopeNodes {
     /// Entries per SpimeSeek response, newest first.
     max_entries: u64,
     /// How a node answers requests for its own key.
-    key_form: KeyForm,
+    key_form: FormOption,
     /// Node private keys by bare JID (loaded at start).
     keys: Mutex<HashMap<String, Arc<RsaPrivateKey>>>,
     /// Key lookups at certification services (made at start, it needs the context).
@@ -300,10 +265,14 @@ impl ScopeNodes {
 
     async fn load_key(&self, cx: &Context, node: &NodeDef) -> Result<RsaPrivateKey, ModuleError> {
         if let Some(path) = &node.key_file {
-            let pem = std::fs::read_to_string(path)
-                .map_err(|e| config_err(format!("node {}: cannot read {path}: {e}", node.jid)))?;
+            let pem = std::fs::read_to_string(path).map_err(|e| {
+                config_err(
+                    "nodes",
+                    format!("node {}: cannot read {path}: {e}", node.jid),
+                )
+            })?;
             return openspime::crypto::private_key_from_pem(&pem)
-                .map_err(|e| config_err(format!("node {}: {path}: {e}", node.jid)));
+                .map_err(|e| config_err("nodes", format!("node {}: {path}: {e}", node.jid)));
         }
         let store = cx.storage.sensors();
         if let Some(der) = store.node_key(&node.jid).await.map_err(internal)? {
@@ -607,6 +576,49 @@ impl ScopeNodes {
         Ok(())
     }
 
+    /// disco#info and disco#items of the ScopeNode domain itself (XEP-0030), as a hosted
+    /// service domain answers: its identity and features, and the nodes as items.
+    fn domain_disco(&self, stanza: &Element) -> Outcome {
+        let get = stanza.attr("type") == Some("get");
+        match stanza
+            .first_child()
+            .map(|p| (p.ns(), p.name(), p.attr("node")))
+        {
+            Some((ns::DISCO_INFO, "query", None)) if get => {
+                let mut q = Element::new("query", ns::DISCO_INFO).with_child(
+                    Element::new("identity", ns::DISCO_INFO)
+                        .with_attr("category", "component")
+                        .with_attr("type", "generic")
+                        .with_attr("name", "OpenSpime ScopeNodes"),
+                );
+                for var in [
+                    ns::DISCO_INFO,
+                    ns::DISCO_ITEMS,
+                    openspime::ns::DATA,
+                    openspime::ns::SPIMESEEK,
+                ] {
+                    q.push_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", var));
+                }
+                Outcome::Reply(iq_result(stanza).with_child(q))
+            }
+            Some((ns::DISCO_ITEMS, "query", None)) if get => {
+                let mut q = Element::new("query", ns::DISCO_ITEMS);
+                for n in &self.nodes {
+                    q.push_child(
+                        Element::new("item", ns::DISCO_ITEMS)
+                            .with_attr("jid", n.jid.clone())
+                            .with_attr("name", "ScopeNode"),
+                    );
+                }
+                Outcome::Reply(iq_result(stanza).with_child(q))
+            }
+            Some((ns::DISCO_INFO | ns::DISCO_ITEMS, "query", Some(_))) => {
+                Outcome::Error(Condition::ItemNotFound.into())
+            }
+            _ => Outcome::Error(Condition::ServiceUnavailable.into()),
+        }
+    }
+
     fn stats_form(&self) -> Element {
         let data = "jabber:x:data";
         let mut x = Element::new("x", data)
@@ -730,6 +742,9 @@ impl Module for ScopeNodes {
         };
         let is_request =
             stanza.name() == "iq" && matches!(stanza.attr("type"), Some("get" | "set"));
+        if to.node().is_none() && to.resource().is_none() && is_request {
+            return Ok(self.domain_disco(&stanza));
+        }
         let Some(node) = self.node_for(&to) else {
             return Ok(if is_request {
                 Outcome::Error(Condition::ItemNotFound.into())
@@ -830,11 +845,13 @@ impl Module for ScopeNodes {
                 let asked = payload.and_then(|p| p.attr("jid")).unwrap_or("");
                 let mine = Jid::new(asked).is_ok_and(|j| j.to_bare().to_string() == node.jid);
                 match (mine, self.key(&node.jid)) {
-                    (true, Some(key)) => {
-                        Ok(Outcome::Reply(iq_result(&stanza).with_child(
-                            keyinfo::pubkeys(asked, &key.to_public_key(), self.key_form),
-                        )))
-                    }
+                    (true, Some(key)) => Ok(Outcome::Reply(iq_result(&stanza).with_child(
+                        keyinfo::pubkeys(
+                            asked,
+                            &key.to_public_key(),
+                            self.key_form.for_request(&stanza),
+                        ),
+                    ))),
                     _ => Ok(Outcome::Error(Condition::ItemNotFound.into())),
                 }
             }

@@ -1,7 +1,8 @@
 //! Scopes: what a ScopeNode collects, field by field, and the check of an entry against it.
 
 use openspime::Entry;
-use openspimed_module_api::toml;
+
+use crate::options::{FieldKind, ScopeOptions};
 
 /// The type of a field's value.
 #[derive(Clone, Debug, PartialEq)]
@@ -84,72 +85,45 @@ impl Scope {
         }
     }
 
-    /// Reads a scope from its configuration table.
-    pub fn from_toml(t: &toml::Table) -> Result<Scope, String> {
-        let name = t
-            .get("name")
-            .and_then(|v| v.as_str())
-            .ok_or("every scope needs a name")?
-            .to_owned();
-        let flag = |k: &str| t.get(k).and_then(|v| v.as_bool()).unwrap_or(false);
+    /// The scope an operator configured. `Err` holds the key (below the scope) that is
+    /// wrong and why.
+    pub fn from_options(o: &ScopeOptions) -> Result<Scope, (String, String)> {
         let mut fields = Vec::new();
-        for f in t
-            .get("fields")
-            .and_then(|v| v.as_array())
-            .ok_or(format!("scope {name}: fields must be an array of tables"))?
-        {
-            let f = f
-                .as_table()
-                .ok_or(format!("scope {name}: a field is not a table"))?;
-            let fname = f
-                .get("name")
-                .and_then(|v| v.as_str())
-                .ok_or(format!("scope {name}: every field needs a name"))?;
-            let float = |k: &str| {
-                f.get(k)
-                    .and_then(|v| v.as_float().or_else(|| v.as_integer().map(|i| i as f64)))
-            };
-            let kind = match f.get("type").and_then(|v| v.as_str()).unwrap_or("text") {
-                "number" => FieldType::Number {
-                    min: float("min"),
-                    max: float("max"),
+        for (i, f) in o.fields.iter().enumerate() {
+            let kind = match f.kind {
+                FieldKind::Number => FieldType::Number {
+                    min: f.min,
+                    max: f.max,
                 },
-                "text" => FieldType::Text,
-                "date-time" => FieldType::DateTime,
-                "enum" => FieldType::Enum(
-                    f.get("values")
-                        .and_then(|v| v.as_array())
-                        .map(|a| {
-                            a.iter()
-                                .filter_map(|x| x.as_str().map(str::to_owned))
-                                .collect()
-                        })
-                        .filter(|v: &Vec<String>| !v.is_empty())
-                        .ok_or(format!("scope {name}: enum field {fname} needs values"))?,
-                ),
-                other => {
-                    return Err(format!(
-                        "scope {name}: field {fname} has unknown type {other:?}"
+                FieldKind::Text => FieldType::Text,
+                FieldKind::DateTime => FieldType::DateTime,
+                FieldKind::Enum if f.values.is_empty() => {
+                    return Err((
+                        format!("fields[{i}].values"),
+                        format!("enum field {} needs values", f.name),
                     ));
                 }
+                FieldKind::Enum => FieldType::Enum(f.values.clone()),
             };
+            if f.kind != FieldKind::Number && (f.min.is_some() || f.max.is_some()) {
+                return Err((
+                    format!("fields[{i}]"),
+                    format!("min and max are for number fields; {} is not one", f.name),
+                ));
+            }
             fields.push(FieldDef {
-                name: fname.to_owned(),
-                required: f.get("required").and_then(|v| v.as_bool()).unwrap_or(false),
+                name: f.name.clone(),
+                required: f.required,
                 kind,
-                unit: f.get("unit").and_then(|v| v.as_str()).map(str::to_owned),
+                unit: f.unit.clone(),
             });
         }
         Ok(Scope {
-            name,
+            name: o.name.clone(),
             fields,
-            require_signature: flag("require_signature"),
-            require_encryption: flag("require_encryption"),
-            retention_days: t
-                .get("retention_days")
-                .and_then(|v| v.as_integer())
-                .unwrap_or(0)
-                .max(0) as u64,
+            require_signature: o.require_signature,
+            require_encryption: o.require_encryption,
+            retention_days: o.retention_days,
         })
     }
 
@@ -175,18 +149,26 @@ impl Scope {
             }
             match &def.kind {
                 FieldType::Number { min, max } => {
-                    let v: f64 = f
-                        .value
-                        .parse()
-                        .map_err(|_| format!("field {} is not a number", f.name))?;
+                    let v: f64 =
+                        f.value.trim().parse().map_err(|_| {
+                            format!("field {} is not a number: {:?}", f.name, f.value)
+                        })?;
                     if !v.is_finite() || min.is_some_and(|m| v < m) || max.is_some_and(|m| v > m) {
-                        return Err(format!("field {} is out of range", f.name));
+                        let bound = |b: &Option<f64>| b.map(|x| x.to_string()).unwrap_or_default();
+                        return Err(format!(
+                            "field {} is {}, out of its range [{}, {}]",
+                            f.name,
+                            f.value.trim(),
+                            bound(min),
+                            bound(max)
+                        ));
                     }
                 }
                 FieldType::Text => {}
                 FieldType::DateTime => {
-                    openspime::date::parse(&f.value)
-                        .map_err(|_| format!("field {} is not a date", f.name))?;
+                    openspime::date::parse(&f.value).map_err(|_| {
+                        format!("field {} is not a date (RFC 3339): {:?}", f.name, f.value)
+                    })?;
                 }
                 FieldType::Enum(values) => {
                     if !values.contains(&f.value) {
@@ -254,18 +236,23 @@ mod tests {
 
     #[test]
     fn scopes_read_from_configuration() {
-        let t: toml::Table = toml::from_str(
+        let t: openspimed_module_api::toml::Table = openspimed_module_api::toml::from_str(
             "name = 'noise'\nrequire_signature = true\nretention_days = 30\n\
              [[fields]]\nname = 'db'\ntype = 'number'\nmin = 0\nrequired = true\n\
              [[fields]]\nname = 'where'\ntype = 'enum'\nvalues = ['street', 'park']",
         )
         .unwrap();
-        let s = Scope::from_toml(&t).unwrap();
+        let o: ScopeOptions = openspimed_module_api::options::parse("scopenode", &t).unwrap();
+        let s = Scope::from_options(&o).unwrap();
         assert!(s.require_signature && s.retention_days == 30);
         s.check(&entry(&[("db", "55"), ("where", "park")])).unwrap();
         assert!(s.check(&entry(&[("db", "-1")])).is_err());
-        let bad: toml::Table =
-            toml::from_str("name = 'x'\n[[fields]]\nname = 'a'\ntype = 'blob'").unwrap();
-        assert!(Scope::from_toml(&bad).is_err());
+        let no_values: openspimed_module_api::toml::Table = openspimed_module_api::toml::from_str(
+            "name = 'x'\n[[fields]]\nname = 'a'\ntype = 'enum'",
+        )
+        .unwrap();
+        let o: ScopeOptions =
+            openspimed_module_api::options::parse("scopenode", &no_values).unwrap();
+        assert_eq!(Scope::from_options(&o).unwrap_err().0, "fields[0].values");
     }
 }

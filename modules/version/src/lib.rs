@@ -7,28 +7,31 @@ use std::sync::Arc;
 
 use openspimed_module_api::{
     Condition, Context, Element, Module, ModuleError, ModuleFactory, Outcome, Route, async_trait,
-    iq_result, ns, toml,
+    iq_result, ns, options, toml,
 };
+use serde::{Deserialize, Serialize};
 
 /// Registers the `version` module.
 pub struct Factory;
+
+/// `[modules.version]`
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Options {
+    /// Disclose the operating system in `<os/>` (off: it helps attackers more than users).
+    pub show_os: bool,
+}
 
 impl ModuleFactory for Factory {
     fn name(&self) -> &'static str {
         "version"
     }
     fn build(&self, _host: &str, options: &toml::Table) -> Result<Arc<dyn Module>, ModuleError> {
-        let show_os = match options.get("show_os") {
-            None => false,
-            Some(toml::Value::Boolean(b)) => *b,
-            Some(other) => {
-                return Err(ModuleError::Config {
-                    module: "version",
-                    reason: format!("show_os must be true or false, not {other}"),
-                });
-            }
-        };
-        Ok(Arc::new(Version { show_os }))
+        let o: Options = options::parse("version", options)?;
+        Ok(Arc::new(Version { show_os: o.show_os }))
+    }
+    fn option_keys(&self) -> Vec<String> {
+        options::keys(&Options { show_os: true })
     }
 }
 
