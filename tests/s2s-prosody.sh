@@ -125,7 +125,7 @@ async def main():
     olga = Peer("olga@openspimed.example/t", "127.0.0.2")
     peter = Peer("peter@prosody.example/t", "127.0.0.1")
     for c in (olga, peter):
-        c.connect((c.host, 5222))
+        c.connect(c.host, 5222)
     await asyncio.wait_for(asyncio.gather(olga.ready, peter.ready), 30)
     olga.send_message(mto="peter@prosody.example/t", mbody="from openspimed", mtype="chat")
     m = await asyncio.wait_for(peter.got, 60)
