@@ -4,6 +4,9 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+pub mod netns;
+pub use netns::NetNs;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

@@ -43,12 +43,44 @@ pub enum ClientError {
     /// The server answered a request with an error.
     #[error("{0}")]
     Refused(String),
+    /// An entity answered a request with an error stanza.
+    #[error("{from} answered: {}", describe_conditions(.conditions, .text.as_deref()))]
+    Answered {
+        /// Who answered (the request's addressee).
+        from: String,
+        /// The error's condition elements, the defined one first (RFC 6120 §8.3.3), then
+        /// any application-specific one (such as OpenSpime's `decryption-error`).
+        conditions: Vec<String>,
+        /// The error's human-readable text, if it had one.
+        text: Option<String>,
+    },
     /// Nothing came back in time.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
     /// A local file could not be used.
     #[error("{0}")]
     Local(String),
+}
+
+/// `cond / app-cond (text)`, for one-line messages.
+pub(crate) fn describe_conditions(conditions: &[String], text: Option<&str>) -> String {
+    let names = if conditions.is_empty() {
+        "unknown error".to_owned()
+    } else {
+        conditions.join(" / ")
+    };
+    match text {
+        Some(t) => format!("{names} ({t})"),
+        None => names,
+    }
+}
+
+impl ClientError {
+    /// Whether an entity answered with an error carrying `condition` (defined or
+    /// application-specific).
+    pub fn has_condition(&self, condition: &str) -> bool {
+        matches!(self, ClientError::Answered { conditions, .. } if conditions.iter().any(|c| c == condition))
+    }
 }
 
 /// Where and how to connect.

@@ -56,22 +56,67 @@ pub async fn register(
 
 /// The condition (and text) of an error stanza, for messages.
 pub fn error_text(stanza: &Element) -> String {
-    let Some(err) = stanza.children().find(|c| c.name() == "error") else {
-        return "unknown error".into();
-    };
-    let conds: Vec<&str> = err
-        .children()
+    let (conditions, text) = error_parts(stanza);
+    conn::describe_conditions(&conditions, text.as_deref())
+}
+
+/// The condition names and the text of an error stanza.
+fn error_parts(stanza: &Element) -> (Vec<String>, Option<String>) {
+    let err = stanza.children().find(|c| c.name() == "error");
+    let conditions = err
+        .into_iter()
+        .flat_map(|e| e.children())
         .filter(|c| c.name() != "text")
-        .map(|c| c.name())
+        .map(|c| c.name().to_owned())
         .collect();
     let text = err
-        .children()
-        .find(|c| c.name() == "text")
+        .and_then(|e| e.children().find(|c| c.name() == "text"))
         .map(|t| t.text());
-    match text {
-        Some(t) => format!("{} ({t})", conds.join(" / ")),
-        None => conds.join(" / "),
+    (conditions, text)
+}
+
+/// The error stanza `stanza` from `from`, as a [`ClientError::Answered`].
+fn answered(from: &str, stanza: &Element) -> ClientError {
+    let (conditions, text) = error_parts(stanza);
+    ClientError::Answered {
+        from: from.to_owned(),
+        conditions,
+        text,
     }
+}
+
+/// Where a ScopeNode's public key was found (wire profile §4, in the order it is tried).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeySource {
+    /// A certification service answered for the JID asked (the full JID, or its bare JID).
+    Certified {
+        /// The certification service.
+        service: String,
+        /// The JID whose key it returned.
+        jid: String,
+    },
+    /// The entity itself answered a XEP-0189 request (an uncertified key, as the 2008
+    /// ScopeNodes serve theirs).
+    Itself(String),
+}
+
+impl std::fmt::Display for KeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeySource::Certified { service, jid } => write!(f, "{service} ({jid})"),
+            KeySource::Itself(jid) => write!(f, "{jid} itself"),
+        }
+    }
+}
+
+/// Whom the claim keys a spime issues authorize (wire profile §5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Authorize {
+    /// The requester's full JID, as in seed §1.2.1 (`spimeowner@mydomain.com/web`): only
+    /// the resource that claimed may seek.
+    Resource,
+    /// The requester's bare JID: every resource of the account may seek.
+    Account,
 }
 
 /// A logged-in OpenSpime entity.
@@ -124,10 +169,7 @@ impl Spime {
         if answer.attr("type") == Some("result") {
             Ok(answer)
         } else {
-            Err(ClientError::Refused(format!(
-                "{to} answered: {}",
-                error_text(&answer)
-            )))
+            Err(answered(to, &answer))
         }
     }
 
@@ -168,29 +210,54 @@ impl Spime {
             .map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
+    /// The key to encrypt to `to` (a ScopeNode scope `node@domain/scope`), looked up as the
+    /// wire profile (§4) orders it: `service` for the full JID, `service` for the bare JID,
+    /// then a XEP-0189 request to `to` itself. The 2008 ScopeNodes publish their key under
+    /// their full JID, or only answer for themselves.
+    pub async fn recipient_key(
+        &mut self,
+        service: &str,
+        to: &str,
+    ) -> Result<(RsaPublicKey, KeySource), ClientError> {
+        let bare = to.split('/').next().unwrap_or(to).to_owned();
+        let mut tried = Vec::new();
+        let mut asks = vec![(service.to_owned(), to.to_owned())];
+        if bare != to {
+            asks.push((service.to_owned(), bare));
+        }
+        asks.push((to.to_owned(), to.to_owned()));
+        for (at, jid) in asks {
+            match self.fetch_key(&at, &jid).await {
+                Ok(key) if at == to => return Ok((key, KeySource::Itself(jid))),
+                Ok(key) => return Ok((key, KeySource::Certified { service: at, jid })),
+                Err(e @ (ClientError::Answered { .. } | ClientError::Protocol(_))) => {
+                    tried.push(e.to_string())
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ClientError::Refused(format!(
+            "no key to encrypt to {to}: {}",
+            tried.join("; ")
+        )))
+    }
+
     /// Reports entries to a ScopeNode scope (`node@domain/scope`) and waits for the result.
-    /// Signs with `signer` (key, certification service) and encrypts to the ScopeNode's key
-    /// (fetched from `encrypt_via`) when asked.
+    /// Signs with `signer` (key, certification service) and encrypts to `recipient` (the
+    /// ScopeNode's key, see [`Spime::recipient_key`]) when given.
     pub async fn report(
         &mut self,
         to: &str,
         entries: Vec<Entry>,
         signer: Option<(&RsaPrivateKey, &str)>,
-        encrypt_via: Option<&str>,
+        recipient: Option<&RsaPublicKey>,
     ) -> Result<(), ClientError> {
-        let recipient = match encrypt_via {
-            Some(service) => {
-                let bare = to.split('/').next().unwrap_or(to).to_owned();
-                Some(self.fetch_key(service, &bare).await?)
-            }
-            None => None,
-        };
         let jid = self.jid.clone();
         let container = Container::seal(
             Data { entries }.to_element(),
             signer.map(|(k, cert)| (k, cert, Some(jid.as_str()))),
             None,
-            recipient.as_ref(),
+            recipient,
         )
         .map_err(|e| ClientError::Local(e.to_string()))?;
         self.request("set", to, container.to_element())
@@ -228,11 +295,13 @@ impl Spime {
     }
 
     /// Device side: answers claim requests for `duration`, issuing claim keys valid for
-    /// `validity` to requesters `allow` accepts (by bare JID); refuses the others.
+    /// `validity` to requesters `allow` accepts (given the requester's full JID), for the
+    /// JID `authorize` says; refuses the others.
     pub async fn answer_claims(
         &mut self,
         key: &RsaPrivateKey,
         allow: &dyn Fn(&str) -> bool,
+        authorize: Authorize,
         validity: Duration,
         duration: Duration,
     ) -> Result<u32, ClientError> {
@@ -257,17 +326,20 @@ impl Spime {
                 continue;
             };
             let from = el.attr("from").unwrap_or("").to_owned();
-            let bare = from.split('/').next().unwrap_or("").to_owned();
+            let authorized = match authorize {
+                Authorize::Resource => from.clone(),
+                Authorize::Account => from.split('/').next().unwrap_or("").to_owned(),
+            };
             let mut reply = openspimed_module_api::iq_result(&el);
             reply.remove_attr("from");
-            if allow(&bare) {
+            if allow(&from) {
                 let exp =
                     openspime::date::format(openspime::date::now() + validity.as_secs() as i64, 0);
-                let blob = openspime::crypto::issue_claim_key(&bare, &exp, key)
+                let blob = openspime::crypto::issue_claim_key(&authorized, &exp, key)
                     .map_err(|e| ClientError::Local(e.to_string()))?;
                 let answer = Container::seal(
                     Claim::Response {
-                        authorizes: bare,
+                        authorizes: authorized,
                         claimkey: blob,
                     }
                     .to_element(),
@@ -305,10 +377,9 @@ impl Spime {
         encrypted: bool,
         wait: Duration,
     ) -> Result<Vec<(String, Entry)>, ClientError> {
-        let id = format!(
-            "{:x}",
-            openspime::date::now() ^ (self.next_id as i64 * 7919)
-        );
+        // Random, 128 bits: two seeks from one profile in the same second must differ, or
+        // the ScopeNodes drop the second as a replay (seed §1.2: id and osid identify it).
+        let id = format!("{:032x}", rand::random::<u128>());
         let req = SpimeSeek::Request(SeekRequest {
             id: id.clone(),
             spimeid: spime.to_owned(),

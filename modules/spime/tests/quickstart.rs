@@ -1,6 +1,8 @@
-//! The README quickstart, command by command, against a real server on its embedded
-//! default configuration (localhost hosts the OpenSpime network; registration is open),
-//! and the bad inputs that must each give one clear line and a non-zero exit.
+//! The README quickstart: the block itself, taken out of README.md and pasted into `bash`
+//! in a network namespace where a server runs on its embedded default (ports 5222…, the
+//! generated certificate); then command by command with every option, against a real
+//! server on the embedded default's OpenSpime network, and the bad inputs that must each
+//! give one clear line and a non-zero exit.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -55,6 +57,16 @@ fn start() -> Net {
         server: Some(child),
         ca: dir.path().join("ca.pem"),
         dir,
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        // A failed assertion must not leave the server running.
+        if let Some(mut s) = self.server.take() {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
     }
 }
 
@@ -118,10 +130,107 @@ fn main() -> std::process::ExitCode {
         .enable_all()
         .build()
         .unwrap();
+    rt.block_on(readme_quickstart_pasted_as_one_block());
+    println!("test readme_quickstart_pasted_as_one_block ... ok");
     rt.block_on(quickstart_commands_and_their_outputs());
     println!("test quickstart_commands_and_their_outputs ... ok");
-    println!("1 passed, 0 failed");
+    println!("2 passed, 0 failed");
     std::process::ExitCode::SUCCESS
+}
+
+/// The first ```sh block after the README's "## Quickstart" heading.
+fn readme_quickstart() -> String {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+    let section = &readme[readme
+        .find("\n## Quickstart")
+        .expect("a Quickstart section")..];
+    let start = section.find("```sh\n").expect("a sh block") + "```sh\n".len();
+    let len = section[start..].find("```\n").expect("the block ends");
+    section[start..start + len].to_owned()
+}
+
+async fn readme_quickstart_pasted_as_one_block() {
+    let block = readme_quickstart();
+    // What the README says each command prints: its `#   ` lines.
+    let expected: String = block
+        .lines()
+        .filter_map(|l| l.strip_prefix("#   "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(expected.lines().count() >= 7, "{block}");
+    // The lines as written; only the alias points at the client this test built instead of
+    // `cargo run` (which would build it again).
+    let mut script = String::from("set -e\nshopt -s expand_aliases\n");
+    let mut aliased = false;
+    for line in block.lines() {
+        if line.starts_with("alias spime=") {
+            script.push_str(&format!("alias spime='{}'\n", env!("CARGO_BIN_EXE_spime")));
+            aliased = true;
+        } else {
+            script.push_str(line);
+            script.push('\n');
+        }
+    }
+    assert!(aliased, "the block defines the spime alias: {block}");
+
+    let ns = openspimed_tests::NetNs::new("quickstart").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ns.command(std::env::current_exe().unwrap());
+    server
+        .arg("run")
+        .env(AS_SERVER, "1")
+        .env_remove("RUST_LOG")
+        .current_dir(dir.path());
+    let (mut server, addr, _log) = openspimed_tests::spawn_server_logged(server);
+    assert_eq!(addr.port(), 5222, "the embedded default's c2s port");
+    let mut paste = ns.command("bash");
+    paste
+        .arg("-c")
+        .arg(&script)
+        .current_dir(dir.path())
+        .stdin(Stdio::null());
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("SPIME_") {
+            paste.env_remove(k);
+        }
+    }
+    // Output to files, not pipes: a command left running in the background (as `serve &`
+    // was) would hold a pipe open after bash exits.
+    let stdout_path = dir.path().join("stdout");
+    let stderr_path = dir.path().join("stderr");
+    paste
+        .stdout(std::fs::File::create(&stdout_path).unwrap())
+        .stderr(std::fs::File::create(&stderr_path).unwrap());
+    let mut bash = paste.spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = bash.try_wait().unwrap() {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = bash.kill();
+            break None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let left: Vec<u32> = ns
+        .pids()
+        .into_iter()
+        .filter(|p| *p != server.id())
+        .collect();
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let stdout = std::fs::read_to_string(&stdout_path).unwrap();
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the pasted quickstart failed ({status:?}):\n{stdout}{stderr}"
+    );
+    assert_eq!(stdout, expected);
+    // `serve --stop` ended the background serve.
+    assert!(left.is_empty(), "processes left running: {left:?}");
+    assert!(!dir.path().join("device/serve.pid").exists());
 }
 
 async fn quickstart_commands_and_their_outputs() {
@@ -155,6 +264,53 @@ async fn quickstart_commands_and_their_outputs() {
     assert_eq!(
         out(&o),
         "reported 1 entry to demo@scopenode.localhost/co2\n"
+    );
+    // The key it found is kept in the profile, with where it came from.
+    let keys_toml = net.dir.path().join("device/keys.toml");
+    let cached: toml::Table =
+        toml::from_str(&std::fs::read_to_string(&keys_toml).unwrap()).unwrap();
+    let entry = &cached["keys"].as_array().unwrap()[0];
+    assert_eq!(entry["to"].as_str(), Some("demo@scopenode.localhost/co2"));
+    assert_eq!(
+        entry["source"].as_str(),
+        Some("cert.localhost (demo@scopenode.localhost/co2)")
+    );
+    let node_pem = entry["pem"].as_str().unwrap().to_owned();
+    // A cached key the ScopeNode cannot decrypt with (here: someone else's) is looked up
+    // again once, and the report goes through.
+    let other = openspime::crypto::private_key_from_pem(
+        &std::fs::read_to_string(net.dir.path().join("owner/key.pem")).unwrap(),
+    )
+    .unwrap();
+    let wrong_pem = openspime::crypto::public_key_to_pem(&other.to_public_key()).unwrap();
+    std::fs::write(
+        &keys_toml,
+        std::fs::read_to_string(&keys_toml)
+            .unwrap()
+            .replace(&node_pem, &wrong_pem),
+    )
+    .unwrap();
+    let o = run(
+        &net,
+        "device",
+        &[
+            "report",
+            "--to",
+            "demo@scopenode.localhost/co2",
+            "--field",
+            "date=2026-11-21T09:00:00Z",
+            "--field",
+            "ppm=400.0",
+            "--sign",
+            "--encrypt",
+        ],
+    )
+    .await;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        std::fs::read_to_string(&keys_toml)
+            .unwrap()
+            .contains(&node_pem)
     );
     // A batch from a CSV file.
     let csv = net.dir.path().join("batch.csv");
@@ -216,9 +372,10 @@ async fn quickstart_commands_and_their_outputs() {
     assert_eq!(first.0, "serving claims as sensor1@localhost/spime");
     let o = run(&net, "owner", &["claim", "sensor1@localhost/spime"]).await;
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // The claim key names the full JID that asked (seed §1.2.1); --allow matched its bare JID.
     assert_eq!(
         out(&o),
-        "claimed sensor1@localhost/spime: it authorizes alice@localhost\n"
+        "claimed sensor1@localhost/spime: it authorizes alice@localhost/laptop\n"
     );
     serve.kill().unwrap();
     serve.wait().unwrap();
@@ -245,8 +402,37 @@ async fn quickstart_commands_and_their_outputs() {
         .iter()
         .map(|r| r["ppm"].as_str().unwrap())
         .collect();
-    assert_eq!(ppms, ["420.0", "418.25", "415.0", "412.5"], "newest first");
+    assert_eq!(
+        ppms,
+        ["420.0", "418.25", "415.0", "412.5", "400.0"],
+        "newest first"
+    );
     assert_eq!(rows[0]["from"], "demo@scopenode.localhost/co2");
+    // Twice within a second from the same profile: each request gets its own id, so the
+    // second is answered too (the same id twice is dropped as a replay). The first one
+    // does not wait for its answers; the second prints CSV.
+    let first = run(
+        &net,
+        "owner",
+        &["seek", "sensor1@localhost/spime", "--wait", "0"],
+    )
+    .await;
+    assert!(one_error_line(&first).contains("no answer within 0 s"));
+    let o = run(
+        &net,
+        "owner",
+        &["seek", "sensor1@localhost/spime", "--wait", "2", "--csv"],
+    )
+    .await;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let csv_out = out(&o);
+    let mut csv_lines = csv_out.lines();
+    assert_eq!(csv_lines.next(), Some("from,date,ppm,exposure,ele"));
+    assert_eq!(
+        csv_lines.next(),
+        Some("demo@scopenode.localhost/co2,2026-11-21T13:00:00Z,420.0,,")
+    );
+    assert_eq!(csv_out.lines().count(), 6, "{csv_out}");
     // 5. The device seeks itself (table).
     let o = run(
         &net,
@@ -256,8 +442,17 @@ async fn quickstart_commands_and_their_outputs() {
     .await;
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let table = out(&o);
-    assert!(table.starts_with("from\tdate\tppm"), "{table}");
-    assert_eq!(table.lines().count(), 5, "{table}");
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 6, "{table}");
+    // Every column starts where its header does.
+    for header in ["date", "ppm", "exposure", "ele"] {
+        let at = lines[0].find(header).unwrap();
+        assert!(at > 0 && lines[0][..at].ends_with("  "), "{table}");
+        for row in lines[1..].iter().filter(|r| r.len() > at) {
+            assert!(row[..at].ends_with("  "), "{header} in {row:?}:\n{table}");
+        }
+    }
+    assert!(lines[1].starts_with("demo@scopenode.localhost/co2  2026-11-21T13:00:00Z  420.0"));
 
     // keygen writes a key once and refuses to overwrite it without --force.
     let o = run(&net, "spare", &["keygen", "--bits", "1024"]).await;
@@ -311,6 +506,14 @@ async fn quickstart_commands_and_their_outputs() {
         .await,
     );
     assert!(line.contains("no answer within 1 s"), "{line}");
+    assert!(
+        line.contains("you hold no claim key for other@localhost/spime"),
+        "{line}"
+    );
+    // --stop with nothing in the background, then a background serve that cannot log in:
+    // one line each, and nothing left behind.
+    let line = one_error_line(&run(&net, "device", &["serve", "--stop"]).await);
+    assert!(line.contains("not serving in the background"), "{line}");
     // Wrong password.
     let acct = net.dir.path().join("device/account.toml");
     let good = std::fs::read_to_string(&acct).unwrap();
@@ -321,6 +524,9 @@ async fn quickstart_commands_and_their_outputs() {
     .unwrap();
     let line = one_error_line(&run(&net, "device", &["seek", "sensor1@localhost/spime"]).await);
     assert!(line.contains("wrong username or password"), "{line}");
+    let line = one_error_line(&run(&net, "device", &["serve", "--daemon"]).await);
+    assert!(line.contains("wrong username or password"), "{line}");
+    assert!(!net.dir.path().join("device/serve.pid").exists());
     // An untrusted certification service.
     std::fs::write(
         &acct,
