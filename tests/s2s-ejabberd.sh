@@ -180,7 +180,7 @@ EOF
     wait_port 127.0.0.2 5222
     wait_port 127.0.0.2 5269
 
-    if ! python3 "$WORK/clients.py" "$dir/ca.pem"; then
+    if ! python3 "$ROOT/tests/s2s-clients.py" ejabberd; then
         echo "FAIL $name; last lines of the logs:"
         tail -n 40 openspimed.log "$WORK/ej/log/ejabberd.log" || true
         exit 1
@@ -202,52 +202,6 @@ EOF
     rm -rf "$WORK/ej"
 }
 
-cat > "$WORK/clients.py" <<'EOF'
-import asyncio, ssl, sys
-import slixmpp
-
-CA = sys.argv[1]
-
-class Peer(slixmpp.ClientXMPP):
-    def __init__(self, jid, host):
-        super().__init__(jid, "pw")
-        self.host = host
-        self.got = asyncio.get_event_loop().create_future()
-        self.ready = asyncio.get_event_loop().create_future()
-        # Each client checks its own server's certificate against that round's files.
-        self.ssl_context = ssl.create_default_context()
-        self.ssl_context.check_hostname = False
-        self.ssl_context.verify_mode = ssl.CERT_NONE
-        self.add_event_handler("session_start", self.start)
-        self.add_event_handler("message", self.on_message)
-
-    async def start(self, _):
-        self.send_presence()
-        self.ready.set_result(True)
-
-    def on_message(self, msg):
-        if not self.got.done():
-            self.got.set_result(msg)
-
-async def main():
-    olga = Peer("olga@openspimed.example/t", "127.0.0.2")
-    peter = Peer("peter@ejabberd.example/t", "127.0.0.1")
-    for c in (olga, peter):
-        c.connect(c.host, 5222)
-    await asyncio.wait_for(asyncio.gather(olga.ready, peter.ready), 30)
-    olga.send_message(mto="peter@ejabberd.example/t", mbody="from openspimed", mtype="chat")
-    m = await asyncio.wait_for(peter.got, 60)
-    assert m["type"] != "error" and m["body"] == "from openspimed", m
-    print("ejabberd received:", m["from"], m["body"])
-    peter.send_message(mto="olga@openspimed.example/t", mbody="from ejabberd", mtype="chat")
-    m = await asyncio.wait_for(olga.got, 60)
-    assert m["type"] != "error" and m["body"] == "from ejabberd", m
-    print("openspimed received:", m["from"], m["body"])
-    for c in (olga, peter):
-        c.disconnect()
-
-asyncio.run(main())
-EOF
 
 for r in "${ROUNDS[@]}"; do
     case "$r" in

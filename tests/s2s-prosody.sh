@@ -97,50 +97,7 @@ for addr in 127.0.0.1/5269 127.0.0.2/5269 127.0.0.1/5222 127.0.0.2/5222; do
     for _ in $(seq 100); do (exec 3<>"/dev/tcp/${addr%/*}/${addr#*/}") 2>/dev/null && break; sleep 0.1; done
 done
 
-cat > clients.py <<'EOF'
-import asyncio, ssl, sys
-import slixmpp
-
-CA = sys.argv[1]
-
-class Peer(slixmpp.ClientXMPP):
-    def __init__(self, jid, host):
-        super().__init__(jid, "pw")
-        self.host = host
-        self.got = asyncio.get_event_loop().create_future()
-        self.ready = asyncio.get_event_loop().create_future()
-        self.ssl_context = ssl.create_default_context(cafile=CA)
-        self.add_event_handler("session_start", self.start)
-        self.add_event_handler("message", self.on_message)
-
-    async def start(self, _):
-        self.send_presence()
-        self.ready.set_result(True)
-
-    def on_message(self, msg):
-        if not self.got.done():
-            self.got.set_result(msg)
-
-async def main():
-    olga = Peer("olga@openspimed.example/t", "127.0.0.2")
-    peter = Peer("peter@prosody.example/t", "127.0.0.1")
-    for c in (olga, peter):
-        c.connect(c.host, 5222)
-    await asyncio.wait_for(asyncio.gather(olga.ready, peter.ready), 30)
-    olga.send_message(mto="peter@prosody.example/t", mbody="from openspimed", mtype="chat")
-    m = await asyncio.wait_for(peter.got, 60)
-    assert m["type"] != "error" and m["body"] == "from openspimed", m
-    print("prosody received:", m["from"], m["body"])
-    peter.send_message(mto="olga@openspimed.example/t", mbody="from prosody", mtype="chat")
-    m = await asyncio.wait_for(olga.got, 60)
-    assert m["type"] != "error" and m["body"] == "from prosody", m
-    print("openspimed received:", m["from"], m["body"])
-    for c in (olga, peter):
-        c.disconnect()
-
-asyncio.run(main())
-EOF
-if python3 clients.py "$WORK/ca.pem"; then
+if python3 "$ROOT/tests/s2s-clients.py" prosody "$WORK/ca.pem"; then
     echo PASS
 else
     echo "FAIL; last lines of the logs:"
