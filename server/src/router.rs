@@ -19,7 +19,6 @@ use crate::error::{StreamError, module_failure, storage_failure};
 use crate::im::ImLimits;
 pub use crate::mount::Host;
 use crate::mount::{Mounted, TableSlot, Tables};
-use crate::s2s::{S2s, SendError};
 use crate::storage::{AccountStore, ImStore};
 
 /// What a session's writer receives.
@@ -270,10 +269,28 @@ pub struct Router {
     /// instead of to the module's handler.
     pending: DashMap<(String, String), oneshot::Sender<Element>>,
     /// Federation: where stanzas for other domains go; set once at start.
-    remote: OnceLock<Arc<S2s>>,
+    remote: OnceLock<Arc<dyn Remote>>,
     /// Blocklists (XEP-0191) of accounts stanzas were routed to, loaded on first use and
     /// replaced when changed: checked for every stanza, so kept out of the store's path.
     pub(crate) blocklists: DashMap<String, Arc<Vec<String>>>,
+}
+
+/// Where stanzas for domains not served here go (RFC 6120 §10.4). The router holds
+/// federation as this trait, so that it never imports the s2s sessions (and a cluster can
+/// put another hop here).
+pub trait Remote: Send + Sync {
+    /// Queues `stanza` (`from` on a local domain, `to` on a remote one), or gives it back
+    /// with the reason it cannot go.
+    fn send(self: Arc<Self>, stanza: Element) -> Result<(), (Element, RemoteRefusal)>;
+}
+
+/// Why a stanza could not be queued for a remote domain.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RemoteRefusal {
+    /// The `from` or `to` address is not usable for server-to-server routing.
+    Addressing,
+    /// The remote domain's queue is full.
+    QueueFull,
 }
 
 impl Router {
@@ -325,7 +342,7 @@ impl Router {
     }
 
     /// Connects federation: stanzas for domains not served here go to `s2s`.
-    pub fn set_remote(&self, s2s: Arc<S2s>) {
+    pub fn set_remote(&self, s2s: Arc<dyn Remote>) {
         let _ = self.remote.set(s2s);
     }
 
@@ -431,10 +448,10 @@ impl Router {
                 .bounce(&stanza, StanzaError::new(Condition::NotAllowed))
                 .await;
         }
-        if let Err((stanza, why)) = s2s.send(stanza) {
+        if let Err((stanza, why)) = s2s.clone().send(stanza) {
             let err = match why {
-                SendError::Addressing => StanzaError::new(Condition::JidMalformed),
-                SendError::QueueFull => StanzaError::new(Condition::ResourceConstraint)
+                RemoteRefusal::Addressing => StanzaError::new(Condition::JidMalformed),
+                RemoteRefusal::QueueFull => StanzaError::new(Condition::ResourceConstraint)
                     .with_text("too many stanzas waiting for that domain"),
             };
             self.bounce(&stanza, err).await;
@@ -654,7 +671,7 @@ impl TableSlot for Router {
 fn roster_jids(
     router: Option<Arc<Router>>,
     bare: String,
-    keep: fn(&crate::im::subscription::SubState) -> bool,
+    keep: fn(&crate::storage::SubState) -> bool,
 ) -> BoxFuture<'static, Vec<String>> {
     Box::pin(async move {
         let Some(router) = router else {

@@ -4,23 +4,22 @@
 //! trees with authenticated addresses, and answers with an [`Outcome`]. It reaches the
 //! server only through [`Context`]. Nothing here touches sockets.
 
-pub mod element;
-pub mod error;
 pub mod module;
-pub mod ns;
 pub mod options;
-pub mod stanza;
 pub mod storage;
 
 pub use async_trait::async_trait;
-pub use element::{Element, Node, Ns, ParseError, TreeBuilder};
-pub use error::{Condition, ErrorType, StanzaError};
-pub use jid;
+// The stanza tree is its own crate (shared with the OpenSpime library and the spime
+// client); modules reach it through here as before.
 pub use module::{
     BoxFuture, Context, Identity, IqError, Module, ModuleError, ModuleFactory, Outcome, Route,
     ServerHandle,
 };
-pub use stanza::{iq_payload, iq_result, reply_skeleton};
+pub use openspimed_stanza::{
+    Condition, Element, ErrorType, Node, Ns, ParseError, StanzaError, TreeBuilder, datetime,
+    element, error, jid, ns, stanza,
+};
+pub use openspimed_stanza::{iq_payload, iq_result, reply_skeleton};
 pub use storage::{
     AffiliationRecord, ItemRecord, KeyStore, ModuleStorage, NodeRecord, PubSubStore, SensorEntry,
     SensorStore, StorageFailure, StoredKey, SubscriptionRecord,

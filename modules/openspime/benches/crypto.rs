@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use openspime::crypto;
-use openspimed_module_api::Element;
+use openspimed_stanza::Element;
 use rsa::BoxedUint;
 use rsa::traits::PublicKeyParts;
 

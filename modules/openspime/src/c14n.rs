@@ -6,7 +6,7 @@
 //! and local name); empty elements are written as start/end pairs; text and attribute
 //! values are escaped as C14N requires.
 
-use openspimed_module_api::{Element, Node};
+use openspimed_stanza::{Element, Node};
 
 /// The canonical bytes of `payload` in a context whose default namespace is `context_ns`.
 pub fn canonicalize(payload: &Element, context_ns: &str) -> Vec<u8> {

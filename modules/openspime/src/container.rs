@@ -5,8 +5,8 @@
 
 use std::borrow::Cow;
 
-use openspimed_module_api::Element;
-use openspimed_module_api::element::{escape_attr, escape_text};
+use openspimed_stanza::Element;
+use openspimed_stanza::element::{escape_attr, escape_text};
 use rsa::{RsaPrivateKey, RsaPublicKey};
 
 use crate::crypto::{self, EncryptedTransport};

@@ -2,6 +2,8 @@
 //! seconds and pyopenspime's broken west-of-UTC offsets (`--5:00` = −05:00, `--4:30` =
 //! −03:30: it floored the hours) on input.
 
+use openspimed_stanza::datetime::{self, civil_from_days, days_from_civil};
+
 use crate::error::OpenSpimeError;
 
 /// Seconds since the Unix epoch of an OpenSpime date.
@@ -84,34 +86,7 @@ pub fn format(unix: i64, offset_minutes: i32) -> String {
 
 /// Now, as seconds since the epoch.
 pub fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-// Howard Hinnant's days-from-civil algorithms (public domain).
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let m = i64::from(m);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
+    datetime::now()
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! Errors, each tied to the wire condition of profile §7 it is reported as.
 
-use openspimed_module_api::{Condition, Element, ErrorType, StanzaError};
+use openspimed_stanza::{Condition, Element, ErrorType, StanzaError};
 
 use crate::ns;
 

@@ -9,7 +9,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use openspime::c14n::canonicalize;
 use openspime::crypto;
 use openspime::{OpenSpimeError, RsaPrivateKey};
-use openspimed_module_api::Element;
+use openspimed_stanza::Element;
 use rand10::rngs::StdRng;
 use rand10::{Rng, RngExt, SeedableRng};
 
@@ -55,8 +55,8 @@ fn random_payload(rng: &mut StdRng, depth: usize) -> Element {
                 let mut same = Element::new(child.name(), el.ns_handle().clone());
                 for n in child.take_nodes() {
                     match n {
-                        openspimed_module_api::Node::Element(e) => same.push_child(e),
-                        openspimed_module_api::Node::Text(t) => same.push_text(t),
+                        openspimed_stanza::Node::Element(e) => same.push_child(e),
+                        openspimed_stanza::Node::Text(t) => same.push_text(t),
                     }
                 }
                 child = same;

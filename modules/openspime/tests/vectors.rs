@@ -9,7 +9,7 @@ use openspime::c14n::canonicalize;
 use openspime::crypto::{self, b64_decode};
 use openspime::keyinfo::{self, KeyForm};
 use openspime::{Container, Data, Entry, OpenSpimeError, RsaPrivateKey, RsaPublicKey};
-use openspimed_module_api::Element;
+use openspimed_stanza::Element;
 use rsa::Pkcs1v15Sign;
 use rsa::traits::PublicKeyParts;
 use serde_json::Value;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use openspimed_module_api::{Element, TreeBuilder, ns};
+use openspimed_stanza::{Element, TreeBuilder, ns};
 use rsasl::prelude::{Mechname, SASLClient, SASLConfig, State};
 use rustls::ClientConfig;
 use rustls_pki_types::pem::PemObject;

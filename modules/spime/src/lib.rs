@@ -13,7 +13,7 @@ use openspime::keyinfo::{self, KeyForm};
 use openspime::{
     Claim, ClaimKeyRef, Container, Data, Entry, RsaPrivateKey, RsaPublicKey, SeekRequest, SpimeSeek,
 };
-use openspimed_module_api::{Element, ns};
+use openspimed_stanza::{Element, ns};
 
 use conn::Conn;
 pub use conn::{ClientError, ConnectOptions};
@@ -330,7 +330,7 @@ impl Spime {
                 Authorize::Resource => from.clone(),
                 Authorize::Account => from.split('/').next().unwrap_or("").to_owned(),
             };
-            let mut reply = openspimed_module_api::iq_result(&el);
+            let mut reply = openspimed_stanza::iq_result(&el);
             reply.remove_attr("from");
             if allow(&from) {
                 let exp =
@@ -351,11 +351,10 @@ impl Spime {
                 reply.push_child(answer.to_element());
                 answered += 1;
             } else {
-                reply = openspimed_module_api::StanzaError::new(
-                    openspimed_module_api::Condition::Forbidden,
-                )
-                .reply_to(&el)
-                .unwrap_or(reply);
+                reply =
+                    openspimed_stanza::StanzaError::new(openspimed_stanza::Condition::Forbidden)
+                        .reply_to(&el)
+                        .unwrap_or(reply);
                 reply.remove_attr("from");
             }
             self.conn.send(&reply).await?;

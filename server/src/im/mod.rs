@@ -13,7 +13,7 @@ pub mod subscription;
 pub mod vcard;
 
 use openspimed_module_api::jid::Jid;
-use openspimed_module_api::{Condition, Element, StanzaError, iq_result, ns};
+use openspimed_module_api::{Condition, Element, StanzaError, datetime, iq_result, ns};
 
 use crate::error::storage_failure;
 use crate::router::{Outgoing, Router};
@@ -572,7 +572,7 @@ pub async fn store_offline(
 ) -> Result<(), StanzaError> {
     let (user, domain) = split(bare);
     let mut copy = stanza.clone();
-    let stamp = openspime::date::format(openspime::date::now(), 0).replace("+00:00", "Z");
+    let stamp = datetime::format_utc(datetime::now());
     copy.push_child(
         Element::new("delay", NS_DELAY)
             .with_attr("from", domain)

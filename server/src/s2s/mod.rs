@@ -33,7 +33,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::router::Router;
+use crate::router::{Remote, RemoteRefusal, Router};
 use crate::telemetry;
 use crate::xml::Limits;
 
@@ -76,13 +76,10 @@ struct Link {
     id: u64,
 }
 
-/// Why a stanza could not be queued for a remote domain.
-#[derive(Debug)]
-pub enum SendError {
-    /// The `from` or `to` address is not usable for server-to-server routing.
-    Addressing,
-    /// The remote domain's queue is full.
-    QueueFull,
+impl Remote for S2s {
+    fn send(self: Arc<Self>, stanza: Element) -> Result<(), (Element, RemoteRefusal)> {
+        S2s::send(&self, stanza)
+    }
 }
 
 impl S2s {
@@ -167,14 +164,14 @@ impl S2s {
 
     /// Queues a stanza (its `from` on a local domain, its `to` on a remote one) for the
     /// remote domain, starting the link if there is none.
-    pub fn send(self: &Arc<Self>, stanza: Element) -> Result<(), (Element, SendError)> {
+    pub fn send(self: &Arc<Self>, stanza: Element) -> Result<(), (Element, RemoteRefusal)> {
         let domain = |a: Option<&str>| {
             a.and_then(|j| Jid::new(j).ok())
                 .map(|j| j.domain().as_str().to_owned())
         };
         let (Some(local), Some(remote)) = (domain(stanza.attr("from")), domain(stanza.attr("to")))
         else {
-            return Err((stanza, SendError::Addressing));
+            return Err((stanza, RemoteRefusal::Addressing));
         };
         let key = (local, remote);
         let mut stanza = stanza;
@@ -193,7 +190,7 @@ impl S2s {
                     return Ok(());
                 }
                 Err(mpsc::error::TrySendError::Full(s)) => {
-                    return Err((s, SendError::QueueFull));
+                    return Err((s, RemoteRefusal::QueueFull));
                 }
                 Err(mpsc::error::TrySendError::Closed(s)) => {
                     self.links.remove_if(&key, |_, l| l.tx.same_channel(&tx));
@@ -201,7 +198,7 @@ impl S2s {
                 }
             }
         }
-        Err((stanza, SendError::QueueFull))
+        Err((stanza, RemoteRefusal::QueueFull))
     }
 
     fn start_link(self: &Arc<Self>, local: &str, remote: &str) -> Link {

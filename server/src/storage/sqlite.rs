@@ -19,7 +19,7 @@ use openspimed_module_api::{
 use super::{
     AccountStore, Credentials, ImStore, OfflineMessage, RosterItem, ScramKeys, StorageError,
 };
-use crate::im::subscription::SubState;
+use crate::storage::SubState;
 
 /// Schema migrations, applied in order; index + 1 is the `user_version` after each.
 const MIGRATIONS: &[&str] = &[

@@ -154,8 +154,8 @@ fn err(msg: impl std::fmt::Display) -> String {
 
 /// Splits `user@domain/resource`.
 fn split_jid(jid: &str) -> Result<(String, String, String), String> {
-    let j = openspimed_module_api::jid::Jid::new(jid)
-        .map_err(|e| format!("{jid:?} is not a JID: {e}"))?;
+    let j =
+        openspimed_stanza::jid::Jid::new(jid).map_err(|e| format!("{jid:?} is not a JID: {e}"))?;
     let user = j
         .node()
         .map(|n| n.to_string())
