@@ -18,20 +18,51 @@ use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
+use crate::core::router::{Host, Outgoing};
+use crate::core::shared::Shared;
 use crate::error::{StreamError, StreamErrorCondition as C};
-use crate::router::{Host, Outgoing};
+use crate::ibr::RegistrationLimit;
 use crate::sasl::{self, AuthFailure, Exchange, Step};
-use crate::server::Shared;
 use crate::stream::{Conn, Fail, stream_err};
 use crate::telemetry;
 use crate::xml::{StreamEvent, StreamHeader};
+
+/// What client sessions share: the server's [`Shared`] state, and what only they use.
+/// Derefs to [`Shared`], so a session reads `clients.router`, `clients.limits()` alike.
+pub struct Clients {
+    /// The state every kind of session shares.
+    pub shared: Arc<Shared>,
+    /// Sessions waiting to be resumed (XEP-0198), by resumption id.
+    pub detached: DetachedSessions,
+    /// In-band registrations per client address (XEP-0077), for the registration limit.
+    pub registrations: RegistrationLimit,
+}
+
+impl Clients {
+    /// The client side of `shared`, allowing `registrations_per_hour` registrations per
+    /// address.
+    pub fn new(shared: Arc<Shared>, registrations_per_hour: u32) -> Clients {
+        Clients {
+            shared,
+            detached: Default::default(),
+            registrations: RegistrationLimit::new(registrations_per_hour),
+        }
+    }
+}
+
+impl std::ops::Deref for Clients {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.shared
+    }
+}
 
 /// Serves one accepted TCP connection until it ends.
 ///
 /// Every negotiation step is boxed and dropped before the session loop starts: a task is
 /// as large as its largest state, and what an idle session keeps is what matters at
 /// 10,000 sessions.
-pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, direct_tls: bool) {
+pub async fn serve(shared: Arc<Clients>, tcp: TcpStream, peer: SocketAddr, direct_tls: bool) {
     let handshake = Duration::from_secs(shared.limits().handshake_timeout_secs);
     let tls = if direct_tls {
         let acceptor = TlsAcceptor::from(shared.tls.direct.clone());
@@ -84,7 +115,7 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, direct
 /// header we cannot serve gets its stream error after our header (RFC 6120 §4.9.1.1).
 async fn open_stream<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     conn: &mut Conn<S>,
-    shared: &Shared,
+    shared: &Clients,
     limit: Duration,
 ) -> Result<Arc<Host>, Fail> {
     let header = match conn.next_event_within(shared, limit).await? {
@@ -100,7 +131,7 @@ async fn open_stream<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
 }
 
 /// Validates a stream header and picks the virtual host (RFC 6120 §4.7, §4.9.3).
-fn pick_host(shared: &Shared, header: &StreamHeader) -> Result<Arc<Host>, Fail> {
+fn pick_host(shared: &Clients, header: &StreamHeader) -> Result<Arc<Host>, Fail> {
     match header.version.as_deref() {
         Some(v) if v.split('.').next() == Some("1") => {}
         _ => {
@@ -122,7 +153,7 @@ fn pick_host(shared: &Shared, header: &StreamHeader) -> Result<Arc<Host>, Fail> 
 
 /// Plain stream up to `<proceed/>` and the TLS handshake (RFC 6120 §5).
 async fn negotiate_starttls(
-    shared: &Arc<Shared>,
+    shared: &Arc<Clients>,
     tcp: TcpStream,
     handshake: Duration,
 ) -> Option<TlsStream<TcpStream>> {
@@ -207,7 +238,7 @@ fn tls_exporter(io: &TlsStream<TcpStream>) -> Option<Vec<u8>> {
 /// After TLS: SASL and binding (or resumption). Returns the stream and the session ready for
 /// [`established`], or `None` when negotiation ended the connection.
 async fn negotiate_session(
-    shared: &Arc<Shared>,
+    shared: &Arc<Clients>,
     mut conn: Conn<TlsStream<TcpStream>>,
     peer: SocketAddr,
     deadline: tokio::time::Instant,
@@ -320,7 +351,7 @@ async fn resume(
 
 /// SASL negotiation (RFC 6120 §6). Returns the host and the authenticated localpart.
 async fn authenticate(
-    shared: &Arc<Shared>,
+    shared: &Arc<Clients>,
     conn: &mut Conn<TlsStream<TcpStream>>,
     peer: SocketAddr,
     cb_data: Option<Vec<u8>>,
@@ -364,7 +395,8 @@ async fn authenticate(
         };
         if crate::ibr::is_register_iq(&el) {
             // XEP-0077 §3.1: registration happens on the secured stream, before SASL.
-            let answer = crate::ibr::register(shared, &host, peer.ip(), &el).await;
+            let answer =
+                crate::ibr::register(shared, &shared.registrations, &host, peer.ip(), &el).await;
             conn.send(&answer).await?;
             continue;
         }
@@ -410,7 +442,7 @@ async fn send_failure(conn: &mut Conn<TlsStream<TcpStream>>, condition: &str) ->
 /// One `<auth/>` exchange: `Some(user)` on success, `None` after a `<failure/>`.
 #[allow(clippy::too_many_arguments)]
 async fn sasl_exchange(
-    shared: &Arc<Shared>,
+    shared: &Arc<Clients>,
     conn: &mut Conn<TlsStream<TcpStream>>,
     host: &Arc<Host>,
     offered: &[&str],
@@ -544,7 +576,7 @@ async fn sasl_exchange(
 
 /// Waits for `<response/>` (data) or `<abort/>` (None, after answering `<aborted/>`).
 async fn read_sasl_response(
-    shared: &Arc<Shared>,
+    shared: &Arc<Clients>,
     conn: &mut Conn<TlsStream<TcpStream>>,
     limit: Duration,
 ) -> Result<Option<Vec<u8>>, Fail> {
@@ -616,7 +648,7 @@ pub type DetachedSessions = dashmap::DashMap<String, Detached>;
 
 /// Waits for the bind iq (RFC 6120 §7) and registers the session.
 async fn bind_resource(
-    shared: &Arc<Shared>,
+    shared: &Arc<Clients>,
     conn: &mut Conn<TlsStream<TcpStream>>,
     host: &Arc<Host>,
     user: &str,
@@ -764,7 +796,7 @@ enum End {
 
 /// The session loop: stanzas from the client, stanzas for the client, shutdown. `fresh` is
 /// false for a resumed session (already counted).
-async fn established(shared: Arc<Shared>, mut live: Box<Live>, fresh: bool) {
+async fn established(shared: Arc<Clients>, mut live: Box<Live>, fresh: bool) {
     // The stream and session stay in their box, used through references: moved into the
     // future instead, they would be stored twice (as argument and as local).
     let Live { conn, s } = &mut *live;
@@ -881,7 +913,7 @@ fn track(s: &mut Session, el: &Element) {
 }
 
 /// Keeps a session whose connection broke for `resume_timeout_secs`; then it ends.
-fn detach(shared: &Arc<Shared>, s: Session) {
+fn detach(shared: &Arc<Clients>, s: Session) {
     let Some(id) = s.sm.as_ref().and_then(|sm| sm.id.clone()) else {
         return;
     };
@@ -914,7 +946,7 @@ fn detach(shared: &Arc<Shared>, s: Session) {
 /// Ends a session for good: contacts see it go, and messages it had not acknowledged or
 /// not yet received are routed again (to another resource or to offline storage), as
 /// XEP-0198 §5 and RFC 6121 §8.5.3.2 want.
-async fn finish(shared: &Arc<Shared>, mut s: Session) {
+async fn finish(shared: &Arc<Clients>, mut s: Session) {
     // RFC 6121 §4.5.2: contacts learn the resource went away.
     let gone = Element::new("presence", ns::CLIENT).with_attr("type", "unavailable");
     crate::im::broadcast(&shared.router, &s.bare, &s.full, s.id, gone, &s.im.directed).await;
@@ -945,7 +977,7 @@ async fn finish(shared: &Arc<Shared>, mut s: Session) {
 
 /// One element from an established client (RFC 6120 §8, §10).
 async fn inbound(
-    shared: &Arc<Shared>,
+    shared: &Arc<Clients>,
     conn: &mut Conn<TlsStream<TcpStream>>,
     s: &mut Session,
     mut el: Element,
@@ -1081,7 +1113,7 @@ async fn inbound(
 
 /// XEP-0198 nonzas: `<enable/>`, `<r/>`, `<a/>`.
 async fn stream_management(
-    shared: &Arc<Shared>,
+    shared: &Arc<Clients>,
     conn: &mut Conn<TlsStream<TcpStream>>,
     s: &mut Session,
     el: &Element,

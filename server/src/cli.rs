@@ -249,11 +249,8 @@ async fn run(config: Config, path: Option<PathBuf>) -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
-    let reloader = std::sync::Arc::new(crate::control::Reloader::new(
-        server.shared.clone(),
-        path,
-        set_log_filter,
-    ));
+    let reloader =
+        std::sync::Arc::new(crate::control::Reloader::new(&server, path, set_log_filter));
     #[cfg(unix)]
     {
         let socket = crate::control::socket_path(&server.shared.config);
@@ -351,7 +348,7 @@ async fn wait_for_signal() {
 /// line naming the file and the key.
 fn check(config: &Config, file: Option<&std::path::Path>) -> ExitCode {
     let mut errors = config.problems(&crate::server::builtin_module_names());
-    errors.extend(crate::mount::problems(
+    errors.extend(crate::core::mount::problems(
         &config.hosts,
         &config.modules,
         &crate::server::builtin_modules(),

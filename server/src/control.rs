@@ -1,7 +1,7 @@
 //! Live reload, triggered by `SIGHUP` or by `openspimed reload` through the local control
 //! socket (`DATA_DIR/control.sock`, mode 0600): certificates are re-read, the log level,
 //! `[limits]`, `[s2s.remote]`, `[hosts]` and `[modules]` are re-applied (hosts and module
-//! instances as [`crate::mount`] describes); every other configuration change is named as
+//! instances as [`crate::core::mount`] describes); every other configuration change is named as
 //! needing a restart.
 
 use std::path::{Path, PathBuf};
@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use openspimed_config::Config;
 
-use crate::server::Shared;
+use crate::core::shared::Shared;
 
 /// Applies a new log filter (`[log] level` syntax); set up with the logger.
 pub type SetLogFilter = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
@@ -39,6 +39,8 @@ impl std::fmt::Display for ReloadLine {
 pub struct Reloader {
     /// The running server, whose certificate resolver is swapped.
     shared: Arc<Shared>,
+    /// Federation, whose static remote addresses are replaced.
+    s2s: Arc<crate::s2s::S2s>,
     /// The configuration file to re-read; `None` for the embedded default.
     path: Option<PathBuf>,
     /// The configuration as last applied, to tell what changed in the file; held for the
@@ -49,15 +51,17 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    /// A reloader for `shared`, started from the file at `path`.
+    /// A reloader for `server`, started from the file at `path`.
     pub fn new(
-        shared: Arc<Shared>,
+        server: &crate::server::RunningServer,
         path: Option<PathBuf>,
         set_log_filter: Option<SetLogFilter>,
     ) -> Self {
+        let shared = server.shared.clone();
         let applied = tokio::sync::Mutex::new(shared.config.clone());
         Reloader {
             shared,
+            s2s: server.s2s.clone(),
             path,
             applied,
             set_log_filter,
@@ -138,7 +142,11 @@ impl Reloader {
             );
             return false;
         }
-        match self.shared.set_hosts(&new.hosts, &new.modules).await {
+        match self
+            .shared
+            .set_hosts(&new.hosts, &new.modules, &crate::server::builtin_modules())
+            .await
+        {
             Err(problems) => {
                 report.extend(problems.into_iter().map(|p| {
                     ReloadLine::Failed(format!("{p} (hosts and modules stay as they are)"))
@@ -191,6 +199,9 @@ impl Reloader {
             }
         }
         if new.limits != applied.limits {
+            self.shared
+                .router
+                .set_im_limits(crate::server::im_limits(&new.limits));
             self.shared.set_limits(new.limits.clone());
             report.push(ReloadLine::Done(
                 "limits (for connections opened from now on)".into(),
@@ -198,7 +209,7 @@ impl Reloader {
             applied.limits = new.limits.clone();
         }
         if new.s2s.remote != applied.s2s.remote {
-            self.shared.s2s.set_remotes(new.s2s.remote.clone());
+            self.s2s.set_remotes(new.s2s.remote.clone());
             report.push(ReloadLine::Done(
                 "s2s.remote (for server-to-server connections set up from now on)".into(),
             ));

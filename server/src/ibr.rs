@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use openspimed_module_api::{Condition, Element, StanzaError, iq_result};
 
+use crate::core::router::Host;
+use crate::core::shared::Shared;
 use crate::error::storage_failure;
-use crate::router::Host;
-use crate::server::Shared;
 
 /// `jabber:iq:register`
 pub const NS: &str = "jabber:iq:register";
@@ -75,7 +75,13 @@ fn field(query: &Element, name: &str) -> Option<String> {
 }
 
 /// Registration before authentication (XEP-0077 §3.1). Returns the answer to send.
-pub async fn register(shared: &Shared, host: &Host, ip: IpAddr, iq: &Element) -> Element {
+pub async fn register(
+    shared: &Shared,
+    registrations: &RegistrationLimit,
+    host: &Host,
+    ip: IpAddr,
+    iq: &Element,
+) -> Element {
     let Some(query) = iq.get_child("query", NS) else {
         return error(iq, Condition::BadRequest.into());
     };
@@ -108,7 +114,7 @@ pub async fn register(shared: &Shared, host: &Host, ip: IpAddr, iq: &Element) ->
                     StanzaError::new(Condition::JidMalformed).with_text("not a valid username"),
                 );
             }
-            if shared.registrations.exhausted(ip) {
+            if registrations.exhausted(ip) {
                 return error(
                     iq,
                     StanzaError::new(Condition::ResourceConstraint)
@@ -123,7 +129,7 @@ pub async fn register(shared: &Shared, host: &Host, ip: IpAddr, iq: &Element) ->
                 .await
             {
                 Ok(true) => {
-                    shared.registrations.record(ip);
+                    registrations.record(ip);
                     tracing::info!(account = %format!("{node}@{}", host.domain), "registered in-band");
                     iq_result(iq)
                 }

@@ -4,27 +4,23 @@
 //! returned and logged) and returns a [`RunningServer`]; shutdown is a value
 //! ([`CancellationToken`]) every session loop selects on.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use openspimed_config::{Config, HostConfig, LimitsConfig};
+use openspimed_config::{Config, LimitsConfig};
 use openspimed_module_api::{ModuleFactory, ModuleStorage};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::c2s;
-use crate::mount::TableSlot;
-use crate::router::Router;
+use crate::core::router::Router;
+pub use crate::core::shared::{HostsChanged, Shared};
 use crate::sasl::AuthThrottle;
 use crate::storage::AccountStore;
 use crate::storage::sqlite::SqliteStore;
-use crate::tls::TlsSetup;
-use crate::xml::Limits;
 
 /// The modules compiled into this binary.
 pub fn builtin_modules() -> Vec<Box<dyn ModuleFactory>> {
@@ -68,185 +64,8 @@ pub enum StartError {
     Module(#[from] openspimed_module_api::ModuleError),
 }
 
-/// State shared by every connection.
-pub struct Shared {
-    /// The configuration the server started with (`limits` excepted: see below).
-    pub config: Config,
-    /// `[limits]` as currently in force: replaced on reload, read by each new connection.
-    limits: std::sync::RwLock<LimitsConfig>,
-    /// Routing and sessions.
-    pub router: Arc<Router>,
-    /// Accounts, for authentication.
-    pub accounts: Arc<dyn AccountStore>,
-    /// The storage modules use (for the admin commands and tests).
-    pub module_storage: Arc<dyn ModuleStorage>,
-    /// Failed-authentication throttle.
-    pub throttle: AuthThrottle,
-    /// In-band registrations per client address.
-    pub registrations: crate::ibr::RegistrationLimit,
-    /// TLS configurations.
-    pub tls: TlsSetup,
-    /// Federation.
-    pub s2s: Arc<crate::s2s::S2s>,
-    /// Cancelled once to stop everything.
-    pub shutdown: CancellationToken,
-    /// Open connections, clients and servers (for `max_connections`).
-    pub connections: AtomicUsize,
-    /// Source of unique session ids.
-    pub next_session_id: AtomicU64,
-    /// `[hosts]` as currently in force (replaced when a reload adds or removes hosts):
-    /// where each host's certificate files are.
-    hosts: std::sync::RwLock<BTreeMap<String, HostConfig>>,
-    /// Sessions waiting to be resumed (XEP-0198), by resumption id.
-    pub detached: crate::c2s::DetachedSessions,
-}
-
-impl Shared {
-    /// A fresh unique session id.
-    pub fn session_id(&self) -> u64 {
-        self.next_session_id.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// The `[limits]` in force now.
-    pub fn limits(&self) -> LimitsConfig {
-        match self.limits.read() {
-            Ok(l) => l.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
-    }
-
-    /// Puts new `[limits]` in force for connections (and stream restarts) from now on.
-    pub fn set_limits(&self, limits: LimitsConfig) {
-        self.router.set_im_limits(im_limits(&limits));
-        match self.limits.write() {
-            Ok(mut l) => *l = limits,
-            Err(poisoned) => *poisoned.into_inner() = limits,
-        }
-    }
-
-    /// The XML parser's share of the limits in force.
-    pub fn parser_limits(&self) -> Limits {
-        let l = self.limits();
-        Limits {
-            stanza_bytes: l.c2s_stanza_bytes,
-            max_depth: l.max_depth,
-            max_attributes: l.max_attributes,
-            max_name_length: l.max_name_length,
-        }
-    }
-
-    /// Every host's certificate and key file (configured or generated), in host order.
-    fn certificate_files(&self) -> Vec<(String, PathBuf, PathBuf)> {
-        self.hosts()
-            .iter()
-            .map(|(domain, host)| {
-                let (cert, key) = crate::tls::certificate_paths(&self.config, domain, host);
-                (domain.clone(), cert, key)
-            })
-            .collect()
-    }
-
-    /// Sets the certificate-expiry gauge of every host from its certificate file.
-    fn record_certificate_expiry(&self) {
-        for (domain, cert, _) in self.certificate_files() {
-            if let Ok(info) = openspimed_certs::inspect(&cert) {
-                metrics::gauge!(crate::telemetry::CERT_EXPIRY, "host" => domain)
-                    .set(info.not_after_unix as f64);
-            }
-        }
-    }
-
-    /// Re-reads every host's certificate and key. New TLS handshakes use the new set;
-    /// established sessions keep theirs. When any file is missing, unreadable or does not
-    /// match its key, the running set stays in place and the problems are returned.
-    pub fn reload_certificates(&self) -> Result<usize, Vec<String>> {
-        self.load_certificates(&self.hosts())
-    }
-
-    /// Puts new `[hosts]` and `[modules]` in force (reload): the module instances are built
-    /// first and the certificates of the new host set loaded, so that a problem with either
-    /// changes nothing; then the routing tables switch ([`crate::mount::switch`]) and the
-    /// sessions of removed hosts end with `host-gone` (RFC 6120 §4.9.3.5).
-    pub async fn set_hosts(
-        &self,
-        hosts: &BTreeMap<String, HostConfig>,
-        modules: &BTreeMap<String, openspimed_module_api::toml::Table>,
-    ) -> Result<HostsChanged, Vec<String>> {
-        let before = self.hosts();
-        let built = crate::mount::build(
-            hosts,
-            modules,
-            &builtin_modules(),
-            &self.router.handle(),
-            &self.module_storage,
-            &TableSlot::tables(self.router.as_ref()),
-        )
-        .map_err(|e| vec![e.to_string()])?;
-        let certificates = self.load_certificates(hosts)?;
-        match self.hosts.write() {
-            Ok(mut h) => *h = hosts.clone(),
-            Err(poisoned) => *poisoned.into_inner() = hosts.clone(),
-        }
-        let modules = crate::mount::switch(self.router.as_ref(), built).await;
-        let added: Vec<String> = hosts
-            .keys()
-            .filter(|d| !before.contains_key(*d))
-            .cloned()
-            .collect();
-        let removed: Vec<String> = before
-            .keys()
-            .filter(|d| !hosts.contains_key(*d))
-            .cloned()
-            .collect();
-        let gone = crate::error::StreamError::new(crate::error::StreamErrorCondition::HostGone);
-        for d in &removed {
-            let sessions = self.router.registry.kick_domain(d, &gone);
-            tracing::info!(host = %d, sessions, "host removed");
-        }
-        Ok(HostsChanged {
-            certificates,
-            added,
-            removed,
-            modules,
-        })
-    }
-
-    /// `[hosts]` in force.
-    pub fn hosts(&self) -> BTreeMap<String, HostConfig> {
-        match self.hosts.read() {
-            Ok(h) => h.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
-    }
-
-    /// Loads the certificates of `hosts` and puts them in force.
-    fn load_certificates(
-        &self,
-        hosts: &BTreeMap<String, HostConfig>,
-    ) -> Result<usize, Vec<String>> {
-        let table = crate::tls::load_table(&self.config.data_dir, hosts, &crate::tls::provider())?;
-        let hosts = table.by_name.len();
-        self.tls.resolver.replace(table);
-        self.record_certificate_expiry();
-        tracing::info!(hosts, "certificates reloaded");
-        Ok(hosts)
-    }
-}
-
-/// What [`Shared::set_hosts`] changed.
-#[derive(Debug)]
-pub struct HostsChanged {
-    /// Hosts whose certificates are now loaded.
-    pub certificates: usize,
-    /// Domains served from now on.
-    pub added: Vec<String>,
-    /// Domains no longer served.
-    pub removed: Vec<String>,
-    /// Module instances started, retired or failed.
-    pub modules: crate::mount::Switched,
-}
-
-fn im_limits(l: &LimitsConfig) -> crate::im::ImLimits {
+/// The IM share of `[limits]`.
+pub(crate) fn im_limits(l: &LimitsConfig) -> crate::im::ImLimits {
     crate::im::ImLimits {
         offline_quota: l.offline_messages,
         roster_items: l.roster_items,
@@ -311,6 +130,8 @@ pub struct RunningServer {
     pub metrics_addr: Option<SocketAddr>,
     /// Shared state (accounts, router) for the admin API and tests.
     pub shared: Arc<Shared>,
+    /// Federation (its static remote addresses are replaced on reload).
+    pub s2s: Arc<crate::s2s::S2s>,
     /// Every listener and connection task, to wait for at shutdown.
     tracker: TaskTracker,
 }
@@ -364,7 +185,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let module_storage: Arc<dyn ModuleStorage> = store.clone();
     let router = Router::new(accounts.clone(), store.clone(), im_limits(&config.limits));
 
-    crate::mount::install(
+    crate::core::mount::install(
         router.as_ref(),
         &config,
         &factories,
@@ -416,9 +237,6 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
             config.auth.max_failures,
             Duration::from_secs(config.auth.failure_window_secs),
         ),
-        registrations: crate::ibr::RegistrationLimit::new(
-            config.auth.registrations_per_ip_per_hour,
-        ),
         hosts: std::sync::RwLock::new(config.hosts.clone()),
         config,
         limits,
@@ -426,12 +244,14 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         accounts,
         module_storage: module_storage.clone(),
         tls,
-        s2s,
         shutdown,
         connections: AtomicUsize::new(0),
         next_session_id: AtomicU64::new(1),
-        detached: Default::default(),
     });
+    let clients = Arc::new(c2s::Clients::new(
+        shared.clone(),
+        shared.config.auth.registrations_per_ip_per_hour,
+    ));
     shared.record_certificate_expiry();
     tracker.spawn(crate::telemetry::upkeep(shared.shutdown.clone()));
     if shared.config.tls.watch_secs > 0 {
@@ -465,7 +285,13 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
             })?;
             tracing::info!(addr = %local, kind = kind.describe(), "listening");
             addrs.push(local);
-            tracker.spawn(accept_loop(l, kind, shared.clone(), tracker.clone()));
+            tracker.spawn(accept_loop(
+                l,
+                kind,
+                clients.clone(),
+                s2s.clone(),
+                tracker.clone(),
+            ));
         }
     }
     let metrics_addr = if shared.config.metrics.enabled {
@@ -485,6 +311,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         s2s_direct_tls_addrs,
         metrics_addr,
         shared,
+        s2s,
         tracker,
     })
 }
@@ -533,9 +360,11 @@ impl Listener {
 async fn accept_loop(
     listener: TcpListener,
     kind: Listener,
-    shared: Arc<Shared>,
+    clients: Arc<c2s::Clients>,
+    s2s: Arc<crate::s2s::S2s>,
     tracker: TaskTracker,
 ) {
+    let shared = clients.shared.clone();
     loop {
         let accepted = tokio::select! {
             _ = shared.shutdown.cancelled() => return,
@@ -567,17 +396,22 @@ async fn accept_loop(
         // kinds it may run, and an idle client must not carry the size of an incoming
         // server-to-server stream (massif: 16 KiB per idle c2s session before this).
         let serve: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> = match kind {
-            Listener::C2s => Box::pin(c2s::serve(shared.clone(), tcp, peer, false)),
-            Listener::C2sDirectTls => Box::pin(c2s::serve(shared.clone(), tcp, peer, true)),
+            Listener::C2s => Box::pin(c2s::serve(clients.clone(), tcp, peer, false)),
+            Listener::C2sDirectTls => Box::pin(c2s::serve(clients.clone(), tcp, peer, true)),
             Listener::S2s => Box::pin(crate::s2s::incoming::serve(
                 shared.clone(),
+                s2s.clone(),
                 tcp,
                 peer,
                 false,
             )),
-            Listener::S2sDirectTls => {
-                Box::pin(crate::s2s::incoming::serve(shared.clone(), tcp, peer, true))
-            }
+            Listener::S2sDirectTls => Box::pin(crate::s2s::incoming::serve(
+                shared.clone(),
+                s2s.clone(),
+                tcp,
+                peer,
+                true,
+            )),
         };
         let shared2 = shared.clone();
         tracker.spawn(async move {
@@ -611,11 +445,13 @@ mod tests {
                 );
             }
         }
-        let problems = crate::mount::problems(&example.hosts, &example.modules, &builtin_modules());
+        let problems =
+            crate::core::mount::problems(&example.hosts, &example.modules, &builtin_modules());
         assert!(problems.is_empty(), "{problems:?}");
         // The embedded default builds too.
         let default = Config::default();
-        let problems = crate::mount::problems(&default.hosts, &default.modules, &builtin_modules());
+        let problems =
+            crate::core::mount::problems(&default.hosts, &default.modules, &builtin_modules());
         assert!(problems.is_empty(), "{problems:?}");
     }
 }

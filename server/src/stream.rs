@@ -12,8 +12,8 @@ use openspimed_module_api::{Element, ns};
 use rand::RngCore;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::core::shared::Shared;
 use crate::error::{StreamError, StreamErrorCondition as C};
-use crate::server::Shared;
 use crate::telemetry;
 use crate::xml::{Limits, StreamEvent, StreamHeader, StreamParser};
 

@@ -125,6 +125,16 @@ impl TestServer {
         &self.server.as_ref().expect("running").shared
     }
 
+    /// The running server (for what takes one, such as the reloader).
+    pub fn running(&self) -> &RunningServer {
+        self.server.as_ref().expect("running")
+    }
+
+    /// Federation of the running server.
+    pub fn s2s(&self) -> &Arc<openspimed::s2s::S2s> {
+        &self.running().s2s
+    }
+
     /// The account store of the running server.
     pub fn accounts(&self) -> Arc<dyn AccountStore> {
         self.server

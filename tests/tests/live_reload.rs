@@ -57,11 +57,7 @@ async fn hosts_and_module_options_reload_live() {
     let path = server.dir.path().join("openspimed.toml");
     let mut config = server.config.clone();
     write(&path, &config);
-    let reloader = std::sync::Arc::new(Reloader::new(
-        server.shared().clone(),
-        Some(path.clone()),
-        None,
-    ));
+    let reloader = std::sync::Arc::new(Reloader::new(server.running(), Some(path.clone()), None));
 
     let (mut alice, alice_jid) = Raw::login(&server, "alice", "pw", "r").await;
     let created = ask(

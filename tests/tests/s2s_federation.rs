@@ -50,7 +50,7 @@ fn point(
             dialback,
         },
     );
-    server.shared().s2s.set_remotes(remotes);
+    server.s2s().set_remotes(remotes);
 }
 
 fn chat(to: &str, body: &str) -> Message {
@@ -296,7 +296,7 @@ async fn peer_for_b(
             dialback: Some(true),
         },
     );
-    a.shared().s2s.set_remotes(remotes);
+    a.s2s().set_remotes(remotes);
     a.add_account("alice", "a.example", "pw-a").await;
     let (mut alice, _) = online(a, "alice@a.example/phone", "pw-a", false).await;
     send(

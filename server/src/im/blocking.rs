@@ -6,8 +6,8 @@ use std::sync::Arc;
 use openspimed_module_api::jid::Jid;
 use openspimed_module_api::{Condition, Element, StanzaError, iq_result, ns};
 
+use crate::core::router::{Interest, Outgoing, Router};
 use crate::error::storage_failure;
-use crate::router::{Interest, Outgoing, Router};
 
 /// `urn:xmpp:blocking`.
 pub const NS: &str = "urn:xmpp:blocking";

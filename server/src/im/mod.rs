@@ -15,8 +15,8 @@ pub mod vcard;
 use openspimed_module_api::jid::Jid;
 use openspimed_module_api::{Condition, Element, StanzaError, datetime, iq_result, ns};
 
+use crate::core::router::{Outgoing, Router};
 use crate::error::storage_failure;
-use crate::router::{Outgoing, Router};
 use crate::storage::RosterItem;
 use subscription::{Kind, SubState};
 
@@ -80,7 +80,7 @@ fn visible(item: &RosterItem) -> bool {
 async fn push(router: &Router, bare: &str, version: u64, item: Element) {
     for (resource, tx) in router
         .registry
-        .interested(bare, crate::router::Interest::Roster)
+        .interested(bare, crate::core::router::Interest::Roster)
     {
         let iq = Element::new("iq", ns::CLIENT)
             .with_attr("type", "set")
@@ -146,7 +146,7 @@ async fn roster_iq_inner(
     if iq.attr("type") == Some("get") {
         router
             .registry
-            .set_interest(bare, session_id, crate::router::Interest::Roster);
+            .set_interest(bare, session_id, crate::core::router::Interest::Roster);
         let (version, items) = router
             .im
             .roster(user, domain)

@@ -3,8 +3,8 @@
 
 use openspimed_module_api::{Condition, Element, StanzaError, iq_result};
 
+use crate::core::router::Router;
 use crate::error::storage_failure;
-use crate::router::Router;
 
 /// `vcard-temp`.
 pub const NS: &str = "vcard-temp";

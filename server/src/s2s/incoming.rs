@@ -24,15 +24,20 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use super::{S2s, dialback, outgoing};
+use crate::core::shared::Shared;
 use crate::error::StreamErrorCondition as C;
-use crate::server::Shared;
 use crate::stream::{Conn, Fail, stream_err};
 use crate::telemetry;
 use crate::xml::{StreamEvent, StreamHeader};
 
 /// Serves one connection accepted on an s2s listener until it ends.
-pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, direct_tls: bool) {
-    let s2s = shared.s2s.clone();
+pub async fn serve(
+    shared: Arc<Shared>,
+    s2s: Arc<S2s>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    direct_tls: bool,
+) {
     let handshake = Duration::from_secs(shared.limits().handshake_timeout_secs);
     let deadline = tokio::time::Instant::now() + handshake;
     let limits = s2s.limits(shared.parser_limits());

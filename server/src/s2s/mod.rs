@@ -33,7 +33,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::router::{Remote, RemoteRefusal, Router};
+use crate::core::router::{Remote, RemoteRefusal, Router};
 use crate::telemetry;
 use crate::xml::Limits;
 

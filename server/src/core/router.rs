@@ -15,10 +15,10 @@ use openspimed_module_api::{
 };
 use tokio::sync::{mpsc, oneshot};
 
+pub use crate::core::mount::Host;
+use crate::core::mount::{Mounted, TableSlot, Tables};
 use crate::error::{StreamError, module_failure, storage_failure};
 use crate::im::ImLimits;
-pub use crate::mount::Host;
-use crate::mount::{Mounted, TableSlot, Tables};
 use crate::storage::{AccountStore, ImStore};
 
 /// What a session's writer receives.

@@ -552,7 +552,7 @@ mod tests {
         let store = Arc::new(
             crate::storage::sqlite::SqliteStore::open(&dir.path().join("s.sqlite")).unwrap(),
         );
-        let router = crate::router::Router::new(
+        let router = crate::core::router::Router::new(
             store.clone(),
             store.clone(),
             crate::im::ImLimits {
