@@ -65,8 +65,8 @@ pub enum StartError {
 }
 
 /// The IM share of `[limits]`.
-pub(crate) fn im_limits(l: &LimitsConfig) -> crate::im::ImLimits {
-    crate::im::ImLimits {
+pub(crate) fn im_limits(l: &LimitsConfig) -> crate::core::router::ImLimits {
+    crate::core::router::ImLimits {
         offline_quota: l.offline_messages,
         roster_items: l.roster_items,
     }
@@ -184,6 +184,8 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let accounts: Arc<dyn AccountStore> = store.clone();
     let module_storage: Arc<dyn ModuleStorage> = store.clone();
     let router = Router::new(accounts.clone(), store.clone(), im_limits(&config.limits));
+    // IM on the router's hooks (every host, as before it became a set of handlers).
+    crate::im::hooks::install(&router);
 
     crate::core::mount::install(
         router.as_ref(),

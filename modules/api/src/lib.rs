@@ -4,6 +4,7 @@
 //! trees with authenticated addresses, and answers with an [`Outcome`]. It reaches the
 //! server only through [`Context`]. Nothing here touches sockets.
 
+pub mod hooks;
 pub mod module;
 pub mod options;
 pub mod storage;
@@ -11,6 +12,7 @@ pub mod storage;
 pub use async_trait::async_trait;
 // The stanza tree is its own crate (shared with the OpenSpime library and the spime
 // client); modules reach it through here as before.
+pub use hooks::{AccountTarget, Flow, Hooks, PrivacyHook, ToAccountHook, ToOfflineHook};
 pub use module::{
     BoxFuture, Context, Identity, IqError, Module, ModuleError, ModuleFactory, Outcome, Route,
     ServerHandle,

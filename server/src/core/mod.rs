@@ -7,6 +7,7 @@
 //! - [`shared`]: the state the sessions share (configuration in force, accounts, TLS,
 //!   the router), and the reload of hosts and certificates.
 
+pub mod hooks;
 pub mod mount;
 pub mod router;
 pub mod shared;

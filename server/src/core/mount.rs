@@ -555,7 +555,7 @@ mod tests {
         let router = crate::core::router::Router::new(
             store.clone(),
             store.clone(),
-            crate::im::ImLimits {
+            crate::core::router::ImLimits {
                 offline_quota: 10,
                 roster_items: 10,
             },

@@ -10,15 +10,15 @@ use std::sync::{Arc, OnceLock, Weak};
 use dashmap::DashMap;
 use openspimed_module_api::jid::Jid;
 use openspimed_module_api::{
-    BoxFuture, Condition, Context, Element, Identity, IqError, Outcome, Route, ServerHandle,
-    StanzaError,
+    AccountTarget, BoxFuture, Condition, Context, Element, Flow, Identity, IqError, Outcome, Route,
+    ServerHandle, StanzaError,
 };
 use tokio::sync::{mpsc, oneshot};
 
+use crate::core::hooks::HookTable;
 pub use crate::core::mount::Host;
 use crate::core::mount::{Mounted, TableSlot, Tables};
 use crate::error::{StreamError, module_failure, storage_failure};
-use crate::im::ImLimits;
 use crate::storage::{AccountStore, ImStore};
 
 /// What a session's writer receives.
@@ -252,6 +252,15 @@ impl Registry {
     }
 }
 
+/// Sizes that keep one account from exhausting the store.
+#[derive(Clone, Copy, Debug)]
+pub struct ImLimits {
+    /// Offline messages kept per account; more bounce with `resource-constraint`.
+    pub offline_quota: usize,
+    /// Roster items per account.
+    pub roster_items: usize,
+}
+
 /// The routing table and session registry.
 pub struct Router {
     /// Hosts and module routes: empty until the modules are built (they need the router),
@@ -273,6 +282,8 @@ pub struct Router {
     /// Blocklists (XEP-0191) of accounts stanzas were routed to, loaded on first use and
     /// replaced when changed: checked for every stanza, so kept out of the store's path.
     pub(crate) blocklists: DashMap<String, Arc<Vec<String>>>,
+    /// The handlers that see stanzas on their way (IM registers its own at start).
+    pub hooks: HookTable,
 }
 
 /// Where stanzas for domains not served here go (RFC 6120 §10.4). The router holds
@@ -309,6 +320,7 @@ impl Router {
             pending: DashMap::new(),
             remote: OnceLock::new(),
             blocklists: DashMap::new(),
+            hooks: HookTable::default(),
         })
     }
 
@@ -506,24 +518,19 @@ impl Router {
         }
     }
 
-    /// Stanzas to a local account (RFC 6121 §8.5).
+    /// Stanzas to a local account (RFC 6121 §8.5): the hooks first (IM's presence,
+    /// blocking and vCard handlers), then delivery.
     async fn to_account(&self, bare: &str, resource: Option<&str>, stanza: Element) {
-        let kind = stanza.name();
-        if let Some(from) = stanza.attr("from")
-            && crate::im::blocking::blocks(self, bare, from).await
+        let stanza = match self
+            .hooks
+            .to_account(AccountTarget { bare, resource }, stanza)
+            .await
         {
-            // XEP-0191 §3.4: nothing from a blocked JID arrives; messages and requests
-            // learn it as if the account were not there, presence is dropped.
-            let request = kind == "iq" && matches!(stanza.attr("type"), Some("get" | "set"));
-            if kind == "message" || request {
-                self.bounce(&stanza, StanzaError::new(Condition::ServiceUnavailable))
-                    .await;
-            }
-            return;
-        }
-        if kind == "presence" {
-            return crate::im::inbound_presence(self, bare, resource, stanza).await;
-        }
+            Flow::Pass(s) => s,
+            Flow::Done => return,
+            Flow::Refuse(s, err) => return self.bounce(&s, err).await,
+        };
+        let kind = stanza.name();
         if let Some(res) = resource {
             if let Some(tx) = self.registry.full(bare, res) {
                 return self.push(&tx, stanza).await;
@@ -542,7 +549,8 @@ impl Router {
         match kind {
             "message" => self.message_to_bare(bare, stanza).await,
             // The server answers iqs to a bare JID on the account's behalf (RFC 6121
-            // §8.5.2.1.3): vCards; nothing else yet.
+            // §8.5.2.1.3): the modules' account handlers (PEP) here, the hooks' (vCard)
+            // above.
             "iq" => match stanza.attr("type") {
                 Some("get") | Some("set") => {
                     let domain = bare.rsplit_once('@').map_or("", |(_, d)| d);
@@ -550,14 +558,6 @@ impl Router {
                         && let Some(m) = account_handler(&host, &stanza)
                     {
                         return self.call(&m, &host.cx, stanza).await;
-                    }
-                    if stanza.get_child("vCard", crate::im::vcard::NS).is_some() {
-                        let own = stanza
-                            .attr("from")
-                            .and_then(|f| Jid::new(f).ok())
-                            .is_some_and(|f| f.to_bare().to_string() == bare);
-                        let reply = crate::im::vcard::iq(self, bare, &stanza, own).await;
-                        return Box::pin(self.route(reply)).await;
                     }
                     self.bounce(&stanza, StanzaError::new(Condition::ServiceUnavailable))
                         .await
@@ -596,11 +596,15 @@ impl Router {
         // exists (RFC 6121 §8.5.2.2.1: otherwise service-unavailable).
         let (user, domain) = bare.split_once('@').unwrap_or((bare, ""));
         match self.accounts.account_exists(user, domain).await {
-            Ok(true) => {
-                if let Err(err) = crate::im::store_offline(self, bare, &stanza).await {
-                    self.bounce(&stanza, err).await;
+            // XEP-0160 (IM's handler) keeps it; without one, as a bare RFC 6120 server.
+            Ok(true) => match self.hooks.to_offline(bare, stanza).await {
+                Flow::Done => {}
+                Flow::Refuse(s, err) => self.bounce(&s, err).await,
+                Flow::Pass(s) => {
+                    self.bounce(&s, StanzaError::new(Condition::ServiceUnavailable))
+                        .await
                 }
-            }
+            },
             Ok(false) => {
                 self.bounce(&stanza, StanzaError::new(Condition::ServiceUnavailable))
                     .await
@@ -731,16 +735,8 @@ impl ServerHandle for RouterRef {
         let Some(h) = r.host(host) else {
             return Vec::new();
         };
-        // What the core itself implements for accounts of the host.
-        let mut out: Vec<String> = [
-            crate::im::blocking::NS,
-            crate::im::vcard::NS,
-            // XEP-0160: offline messages are stored.
-            "msgoffline",
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
+        // What the hooks implement for accounts (IM: blocking, vCard, offline storage).
+        let mut out = r.hooks.account_features();
         out.extend(h.modules.iter().flat_map(|m| m.module.features()));
         out
     }
@@ -853,7 +849,7 @@ impl ServerHandle for RouterRef {
         let (user, other) = (user.to_owned(), other.to_owned());
         Box::pin(async move {
             match router {
-                Some(r) => crate::im::blocking::blocks(&r, &user, &other).await,
+                Some(r) => r.hooks.blocks(&user, &other).await,
                 None => false,
             }
         })

@@ -9,6 +9,7 @@
 //! account).
 
 pub mod blocking;
+pub mod hooks;
 pub mod subscription;
 pub mod vcard;
 
@@ -24,15 +25,6 @@ use subscription::{Kind, SubState};
 pub const NS_ROSTER: &str = "jabber:iq:roster";
 /// XEP-0203: delayed delivery, stamped on offline messages.
 pub const NS_DELAY: &str = "urn:xmpp:delay";
-
-/// Sizes that keep one account from exhausting the store.
-#[derive(Clone, Copy, Debug)]
-pub struct ImLimits {
-    /// Offline messages kept per account; more bounce with `resource-constraint`.
-    pub offline_quota: usize,
-    /// Roster items per account.
-    pub roster_items: usize,
-}
 
 /// The bare JID of an address, lower-cased as stored.
 fn bare_of(jid: &str) -> Option<String> {

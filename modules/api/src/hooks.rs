@@ -1,0 +1,82 @@
+//! Hooks: a handler sees stanzas at a point of their path and may take them over, change
+//! them or refuse them, as Prosody's `module:hook(event, handler, priority)` and ejabberd's
+//! `ejabberd_hooks:add(Hook, Host, Fun, Seq)` do.
+//!
+//! Each point has its own handler list, ordered by priority (higher first, as Prosody
+//! orders them); the first handler that does not [`Flow::Pass`] decides, and a point
+//! nobody listens to costs one check of an empty list. A handler registers only the points
+//! it needs, through [`Hooks`].
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::element::Element;
+use crate::error::StanzaError;
+
+/// What a handler decided about a stanza.
+#[derive(Debug)]
+pub enum Flow {
+    /// Not mine: the stanza (changed or not) goes on to the next handler, then its usual
+    /// way.
+    Pass(Element),
+    /// Taken over: the handler delivered, answered, stored or dropped it.
+    Done,
+    /// Refused: the stanza is bounced to its sender with this error (RFC 6120 §8.3).
+    Refuse(Element, StanzaError),
+}
+
+/// The local account a stanza is addressed to.
+#[derive(Clone, Copy, Debug)]
+pub struct AccountTarget<'a> {
+    /// The account's bare JID (`user@domain`, as stored).
+    pub bare: &'a str,
+    /// The resource of a full-JID address, `None` for the bare JID.
+    pub resource: Option<&'a str>,
+}
+
+/// A stanza to a local account, bare or full, before the server delivers it (RFC 6121
+/// §8.5). IM needs it: presence to an account is the roster's business (RFC 6121 §3–4),
+/// blocking (XEP-0191 §3.4) drops or bounces what a blocked JID sends, vCard-temp
+/// (XEP-0054) answers iqs to the bare JID; later MAM (XEP-0313) and carbons (XEP-0280) see
+/// messages here.
+#[async_trait]
+pub trait ToAccountHook: Send + Sync {
+    /// Looks at `stanza`, addressed to `to`.
+    async fn to_account(&self, to: AccountTarget<'_>, stanza: Element) -> Flow;
+}
+
+/// A message to an account with no available resource, about to be kept for its next
+/// session (RFC 6121 §8.5.2.2). XEP-0160 (offline storage) takes it; push notifications
+/// (XEP-0357) and MAM-based delivery will see it here. With no handler, the message
+/// bounces with `service-unavailable`, as a bare RFC 6120 server answers.
+#[async_trait]
+pub trait ToOfflineHook: Send + Sync {
+    /// Looks at `message`, for the account `bare`.
+    async fn to_offline(&self, bare: &str, message: Element) -> Flow;
+}
+
+/// Whether one JID's stanzas to an account are refused by that account's privacy rules
+/// (XEP-0191 blocking). What is routed is checked by the blocking handler itself; this is
+/// for modules that send on an account's behalf, such as PEP (XEP-0163) notifications,
+/// which ejabberd checks with its `privacy_check_packet` hook.
+#[async_trait]
+pub trait PrivacyHook: Send + Sync {
+    /// Whether the account `user` (bare JID) blocks `other` (any JID).
+    async fn blocks(&self, user: &str, other: &str) -> bool;
+}
+
+/// Where handlers register. Priorities: higher runs first; equal priorities run in the
+/// order registered.
+pub trait Hooks: Send + Sync {
+    /// Adds a [`ToAccountHook`].
+    fn on_to_account(&self, priority: i32, hook: Arc<dyn ToAccountHook>);
+    /// Adds a [`ToOfflineHook`].
+    fn on_to_offline(&self, priority: i32, hook: Arc<dyn ToOfflineHook>);
+    /// Adds a [`PrivacyHook`].
+    fn on_privacy(&self, hook: Arc<dyn PrivacyHook>);
+    /// Service-discovery features (XEP-0030) the handlers implement for every account of
+    /// the server (`urn:xmpp:blocking`, `vcard-temp`, `msgoffline`…), listed in the
+    /// server's disco#info beside the modules' features.
+    fn add_account_features(&self, features: &[&str]);
+}

@@ -1,0 +1,204 @@
+//! The hook table the router fires ([`openspimed_module_api::hooks`]): one list per point,
+//! sorted by priority when a handler is added, read on every stanza.
+
+use std::sync::{Arc, RwLock};
+
+use openspimed_module_api::{
+    AccountTarget, Element, Flow, Hooks, PrivacyHook, ToAccountHook, ToOfflineHook,
+};
+
+/// `(priority, handler)` pairs, highest priority first.
+type Sorted<H> = Arc<Vec<(i32, Arc<H>)>>;
+
+/// Handlers of one point, highest priority first.
+struct Point<H: ?Sized> {
+    /// `(priority, handler)`, sorted; replaced whole when a handler is added, so firing
+    /// holds the lock only to clone the `Arc`.
+    handlers: RwLock<Sorted<H>>,
+}
+
+impl<H: ?Sized> Default for Point<H> {
+    fn default() -> Self {
+        Point {
+            handlers: RwLock::new(Arc::new(Vec::new())),
+        }
+    }
+}
+
+impl<H: ?Sized> Point<H> {
+    fn add(&self, priority: i32, hook: Arc<H>) {
+        let mut guard = match self.handlers.write() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let mut list = guard.as_ref().clone();
+        // Stable: equal priorities keep the order they were added in.
+        let at = list.partition_point(|(p, _)| *p >= priority);
+        list.insert(at, (priority, hook));
+        *guard = Arc::new(list);
+    }
+
+    fn get(&self) -> Sorted<H> {
+        match self.handlers.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+}
+
+/// Every hook point's handlers.
+#[derive(Default)]
+pub struct HookTable {
+    /// [`ToAccountHook`]s.
+    to_account: Point<dyn ToAccountHook>,
+    /// [`ToOfflineHook`]s.
+    to_offline: Point<dyn ToOfflineHook>,
+    /// [`PrivacyHook`]s (no order: any one that blocks decides).
+    privacy: Point<dyn PrivacyHook>,
+    /// Disco features the handlers implement for accounts.
+    account_features: RwLock<Vec<String>>,
+}
+
+impl HookTable {
+    /// Runs the [`ToAccountHook`]s: the first that does not pass decides.
+    pub async fn to_account(&self, to: AccountTarget<'_>, stanza: Element) -> Flow {
+        let handlers = self.to_account.get();
+        let mut stanza = stanza;
+        for (_, h) in handlers.iter() {
+            match h.to_account(to, stanza).await {
+                Flow::Pass(s) => stanza = s,
+                decided => return decided,
+            }
+        }
+        Flow::Pass(stanza)
+    }
+
+    /// Runs the [`ToOfflineHook`]s: the first that does not pass decides.
+    pub async fn to_offline(&self, bare: &str, message: Element) -> Flow {
+        let handlers = self.to_offline.get();
+        let mut message = message;
+        for (_, h) in handlers.iter() {
+            match h.to_offline(bare, message).await {
+                Flow::Pass(s) => message = s,
+                decided => return decided,
+            }
+        }
+        Flow::Pass(message)
+    }
+
+    /// Whether any [`PrivacyHook`] says `user` blocks `other`.
+    pub async fn blocks(&self, user: &str, other: &str) -> bool {
+        for (_, h) in self.privacy.get().iter() {
+            if h.blocks(user, other).await {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// The features added with [`Hooks::add_account_features`], in the order added.
+    pub fn account_features(&self) -> Vec<String> {
+        match self.account_features.read() {
+            Ok(f) => f.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+}
+
+impl Hooks for HookTable {
+    fn on_to_account(&self, priority: i32, hook: Arc<dyn ToAccountHook>) {
+        self.to_account.add(priority, hook);
+    }
+
+    fn on_to_offline(&self, priority: i32, hook: Arc<dyn ToOfflineHook>) {
+        self.to_offline.add(priority, hook);
+    }
+
+    fn on_privacy(&self, hook: Arc<dyn PrivacyHook>) {
+        self.privacy.add(0, hook);
+    }
+
+    fn add_account_features(&self, features: &[&str]) {
+        let mut list = match self.account_features.write() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        for f in features {
+            if !list.iter().any(|have| have == f) {
+                list.push((*f).to_owned());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use openspimed_module_api::{Condition, StanzaError, async_trait};
+
+    /// Tags the stanza with its name, then passes, takes or refuses it.
+    struct Tag(&'static str, &'static str);
+
+    #[async_trait]
+    impl ToAccountHook for Tag {
+        async fn to_account(&self, _to: AccountTarget<'_>, stanza: Element) -> Flow {
+            let seen = stanza.attr("seen").unwrap_or("").to_owned();
+            let stanza = stanza.with_attr("seen", format!("{seen}{}", self.0));
+            match self.1 {
+                "pass" => Flow::Pass(stanza),
+                "done" => Flow::Done,
+                _ => Flow::Refuse(stanza, StanzaError::new(Condition::NotAllowed)),
+            }
+        }
+    }
+
+    const TO: AccountTarget<'static> = AccountTarget {
+        bare: "a@example",
+        resource: None,
+    };
+
+    fn message() -> Element {
+        Element::new("message", "jabber:client")
+    }
+
+    #[tokio::test]
+    async fn higher_priority_first_equal_in_order_added_first_non_pass_decides() {
+        let t = HookTable::default();
+        // Nobody listens: the stanza passes untouched.
+        match t.to_account(TO, message()).await {
+            Flow::Pass(s) => assert_eq!(s.attr("seen"), None),
+            other => panic!("{other:?}"),
+        }
+        t.on_to_account(0, Arc::new(Tag("c", "pass")));
+        t.on_to_account(10, Arc::new(Tag("a", "pass")));
+        t.on_to_account(0, Arc::new(Tag("d", "pass")));
+        t.on_to_account(5, Arc::new(Tag("b", "pass")));
+        match t.to_account(TO, message()).await {
+            Flow::Pass(s) => assert_eq!(s.attr("seen"), Some("abcd")),
+            other => panic!("{other:?}"),
+        }
+        // A refusal at priority 1 stops the two at 0, and carries what it was given.
+        t.on_to_account(1, Arc::new(Tag("x", "refuse")));
+        match t.to_account(TO, message()).await {
+            Flow::Refuse(s, e) => {
+                assert_eq!(s.attr("seen"), Some("abx"));
+                assert_eq!(e.condition, Condition::NotAllowed);
+            }
+            other => panic!("{other:?}"),
+        }
+        t.on_to_account(7, Arc::new(Tag("y", "done")));
+        assert!(matches!(t.to_account(TO, message()).await, Flow::Done));
+    }
+
+    #[test]
+    fn features_are_listed_once_in_the_order_added() {
+        let t = HookTable::default();
+        t.add_account_features(&["urn:xmpp:blocking", "vcard-temp"]);
+        t.add_account_features(&["vcard-temp", "msgoffline"]);
+        assert_eq!(
+            t.account_features(),
+            ["urn:xmpp:blocking", "vcard-temp", "msgoffline"]
+        );
+    }
+}
