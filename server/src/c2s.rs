@@ -11,7 +11,7 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use openspimed_module_api::jid::FullJid;
-use openspimed_module_api::{Condition, Element, StanzaError, iq_result, ns};
+use openspimed_module_api::{ClientSession, Condition, Element, Flow, StanzaError, iq_result, ns};
 use rand::RngCore;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -614,8 +614,6 @@ struct Session {
     rx: mpsc::Receiver<Outgoing>,
     /// The host.
     host: Arc<Host>,
-    /// IM state of the session (directed presence).
-    im: crate::im::SessionIm,
     /// Stream management, once the client enabled it (XEP-0198).
     sm: Option<crate::sm::Sm>,
 }
@@ -765,20 +763,21 @@ async fn bind_resource(
             return Err(f);
         }
         tracing::debug!(jid = %full_str, "resource bound");
-        // Every stanza to or from the account checks its blocklist: load it now, not on
-        // the first message's path.
-        let router = shared.router.clone();
-        let b = bare.clone();
-        tokio::spawn(async move {
-            crate::im::blocking::list(&router, &b).await;
-        });
+        shared
+            .router
+            .hooks
+            .session_bound(ClientSession {
+                bare: &bare,
+                full: &full_str,
+                id,
+            })
+            .await;
         return Ok(Bound::New(Session {
             bare,
             full: full_str,
             id,
             rx,
             host: host.clone(),
-            im: crate::im::SessionIm::default(),
             sm: None,
         }));
     }
@@ -947,9 +946,16 @@ fn detach(shared: &Arc<Clients>, s: Session) {
 /// not yet received are routed again (to another resource or to offline storage), as
 /// XEP-0198 §5 and RFC 6121 §8.5.3.2 want.
 async fn finish(shared: &Arc<Clients>, mut s: Session) {
-    // RFC 6121 §4.5.2: contacts learn the resource went away.
-    let gone = Element::new("presence", ns::CLIENT).with_attr("type", "unavailable");
-    crate::im::broadcast(&shared.router, &s.bare, &s.full, s.id, gone, &s.im.directed).await;
+    // The hooks learn it first (IM tells the contacts: RFC 6121 §4.5.2).
+    shared
+        .router
+        .hooks
+        .session_closed(ClientSession {
+            bare: &s.bare,
+            full: &s.full,
+            id: s.id,
+        })
+        .await;
     shared.router.registry.unbind(&s.bare, s.id);
     metrics::gauge!(telemetry::SESSIONS, "kind" => "c2s", "host" => s.host.domain.clone())
         .decrement(1.0);
@@ -1003,111 +1009,73 @@ async fn inbound(
     telemetry::stanza_in(&el);
     // RFC 6120 §8.1.2.1: the server stamps the full JID; a client-supplied from is replaced.
     el.set_attr("from", s.full.clone());
-    if let Some(to) = el.attr("to")
-        && crate::im::blocking::blocks(&shared.router, &s.bare, to).await
-    {
-        // XEP-0191 §3.5: nothing goes to a JID the user blocks.
-        if let Some(mut reply) = crate::im::blocking::blocked_error().reply_to(&el) {
+    if el.name() == "iq" {
+        let valid_type = matches!(el.attr("type"), Some("get" | "set" | "result" | "error"));
+        let request = matches!(el.attr("type"), Some("get" | "set"));
+        if el.attr("id").is_none() || !valid_type || (request && el.children().count() != 1) {
+            let err = StanzaError::new(Condition::BadRequest)
+                .with_text("an iq needs an id, a type, and one payload for get/set");
+            if let Some(mut reply) = err.reply_to(&el) {
+                reply.remove_attr("from");
+                return s.send(conn, &reply).await;
+            }
+            return Ok(());
+        }
+        let to_self = el
+            .attr("to")
+            .is_none_or(|t| t.eq_ignore_ascii_case(&s.host.domain));
+        if to_self && crate::ibr::is_register_iq(&el) {
+            let user = s.bare.split('@').next().unwrap_or("");
+            return match crate::ibr::account_iq(shared, user, &s.host.domain, &el).await {
+                crate::ibr::AccountChange::Reply(r) => s.send(conn, &r).await,
+                crate::ibr::AccountChange::Removed(r) => {
+                    s.send(conn, &r).await?;
+                    // XEP-0077 §3.2: every session of a removed account ends.
+                    for tx in shared.router.registry.sessions_of(&s.bare) {
+                        let _ = tx.try_send(Outgoing::Kick(Box::new(StreamError::with_text(
+                            C::NotAuthorized,
+                            "the account was removed",
+                        ))));
+                    }
+                    Ok(())
+                }
+            };
+        }
+        // The legacy session iq (RFC 3921 §3) is a no-op the 2008 client needs.
+        if to_self
+            && el.attr("type") == Some("set")
+            && el.get_child("session", ns::SESSION).is_some()
+        {
+            let mut reply = iq_result(&el);
             reply.remove_attr("from");
             return s.send(conn, &reply).await;
         }
-        return Ok(());
     }
-    match el.name() {
-        "iq" => {
-            let valid_type = matches!(el.attr("type"), Some("get" | "set" | "result" | "error"));
-            let request = matches!(el.attr("type"), Some("get" | "set"));
-            if el.attr("id").is_none() || !valid_type || (request && el.children().count() != 1) {
-                let err = StanzaError::new(Condition::BadRequest)
-                    .with_text("an iq needs an id, a type, and one payload for get/set");
-                if let Some(mut reply) = err.reply_to(&el) {
-                    reply.remove_attr("from");
-                    return s.send(conn, &reply).await;
-                }
-                return Ok(());
-            }
-            // The legacy session iq (RFC 3921 §3) is a no-op the 2008 client needs.
-            let to_self = el
-                .attr("to")
-                .is_none_or(|t| t.eq_ignore_ascii_case(&s.host.domain));
-            if to_self && crate::ibr::is_register_iq(&el) {
-                let user = s.bare.split('@').next().unwrap_or("");
-                return match crate::ibr::account_iq(shared, user, &s.host.domain, &el).await {
-                    crate::ibr::AccountChange::Reply(r) => s.send(conn, &r).await,
-                    crate::ibr::AccountChange::Removed(r) => {
-                        s.send(conn, &r).await?;
-                        // XEP-0077 §3.2: every session of a removed account ends.
-                        for tx in shared.router.registry.sessions_of(&s.bare) {
-                            let _ = tx.try_send(Outgoing::Kick(Box::new(StreamError::with_text(
-                                C::NotAuthorized,
-                                "the account was removed",
-                            ))));
-                        }
-                        Ok(())
-                    }
-                };
-            }
-            let to_own_account = el
-                .attr("to")
-                .is_none_or(|t| t.eq_ignore_ascii_case(&s.bare));
-            if to_own_account && matches!(el.attr("type"), Some("get" | "set")) {
-                let payload_ns = el.first_child().map(|p| p.ns().to_owned());
-                let router = &shared.router;
-                let reply = match payload_ns.as_deref() {
-                    Some(crate::im::NS_ROSTER) => {
-                        Some(crate::im::roster_iq(router, &s.bare, s.id, &el).await)
-                    }
-                    Some(crate::im::blocking::NS) => {
-                        Some(crate::im::blocking::iq(router, &s.bare, s.id, &el).await)
-                    }
-                    Some(crate::im::vcard::NS) => {
-                        Some(crate::im::vcard::iq(router, &s.bare, &el, true).await)
-                    }
-                    _ => None,
-                };
-                if let Some(mut reply) = reply {
-                    reply.remove_attr("from");
-                    return s.send(conn, &reply).await;
-                }
-            }
-            if to_self
-                && el.attr("type") == Some("set")
-                && el.get_child("session", ns::SESSION).is_some()
-            {
-                let mut reply = iq_result(&el);
+    // The hooks (IM: blocking, the user's own roster, blocklist and vCard, presence),
+    // then routing.
+    let flow = shared
+        .router
+        .hooks
+        .client_sent(
+            ClientSession {
+                bare: &s.bare,
+                full: &s.full,
+                id: s.id,
+            },
+            el,
+        )
+        .await;
+    match flow {
+        Flow::Pass(el) => shared.router.route(el).await,
+        Flow::Done => {}
+        Flow::Reply(reply) => return s.send(conn, &reply).await,
+        Flow::Refuse(el, err) => {
+            if let Some(mut reply) = err.reply_to(&el) {
                 reply.remove_attr("from");
                 return s.send(conn, &reply).await;
             }
         }
-        "presence" => {
-            let router = &shared.router;
-            let ptype = el.attr("type").map(str::to_owned);
-            match (el.attr("to").is_some(), ptype.as_deref()) {
-                // Broadcast presence (RFC 6121 §4.2, §4.5).
-                (false, None | Some("unavailable")) => {
-                    crate::im::broadcast(router, &s.bare, &s.full, s.id, el, &s.im.directed).await;
-                }
-                (true, Some(t)) if crate::im::subscription::Kind::from_type(t).is_some() => {
-                    if let Some(kind) = crate::im::subscription::Kind::from_type(t) {
-                        crate::im::outbound_subscription(router, &s.bare, el, kind).await;
-                    }
-                }
-                // Directed presence (§4.6): remembered so the recipient learns when the
-                // resource goes unavailable.
-                (true, None | Some("unavailable")) => {
-                    if let Some(to) = el.attr("to") {
-                        s.im.directed_to(to);
-                    }
-                    router.route(el).await;
-                }
-                // Probes are the server's business; anything else without `to` is moot.
-                _ => {}
-            }
-            return Ok(());
-        }
-        _ => {}
     }
-    shared.router.route(el).await;
     Ok(())
 }
 

@@ -22,6 +22,9 @@ pub enum Flow {
     Pass(Element),
     /// Taken over: the handler delivered, answered, stored or dropped it.
     Done,
+    /// Answered: this reply goes back to the stanza's sender (to a client's own session
+    /// directly, on the from-client hook).
+    Reply(Element),
     /// Refused: the stanza is bounced to its sender with this error (RFC 6120 §8.3).
     Refuse(Element, StanzaError),
 }
@@ -66,6 +69,43 @@ pub trait PrivacyHook: Send + Sync {
     async fn blocks(&self, user: &str, other: &str) -> bool;
 }
 
+/// The client session a stanza comes from, or that was bound or closed.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientSession<'a> {
+    /// The account's bare JID (`user@domain`, as stored).
+    pub bare: &'a str,
+    /// The session's full JID, stamped as `from` on what it sends.
+    pub full: &'a str,
+    /// The session's registry id: what tells two sessions of one resource apart (one
+    /// replaced, one resumed) and what per-session state is kept under.
+    pub id: u64,
+}
+
+/// A stanza a client session sent, `from` stamped, before the server routes it (RFC 6120
+/// §10). IM needs it: the client's roster, blocklist and vCard iqs to its own account
+/// (RFC 6121 §2, XEP-0191, XEP-0054), its presence (broadcast, subscriptions, directed:
+/// RFC 6121 §3–4), and XEP-0191 §3.5 (nothing goes to a JID the user blocks); carbons
+/// (XEP-0280) and MAM (XEP-0313) will see sent messages here. [`Flow::Reply`] is written
+/// to the session directly.
+#[async_trait]
+pub trait FromClientHook: Send + Sync {
+    /// Looks at `stanza`, sent by `from`.
+    async fn client_sent(&self, from: ClientSession<'_>, stanza: Element) -> Flow;
+}
+
+/// A client session was bound (RFC 6120 §7) or ended for good (a session detached for
+/// XEP-0198 resumption ends when its resumption times out). IM sends the unavailable
+/// presence of a session that ends (RFC 6121 §4.5.2) and keeps per-session state (the
+/// directed presences of §4.6) by session id; client state indication (XEP-0352) and
+/// push (XEP-0357) need the same.
+#[async_trait]
+pub trait SessionHook: Send + Sync {
+    /// `session` can now send and receive stanzas.
+    async fn bound(&self, session: ClientSession<'_>);
+    /// `session` is gone; nothing more is delivered to it.
+    async fn closed(&self, session: ClientSession<'_>);
+}
+
 /// Where handlers register. Priorities: higher runs first; equal priorities run in the
 /// order registered.
 pub trait Hooks: Send + Sync {
@@ -73,6 +113,10 @@ pub trait Hooks: Send + Sync {
     fn on_to_account(&self, priority: i32, hook: Arc<dyn ToAccountHook>);
     /// Adds a [`ToOfflineHook`].
     fn on_to_offline(&self, priority: i32, hook: Arc<dyn ToOfflineHook>);
+    /// Adds a [`FromClientHook`].
+    fn on_from_client(&self, priority: i32, hook: Arc<dyn FromClientHook>);
+    /// Adds a [`SessionHook`] (run in the order added).
+    fn on_session(&self, hook: Arc<dyn SessionHook>);
     /// Adds a [`PrivacyHook`].
     fn on_privacy(&self, hook: Arc<dyn PrivacyHook>);
     /// Service-discovery features (XEP-0030) the handlers implement for every account of

@@ -12,7 +12,10 @@ pub mod storage;
 pub use async_trait::async_trait;
 // The stanza tree is its own crate (shared with the OpenSpime library and the spime
 // client); modules reach it through here as before.
-pub use hooks::{AccountTarget, Flow, Hooks, PrivacyHook, ToAccountHook, ToOfflineHook};
+pub use hooks::{
+    AccountTarget, ClientSession, Flow, FromClientHook, Hooks, PrivacyHook, SessionHook,
+    ToAccountHook, ToOfflineHook,
+};
 pub use module::{
     BoxFuture, Context, Identity, IqError, Module, ModuleError, ModuleFactory, Outcome, Route,
     ServerHandle,

@@ -4,7 +4,8 @@
 use std::sync::{Arc, RwLock};
 
 use openspimed_module_api::{
-    AccountTarget, Element, Flow, Hooks, PrivacyHook, ToAccountHook, ToOfflineHook,
+    AccountTarget, ClientSession, Element, Flow, FromClientHook, Hooks, PrivacyHook, SessionHook,
+    ToAccountHook, ToOfflineHook,
 };
 
 /// `(priority, handler)` pairs, highest priority first.
@@ -49,6 +50,10 @@ impl<H: ?Sized> Point<H> {
 /// Every hook point's handlers.
 #[derive(Default)]
 pub struct HookTable {
+    /// [`FromClientHook`]s.
+    from_client: Point<dyn FromClientHook>,
+    /// [`SessionHook`]s, in the order added.
+    session: Point<dyn SessionHook>,
     /// [`ToAccountHook`]s.
     to_account: Point<dyn ToAccountHook>,
     /// [`ToOfflineHook`]s.
@@ -60,6 +65,33 @@ pub struct HookTable {
 }
 
 impl HookTable {
+    /// Runs the [`FromClientHook`]s: the first that does not pass decides.
+    pub async fn client_sent(&self, from: ClientSession<'_>, stanza: Element) -> Flow {
+        let handlers = self.from_client.get();
+        let mut stanza = stanza;
+        for (_, h) in handlers.iter() {
+            match h.client_sent(from, stanza).await {
+                Flow::Pass(s) => stanza = s,
+                decided => return decided,
+            }
+        }
+        Flow::Pass(stanza)
+    }
+
+    /// Tells every [`SessionHook`] that `session` was bound.
+    pub async fn session_bound(&self, session: ClientSession<'_>) {
+        for (_, h) in self.session.get().iter() {
+            h.bound(session).await;
+        }
+    }
+
+    /// Tells every [`SessionHook`] that `session` ended.
+    pub async fn session_closed(&self, session: ClientSession<'_>) {
+        for (_, h) in self.session.get().iter() {
+            h.closed(session).await;
+        }
+    }
+
     /// Runs the [`ToAccountHook`]s: the first that does not pass decides.
     pub async fn to_account(&self, to: AccountTarget<'_>, stanza: Element) -> Flow {
         let handlers = self.to_account.get();
@@ -106,6 +138,15 @@ impl HookTable {
 }
 
 impl Hooks for HookTable {
+    fn on_from_client(&self, priority: i32, hook: Arc<dyn FromClientHook>) {
+        self.from_client.add(priority, hook);
+    }
+
+    fn on_session(&self, hook: Arc<dyn SessionHook>) {
+        // Added last among equals: sessions hooks run in the order added.
+        self.session.add(0, hook);
+    }
+
     fn on_to_account(&self, priority: i32, hook: Arc<dyn ToAccountHook>) {
         self.to_account.add(priority, hook);
     }

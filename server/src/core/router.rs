@@ -528,6 +528,7 @@ impl Router {
         {
             Flow::Pass(s) => s,
             Flow::Done => return,
+            Flow::Reply(r) => return Box::pin(self.route(r)).await,
             Flow::Refuse(s, err) => return self.bounce(&s, err).await,
         };
         let kind = stanza.name();
@@ -599,6 +600,7 @@ impl Router {
             // XEP-0160 (IM's handler) keeps it; without one, as a bare RFC 6120 server.
             Ok(true) => match self.hooks.to_offline(bare, stanza).await {
                 Flow::Done => {}
+                Flow::Reply(r) => Box::pin(self.route(r)).await,
                 Flow::Refuse(s, err) => self.bounce(&s, err).await,
                 Flow::Pass(s) => {
                     self.bounce(&s, StanzaError::new(Condition::ServiceUnavailable))

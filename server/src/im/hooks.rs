@@ -1,15 +1,19 @@
 //! IM's handlers on the router's hooks: what reaches an account goes through blocking
 //! (XEP-0191), presence and subscriptions (RFC 6121 §3–4) and vCards (XEP-0054); what
-//! finds no resource is stored offline (XEP-0160). The composition root installs them.
+//! finds no resource is stored offline (XEP-0160); what a client sends goes through
+//! blocking (§3.5), its own roster, blocklist and vCard iqs, and its presence; a session
+//! that ends is announced unavailable. The composition root installs them.
 
 use std::sync::{Arc, Weak};
 
+use dashmap::DashMap;
 use openspimed_module_api::jid::Jid;
 use openspimed_module_api::{
-    AccountTarget, Condition, Element, Flow, Hooks, PrivacyHook, StanzaError, ToAccountHook,
-    ToOfflineHook, async_trait,
+    AccountTarget, ClientSession, Condition, Element, Flow, FromClientHook, Hooks, PrivacyHook,
+    SessionHook, StanzaError, ToAccountHook, ToOfflineHook, async_trait,
 };
 
+use super::SessionIm;
 use crate::core::router::Router;
 
 /// Priorities on the to-account hook: blocking before anything else sees the stanza,
@@ -18,6 +22,14 @@ use crate::core::router::Router;
 const BLOCKING: i32 = 100;
 const PRESENCE: i32 = 50;
 const VCARD: i32 = 0;
+/// Priorities on the from-client hook: the user's own blocklist first (XEP-0191 §3.5),
+/// then the iqs to the user's own account, then presence.
+const OUTBOUND_BLOCKING: i32 = 100;
+const OWN_ACCOUNT: i32 = 50;
+const OUTBOUND_PRESENCE: i32 = 40;
+
+/// IM's state of each bound client session, by session id.
+type SessionStates = Arc<DashMap<u64, SessionIm>>;
 
 /// Adds IM's handlers to `router`'s hooks.
 pub fn install(router: &Arc<Router>) {
@@ -31,7 +43,24 @@ pub fn install(router: &Arc<Router>) {
     router
         .hooks
         .on_to_account(VCARD, Arc::new(VCard(weak.clone())));
-    router.hooks.on_to_offline(0, Arc::new(Offline(weak)));
+    router
+        .hooks
+        .on_to_offline(0, Arc::new(Offline(weak.clone())));
+    let sessions = SessionStates::default();
+    router
+        .hooks
+        .on_from_client(OUTBOUND_BLOCKING, Arc::new(OutboundBlocking(weak.clone())));
+    router
+        .hooks
+        .on_from_client(OWN_ACCOUNT, Arc::new(OwnAccount(weak.clone())));
+    let client = Arc::new(ClientPresence {
+        router: weak,
+        sessions,
+    });
+    router
+        .hooks
+        .on_from_client(OUTBOUND_PRESENCE, client.clone());
+    router.hooks.on_session(client);
     router.hooks.add_account_features(&[
         super::blocking::NS,
         super::vcard::NS,
@@ -113,9 +142,7 @@ impl ToAccountHook for VCard {
             .attr("from")
             .and_then(|f| Jid::new(f).ok())
             .is_some_and(|f| f.to_bare().to_string() == to.bare);
-        let reply = super::vcard::iq(&router, to.bare, &stanza, own).await;
-        router.route(reply).await;
-        Flow::Done
+        Flow::Reply(super::vcard::iq(&router, to.bare, &stanza, own).await)
     }
 }
 
@@ -133,5 +160,150 @@ impl ToOfflineHook for Offline {
             Ok(()) => Flow::Done,
             Err(err) => Flow::Refuse(message, err),
         }
+    }
+}
+
+/// XEP-0191 §3.5: nothing goes to a JID the user blocks; the client learns why.
+struct OutboundBlocking(Weak<Router>);
+
+#[async_trait]
+impl FromClientHook for OutboundBlocking {
+    async fn client_sent(&self, from: ClientSession<'_>, stanza: Element) -> Flow {
+        let Some(router) = self.0.upgrade() else {
+            return Flow::Pass(stanza);
+        };
+        let blocked = match stanza.attr("to") {
+            Some(to) => super::blocking::blocks(&router, from.bare, to).await,
+            None => false,
+        };
+        if !blocked {
+            return Flow::Pass(stanza);
+        }
+        match super::blocking::blocked_error().reply_to(&stanza) {
+            Some(mut reply) => {
+                reply.remove_attr("from");
+                Flow::Reply(reply)
+            }
+            None => Flow::Done,
+        }
+    }
+}
+
+/// The client's iqs to its own account: roster (RFC 6121 §2), blocklist (XEP-0191),
+/// vCard (XEP-0054).
+struct OwnAccount(Weak<Router>);
+
+#[async_trait]
+impl FromClientHook for OwnAccount {
+    async fn client_sent(&self, from: ClientSession<'_>, stanza: Element) -> Flow {
+        let own = stanza
+            .attr("to")
+            .is_none_or(|t| t.eq_ignore_ascii_case(from.bare));
+        let request = stanza.name() == "iq" && matches!(stanza.attr("type"), Some("get" | "set"));
+        let Some(router) = self.0.upgrade().filter(|_| own && request) else {
+            return Flow::Pass(stanza);
+        };
+        let mut reply = match stanza.first_child().map(|p| p.ns()) {
+            Some(super::NS_ROSTER) => super::roster_iq(&router, from.bare, from.id, &stanza).await,
+            Some(super::blocking::NS) => {
+                super::blocking::iq(&router, from.bare, from.id, &stanza).await
+            }
+            Some(super::vcard::NS) => super::vcard::iq(&router, from.bare, &stanza, true).await,
+            _ => return Flow::Pass(stanza),
+        };
+        reply.remove_attr("from");
+        Flow::Reply(reply)
+    }
+}
+
+/// The client's presence (RFC 6121 §4: broadcast, directed; §3: subscriptions), and the
+/// unavailable presence of a session that ends (§4.5.2).
+struct ClientPresence {
+    /// The router, to reach contacts.
+    router: Weak<Router>,
+    /// Each session's directed presences (§4.6).
+    sessions: SessionStates,
+}
+
+#[async_trait]
+impl FromClientHook for ClientPresence {
+    async fn client_sent(&self, from: ClientSession<'_>, stanza: Element) -> Flow {
+        if stanza.name() != "presence" {
+            return Flow::Pass(stanza);
+        }
+        let Some(router) = self.router.upgrade() else {
+            return Flow::Pass(stanza);
+        };
+        let ptype = stanza.attr("type").map(str::to_owned);
+        match (stanza.attr("to").is_some(), ptype.as_deref()) {
+            // Broadcast presence (RFC 6121 §4.2, §4.5).
+            (false, None | Some("unavailable")) => {
+                let directed = self.directed(from.id);
+                super::broadcast(&router, from.bare, from.full, from.id, stanza, &directed).await;
+            }
+            (true, Some(t)) if super::subscription::Kind::from_type(t).is_some() => {
+                if let Some(kind) = super::subscription::Kind::from_type(t) {
+                    super::outbound_subscription(&router, from.bare, stanza, kind).await;
+                }
+            }
+            // Directed presence (§4.6): remembered so the recipient learns when the
+            // resource goes unavailable.
+            (true, None | Some("unavailable")) => {
+                if let Some(to) = stanza.attr("to") {
+                    self.sessions.entry(from.id).or_default().directed_to(to);
+                }
+                router.route(stanza).await;
+            }
+            // Probes are the server's business; anything else without `to` is moot.
+            _ => {}
+        }
+        Flow::Done
+    }
+}
+
+impl ClientPresence {
+    /// The directed presences of session `id`.
+    fn directed(&self, id: u64) -> Vec<String> {
+        self.sessions
+            .get(&id)
+            .map(|s| s.directed.clone())
+            .unwrap_or_default()
+    }
+}
+
+#[async_trait]
+impl SessionHook for ClientPresence {
+    async fn bound(&self, session: ClientSession<'_>) {
+        // Every stanza to or from the account checks its blocklist: load it now, not on
+        // the first message's path.
+        if let Some(router) = self.router.upgrade() {
+            let bare = session.bare.to_owned();
+            tokio::spawn(async move {
+                super::blocking::list(&router, &bare).await;
+            });
+        }
+    }
+
+    async fn closed(&self, session: ClientSession<'_>) {
+        let directed = self
+            .sessions
+            .remove(&session.id)
+            .map(|(_, s)| s.directed)
+            .unwrap_or_default();
+        let Some(router) = self.router.upgrade() else {
+            return;
+        };
+        // RFC 6121 §4.5.2: contacts learn the resource went away.
+        let gone = Element::new("presence", openspimed_module_api::ns::CLIENT)
+            .with_attr("type", "unavailable");
+        super::broadcast(
+            &router,
+            session.bare,
+            session.full,
+            session.id,
+            gone,
+            &directed,
+        )
+        .await;
     }
 }
