@@ -11,7 +11,9 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use openspimed_module_api::jid::FullJid;
-use openspimed_module_api::{ClientSession, Condition, Element, Flow, StanzaError, iq_result, ns};
+use openspimed_module_api::{
+    ClientSession, Condition, Element, Flow, StanzaError, Unauthenticated, iq_result, ns,
+};
 use rand::RngCore;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -21,7 +23,6 @@ use tokio_rustls::server::TlsStream;
 use crate::core::router::{Host, Outgoing};
 use crate::core::shared::Shared;
 use crate::error::{StreamError, StreamErrorCondition as C};
-use crate::ibr::RegistrationLimit;
 use crate::sasl::{self, AuthFailure, Exchange, Step};
 use crate::stream::{Conn, Fail, stream_err};
 use crate::telemetry;
@@ -34,18 +35,14 @@ pub struct Clients {
     pub shared: Arc<Shared>,
     /// Sessions waiting to be resumed (XEP-0198), by resumption id.
     pub detached: DetachedSessions,
-    /// In-band registrations per client address (XEP-0077), for the registration limit.
-    pub registrations: RegistrationLimit,
 }
 
 impl Clients {
-    /// The client side of `shared`, allowing `registrations_per_hour` registrations per
-    /// address.
-    pub fn new(shared: Arc<Shared>, registrations_per_hour: u32) -> Clients {
+    /// The client side of `shared`.
+    pub fn new(shared: Arc<Shared>) -> Clients {
         Clients {
             shared,
             detached: Default::default(),
-            registrations: RegistrationLimit::new(registrations_per_hour),
         }
     }
 }
@@ -371,8 +368,9 @@ async fn authenticate(
         features.push_str(&format!("<mechanism>{m}</mechanism>"));
     }
     features.push_str("</mechanisms>");
-    if host.allow_registration {
-        features.push_str(crate::ibr::FEATURE);
+    // What the pre-auth hooks offer (XEP-0077: in-band registration).
+    for f in shared.router.hooks.pre_auth_features(&host.domain) {
+        features.push_str(&f.to_string());
     }
     if cb_data.is_some() {
         // XEP-0440: which channel-binding types the server can use.
@@ -393,15 +391,23 @@ async fn authenticate(
                 return Err(stream_err(C::NotWellFormed, "unexpected stream header"));
             }
         };
-        if crate::ibr::is_register_iq(&el) {
-            // XEP-0077 §3.1: registration happens on the secured stream, before SASL.
-            let answer =
-                crate::ibr::register(shared, &shared.registrations, &host, peer.ip(), &el).await;
-            conn.send(&answer).await?;
-            continue;
-        }
         if is_stanza(&el) {
-            return Err(stream_err(C::NotAuthorized, "authenticate first"));
+            // The pre-auth hooks (XEP-0077 registration) take what they know.
+            let client = Unauthenticated {
+                host: &host.domain,
+                ip: peer.ip(),
+            };
+            match shared.router.hooks.pre_auth(client, el).await {
+                Flow::Reply(answer) => conn.send(&answer).await?,
+                Flow::Done => {}
+                Flow::Refuse(el, err) => {
+                    if let Some(answer) = err.reply_to(&el) {
+                        conn.send(&answer).await?;
+                    }
+                }
+                Flow::Pass(_) => return Err(stream_err(C::NotAuthorized, "authenticate first")),
+            }
+            continue;
         }
         if !el.is("auth", ns::SASL) {
             return Err(stream_err(C::PolicyViolation, "expected <auth/>"));
@@ -1024,23 +1030,6 @@ async fn inbound(
         let to_self = el
             .attr("to")
             .is_none_or(|t| t.eq_ignore_ascii_case(&s.host.domain));
-        if to_self && crate::ibr::is_register_iq(&el) {
-            let user = s.bare.split('@').next().unwrap_or("");
-            return match crate::ibr::account_iq(shared, user, &s.host.domain, &el).await {
-                crate::ibr::AccountChange::Reply(r) => s.send(conn, &r).await,
-                crate::ibr::AccountChange::Removed(r) => {
-                    s.send(conn, &r).await?;
-                    // XEP-0077 §3.2: every session of a removed account ends.
-                    for tx in shared.router.registry.sessions_of(&s.bare) {
-                        let _ = tx.try_send(Outgoing::Kick(Box::new(StreamError::with_text(
-                            C::NotAuthorized,
-                            "the account was removed",
-                        ))));
-                    }
-                    Ok(())
-                }
-            };
-        }
         // The legacy session iq (RFC 3921 §3) is a no-op the 2008 client needs.
         if to_self
             && el.attr("type") == Some("set")

@@ -1,23 +1,110 @@
 //! XEP-0077 In-Band Registration: new accounts before authentication (when the host allows
-//! it), password change and account removal after.
+//! it), password change and account removal after; on the pre-auth and from-client hooks.
 
 use std::net::IpAddr;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
-use openspimed_module_api::{Condition, Element, StanzaError, iq_result};
+use openspimed_module_api::{
+    ClientSession, Condition, Element, Flow, FromClientHook, Hooks, PreAuthHook, StanzaError,
+    Unauthenticated, async_trait, iq_result,
+};
 
-use crate::core::router::Host;
-use crate::core::shared::Shared;
-use crate::error::storage_failure;
+use crate::core::router::{Outgoing, Router};
+use crate::error::{StreamError, StreamErrorCondition, storage_failure};
+use crate::storage::AccountStore;
 
 /// `jabber:iq:register`
 pub const NS: &str = "jabber:iq:register";
-/// The stream feature advertising registration.
-pub const FEATURE: &str = "<register xmlns='http://jabber.org/features/iq-register'/>";
+/// XEP-0077 §4: the stream feature advertising registration.
+pub const NS_FEATURE: &str = "http://jabber.org/features/iq-register";
+
+/// Adds registration to `router`'s hooks: accounts created with SCRAM keys of
+/// `scram_iterations`, at most `per_hour` registrations per address and hour.
+pub fn install(router: &Arc<Router>, scram_iterations: u32, per_hour: u32) {
+    let handler = Arc::new(Registration {
+        router: Arc::downgrade(router),
+        accounts: router.accounts.clone(),
+        scram_iterations,
+        limit: RegistrationLimit::new(per_hour),
+    });
+    router.hooks.on_pre_auth(handler.clone());
+    // Before IM's own-account handlers; the namespaces do not overlap.
+    router.hooks.on_from_client(60, handler);
+}
+
+/// The registration handlers.
+struct Registration {
+    /// For the hosts' `allow_registration` and the sessions of a removed account.
+    router: Weak<Router>,
+    /// Where accounts are created, changed and removed.
+    accounts: Arc<dyn AccountStore>,
+    /// SCRAM iterations of new credentials (`[auth] scram_iterations`).
+    scram_iterations: u32,
+    /// Registrations per client address.
+    limit: RegistrationLimit,
+}
+
+impl Registration {
+    fn allowed(&self, host: &str) -> bool {
+        self.router
+            .upgrade()
+            .and_then(|r| r.host(host))
+            .is_some_and(|h| h.allow_registration)
+    }
+}
+
+#[async_trait]
+impl PreAuthHook for Registration {
+    fn features(&self, host: &str) -> Vec<Element> {
+        if self.allowed(host) {
+            vec![Element::new("register", NS_FEATURE)]
+        } else {
+            Vec::new()
+        }
+    }
+
+    async fn stanza(&self, client: Unauthenticated<'_>, stanza: Element) -> Flow {
+        if !is_register_iq(&stanza) {
+            return Flow::Pass(stanza);
+        }
+        // XEP-0077 §3.1: registration happens on the secured stream, before SASL.
+        Flow::Reply(register(self, client.host, client.ip, &stanza).await)
+    }
+}
+
+#[async_trait]
+impl FromClientHook for Registration {
+    async fn client_sent(&self, from: ClientSession<'_>, stanza: Element) -> Flow {
+        let (user, domain) = from.bare.split_once('@').unwrap_or(("", from.bare));
+        let to_server = stanza
+            .attr("to")
+            .is_none_or(|t| t.eq_ignore_ascii_case(domain));
+        if !to_server || !is_register_iq(&stanza) {
+            return Flow::Pass(stanza);
+        }
+        match account_iq(self, user, domain, &stanza).await {
+            AccountChange::Reply(r) => Flow::Reply(r),
+            AccountChange::Removed(r) => {
+                // XEP-0077 §3.2: every session of a removed account ends (this one after
+                // the answer is written).
+                if let Some(router) = self.router.upgrade() {
+                    for tx in router.registry.sessions_of(from.bare) {
+                        let _ = tx.try_send(Outgoing::Kick(Box::new(StreamError::with_text(
+                            StreamErrorCondition::NotAuthorized,
+                            "the account was removed",
+                        ))));
+                    }
+                }
+                Flow::Reply(r)
+            }
+        }
+    }
+}
 
 /// Counts registrations per client address and hour.
-pub struct RegistrationLimit {
+struct RegistrationLimit {
     /// Window start and count per address.
     by_ip: DashMap<IpAddr, (Instant, u32)>,
     /// Registrations allowed per address and hour (0: no limit).
@@ -26,7 +113,7 @@ pub struct RegistrationLimit {
 
 impl RegistrationLimit {
     /// A limiter with the configured rate.
-    pub fn new(per_hour: u32) -> Self {
+    fn new(per_hour: u32) -> Self {
         RegistrationLimit {
             by_ip: DashMap::new(),
             per_hour,
@@ -58,7 +145,7 @@ impl RegistrationLimit {
 }
 
 /// Whether an iq is a registration request.
-pub fn is_register_iq(el: &Element) -> bool {
+fn is_register_iq(el: &Element) -> bool {
     el.name() == "iq" && el.get_child("query", NS).is_some()
 }
 
@@ -75,17 +162,12 @@ fn field(query: &Element, name: &str) -> Option<String> {
 }
 
 /// Registration before authentication (XEP-0077 §3.1). Returns the answer to send.
-pub async fn register(
-    shared: &Shared,
-    registrations: &RegistrationLimit,
-    host: &Host,
-    ip: IpAddr,
-    iq: &Element,
-) -> Element {
+async fn register(r: &Registration, host: &str, ip: IpAddr, iq: &Element) -> Element {
+    let registrations = &r.limit;
     let Some(query) = iq.get_child("query", NS) else {
         return error(iq, Condition::BadRequest.into());
     };
-    if !host.allow_registration {
+    if !r.allowed(host) {
         return error(iq, Condition::ServiceUnavailable.into());
     }
     match iq.attr("type") {
@@ -121,16 +203,11 @@ pub async fn register(
                         .with_text("too many registrations from this address; try later"),
                 );
             }
-            let creds =
-                crate::sasl::derive_credentials(&password, shared.config.auth.scram_iterations);
-            match shared
-                .accounts
-                .create_account(&node, &host.domain, &creds)
-                .await
-            {
+            let creds = crate::sasl::derive_credentials(&password, r.scram_iterations);
+            match r.accounts.create_account(&node, host, &creds).await {
                 Ok(true) => {
                     registrations.record(ip);
-                    tracing::info!(account = %format!("{node}@{}", host.domain), "registered in-band");
+                    tracing::info!(account = %format!("{node}@{host}"), "registered in-band");
                     iq_result(iq)
                 }
                 Ok(false) => error(iq, Condition::Conflict.into()),
@@ -142,7 +219,7 @@ pub async fn register(
 }
 
 /// What an authenticated registration iq asks for.
-pub enum AccountChange {
+enum AccountChange {
     /// Just answer.
     Reply(Element),
     /// Answer, then end every session of the account (it was removed).
@@ -151,7 +228,7 @@ pub enum AccountChange {
 
 /// Registration requests of an authenticated account (XEP-0077 §3.2–3.3): its current
 /// registration, password change, removal.
-pub async fn account_iq(shared: &Shared, user: &str, domain: &str, iq: &Element) -> AccountChange {
+async fn account_iq(r: &Registration, user: &str, domain: &str, iq: &Element) -> AccountChange {
     let Some(query) = iq.get_child("query", NS) else {
         return AccountChange::Reply(error(iq, Condition::BadRequest.into()));
     };
@@ -170,7 +247,7 @@ pub async fn account_iq(shared: &Shared, user: &str, domain: &str, iq: &Element)
             ),
         )),
         Some("set") if query.get_child("remove", NS).is_some() => {
-            match shared.accounts.delete_account(user, domain).await {
+            match r.accounts.delete_account(user, domain).await {
                 Ok(_) => {
                     tracing::info!(account = %format!("{user}@{domain}"), "account removed in-band");
                     AccountChange::Removed(reply(iq_result(iq)))
@@ -193,9 +270,8 @@ pub async fn account_iq(shared: &Shared, user: &str, domain: &str, iq: &Element)
                         .with_text("you can only change your own password"),
                 )));
             }
-            let creds =
-                crate::sasl::derive_credentials(&password, shared.config.auth.scram_iterations);
-            match shared.accounts.set_credentials(user, domain, &creds).await {
+            let creds = crate::sasl::derive_credentials(&password, r.scram_iterations);
+            match r.accounts.set_credentials(user, domain, &creds).await {
                 Ok(_) => AccountChange::Reply(reply(iq_result(iq))),
                 Err(e) => AccountChange::Reply(reply(error(
                     iq,

@@ -186,6 +186,11 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let router = Router::new(accounts.clone(), store.clone(), im_limits(&config.limits));
     // IM on the router's hooks (every host, as before it became a set of handlers).
     crate::im::hooks::install(&router);
+    crate::ibr::install(
+        &router,
+        config.auth.scram_iterations,
+        config.auth.registrations_per_ip_per_hour,
+    );
 
     crate::core::mount::install(
         router.as_ref(),
@@ -250,10 +255,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         connections: AtomicUsize::new(0),
         next_session_id: AtomicU64::new(1),
     });
-    let clients = Arc::new(c2s::Clients::new(
-        shared.clone(),
-        shared.config.auth.registrations_per_ip_per_hour,
-    ));
+    let clients = Arc::new(c2s::Clients::new(shared.clone()));
     shared.record_certificate_expiry();
     tracker.spawn(crate::telemetry::upkeep(shared.shutdown.clone()));
     if shared.config.tls.watch_secs > 0 {

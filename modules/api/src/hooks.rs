@@ -106,6 +106,28 @@ pub trait SessionHook: Send + Sync {
     async fn closed(&self, session: ClientSession<'_>);
 }
 
+/// A client on a secured stream that has not authenticated yet.
+#[derive(Clone, Copy, Debug)]
+pub struct Unauthenticated<'a> {
+    /// The host its stream is for.
+    pub host: &'a str,
+    /// Its address (for limits per address).
+    pub ip: std::net::IpAddr,
+}
+
+/// Before authentication: what a handler adds to the stream features, and the stanzas a
+/// client may send before it logs in. XEP-0077 §3.1 (in-band registration) needs both:
+/// the `<register xmlns='http://jabber.org/features/iq-register'/>` feature and the
+/// registration iqs. A stanza no handler takes ends the stream with `not-authorized`
+/// (RFC 6120 §4.9.3.12).
+#[async_trait]
+pub trait PreAuthHook: Send + Sync {
+    /// Elements for `<stream:features/>` of a stream to `host` before authentication.
+    fn features(&self, host: &str) -> Vec<Element>;
+    /// A stanza from `client` before authentication.
+    async fn stanza(&self, client: Unauthenticated<'_>, stanza: Element) -> Flow;
+}
+
 /// Where handlers register. Priorities: higher runs first; equal priorities run in the
 /// order registered.
 pub trait Hooks: Send + Sync {
@@ -115,6 +137,8 @@ pub trait Hooks: Send + Sync {
     fn on_to_offline(&self, priority: i32, hook: Arc<dyn ToOfflineHook>);
     /// Adds a [`FromClientHook`].
     fn on_from_client(&self, priority: i32, hook: Arc<dyn FromClientHook>);
+    /// Adds a [`PreAuthHook`] (run in the order added).
+    fn on_pre_auth(&self, hook: Arc<dyn PreAuthHook>);
     /// Adds a [`SessionHook`] (run in the order added).
     fn on_session(&self, hook: Arc<dyn SessionHook>);
     /// Adds a [`PrivacyHook`].

@@ -13,8 +13,8 @@ pub use async_trait::async_trait;
 // The stanza tree is its own crate (shared with the OpenSpime library and the spime
 // client); modules reach it through here as before.
 pub use hooks::{
-    AccountTarget, ClientSession, Flow, FromClientHook, Hooks, PrivacyHook, SessionHook,
-    ToAccountHook, ToOfflineHook,
+    AccountTarget, ClientSession, Flow, FromClientHook, Hooks, PreAuthHook, PrivacyHook,
+    SessionHook, ToAccountHook, ToOfflineHook, Unauthenticated,
 };
 pub use module::{
     BoxFuture, Context, Identity, IqError, Module, ModuleError, ModuleFactory, Outcome, Route,

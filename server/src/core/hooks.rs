@@ -4,8 +4,8 @@
 use std::sync::{Arc, RwLock};
 
 use openspimed_module_api::{
-    AccountTarget, ClientSession, Element, Flow, FromClientHook, Hooks, PrivacyHook, SessionHook,
-    ToAccountHook, ToOfflineHook,
+    AccountTarget, ClientSession, Element, Flow, FromClientHook, Hooks, PreAuthHook, PrivacyHook,
+    SessionHook, ToAccountHook, ToOfflineHook, Unauthenticated,
 };
 
 /// `(priority, handler)` pairs, highest priority first.
@@ -52,6 +52,8 @@ impl<H: ?Sized> Point<H> {
 pub struct HookTable {
     /// [`FromClientHook`]s.
     from_client: Point<dyn FromClientHook>,
+    /// [`PreAuthHook`]s, in the order added.
+    pre_auth: Point<dyn PreAuthHook>,
     /// [`SessionHook`]s, in the order added.
     session: Point<dyn SessionHook>,
     /// [`ToAccountHook`]s.
@@ -71,6 +73,28 @@ impl HookTable {
         let mut stanza = stanza;
         for (_, h) in handlers.iter() {
             match h.client_sent(from, stanza).await {
+                Flow::Pass(s) => stanza = s,
+                decided => return decided,
+            }
+        }
+        Flow::Pass(stanza)
+    }
+
+    /// What the [`PreAuthHook`]s add to the features of a stream to `host`.
+    pub fn pre_auth_features(&self, host: &str) -> Vec<Element> {
+        self.pre_auth
+            .get()
+            .iter()
+            .flat_map(|(_, h)| h.features(host))
+            .collect()
+    }
+
+    /// Runs the [`PreAuthHook`]s on a stanza before authentication.
+    pub async fn pre_auth(&self, client: Unauthenticated<'_>, stanza: Element) -> Flow {
+        let handlers = self.pre_auth.get();
+        let mut stanza = stanza;
+        for (_, h) in handlers.iter() {
+            match h.stanza(client, stanza).await {
                 Flow::Pass(s) => stanza = s,
                 decided => return decided,
             }
@@ -140,6 +164,10 @@ impl HookTable {
 impl Hooks for HookTable {
     fn on_from_client(&self, priority: i32, hook: Arc<dyn FromClientHook>) {
         self.from_client.add(priority, hook);
+    }
+
+    fn on_pre_auth(&self, hook: Arc<dyn PreAuthHook>) {
+        self.pre_auth.add(0, hook);
     }
 
     fn on_session(&self, hook: Arc<dyn SessionHook>) {
