@@ -2,7 +2,7 @@
 //!
 //! Negotiation goes through its states in order, each a function: plain stream →
 //! STARTTLS (skipped on direct TLS) → SASL → resource binding → established. Only
-//! [`Conn`] touches the socket; parsing is [`StreamParser`]'s, routing the router's.
+//! [`Conn`] touches the socket; parsing is [`crate::xml::StreamParser`]'s, routing the router's.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -4,15 +4,18 @@
 //! - [`xml`]: sans-IO stream parsing (rxml), restricted XML and limits;
 //! - [`c2s`]: client connections: STARTTLS or direct TLS, SASL, binding, the session loop;
 //! - [`tls`]: rustls configurations, certificate per virtual host by SNI;
-//! - [`ibr`]: XEP-0077 in-band registration, password change and account removal;
+//! - [`ibr`]: XEP-0077 in-band registration, password change and account removal, as
+//!   handlers on the pre-auth and from-client hooks;
 //! - [`sasl`]: SCRAM (with `tls-exporter` channel binding) and PLAIN over rsasl,
 //!   credentials as SCRAM keys only, failure throttling;
 //! - [`core`]: the routing core: [`core::router`] (where a stanza goes: modules, the
 //!   session registry, federation behind [`core::router::Remote`], errors),
+//!   [`core::hooks`] (the hook table of `openspimed_module_api::hooks`),
 //!   [`core::mount`] (module instances per host) and [`core::shared`] (what every session
-//!   shares); it imports no session loop and not the composition root;
+//!   shares); it imports no session loop, no IM and not the composition root;
 //! - [`s2s`]: server-to-server streams, SASL EXTERNAL and dialback, the outgoing links;
-//! - [`im`]: RFC 6121 (rosters, subscriptions, presence, offline), blocking, vCards;
+//! - [`im`]: RFC 6121 (rosters, subscriptions, presence, offline), blocking, vCards, as
+//!   handlers on the hooks ([`im::hooks`]), installed at start by [`server`];
 //! - [`storage`]: narrow storage traits and their SQLite implementation;
 //! - [`error`]: the one place internal failures become stream or stanza errors;
 //! - [`telemetry`]: Prometheus metrics and the `/metrics` endpoint;
@@ -20,9 +23,14 @@
 //! - [`cli`]: the command line (`run`, `check`, account administration).
 //!
 //! # The path of a stanza
-//! socket → [`c2s`] `Conn` → [`xml::StreamParser`] → element → `c2s::inbound` (checks,
-//! `from` stamped) → [`core::router::Router::route`] → module handler, IM, a local
-//! session's outbox, or [`core::router::Remote`] (s2s) → that session's `Conn` → socket.
+//! socket → [`c2s`] `Conn` → [`xml::StreamParser`] → element → `c2s::inbound` (stream
+//! management, checks, `from` stamped) → the from-client hooks (IM: blocking, the user's
+//! roster/blocklist/vCard iqs, presence; registration) → [`core::router::Router::route`]
+//! → a module's handler (by route), or [`core::router::Remote`] (another domain: s2s), or,
+//! for a local account, the to-account hooks (IM: blocking, presence, vCard) → a session's
+//! outbox (or, with no resource available, the to-offline hook: IM stores it) → that
+//! session's `Conn` → socket. Stanzas from other servers enter at `s2s::incoming` and join
+//! at `route`.
 
 pub mod c2s;
 pub mod cli;

@@ -305,7 +305,8 @@ pub enum RemoteRefusal {
 }
 
 impl Router {
-    /// An empty router; call [`Router::install`] with the hosts before routing.
+    /// An empty router; [`crate::core::mount::install`] puts the hosts and modules in
+    /// before routing.
     pub fn new(
         accounts: Arc<dyn AccountStore>,
         im: Arc<dyn ImStore>,
