@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use openspimed_module_api::{
-    ClientSession, Condition, Element, Flow, FromClientHook, Hooks, PreAuthHook, StanzaError,
-    Unauthenticated, async_trait, iq_result,
+    ClientSession, Condition, Element, Flow, FromClientHook, Hooks, Kinds, PreAuthHook,
+    StanzaError, Unauthenticated, async_trait, iq_result,
 };
 
 use crate::core::router::{Outgoing, Router};
@@ -31,7 +31,7 @@ pub fn install(router: &Arc<Router>, scram_iterations: u32, per_hour: u32) {
     });
     router.hooks.on_pre_auth(handler.clone());
     // Before IM's own-account handlers; the namespaces do not overlap.
-    router.hooks.on_from_client(60, handler);
+    router.hooks.on_from_client(60, Kinds::IQ, handler);
 }
 
 /// The registration handlers.

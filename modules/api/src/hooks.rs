@@ -14,6 +14,45 @@ use async_trait::async_trait;
 use crate::element::Element;
 use crate::error::StanzaError;
 
+/// Which stanzas a handler wants to see: the others pass it by without a call. (Prosody
+/// names its events by stanza kind for the same reason: `message/bare`, `presence/full`,
+/// `iq/bare`…)
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Kinds(u8);
+
+impl Kinds {
+    /// `<message/>`.
+    pub const MESSAGE: Kinds = Kinds(1);
+    /// `<presence/>`.
+    pub const PRESENCE: Kinds = Kinds(2);
+    /// `<iq/>`.
+    pub const IQ: Kinds = Kinds(4);
+    /// Every stanza.
+    pub const ALL: Kinds = Kinds(7);
+
+    /// The kind of a stanza named `name` (nothing for a name that is not a stanza's).
+    pub fn of(name: &str) -> Kinds {
+        match name {
+            "message" => Kinds::MESSAGE,
+            "presence" => Kinds::PRESENCE,
+            "iq" => Kinds::IQ,
+            _ => Kinds(0),
+        }
+    }
+
+    /// Whether every kind in `other` is in `self` (and `other` is a kind at all).
+    pub fn contains(self, other: Kinds) -> bool {
+        other.0 != 0 && self.0 & other.0 == other.0
+    }
+}
+
+impl std::ops::BitOr for Kinds {
+    type Output = Kinds;
+    fn bitor(self, other: Kinds) -> Kinds {
+        Kinds(self.0 | other.0)
+    }
+}
+
 /// What a handler decided about a stanza.
 #[derive(Debug)]
 pub enum Flow {
@@ -131,12 +170,12 @@ pub trait PreAuthHook: Send + Sync {
 /// Where handlers register. Priorities: higher runs first; equal priorities run in the
 /// order registered.
 pub trait Hooks: Send + Sync {
-    /// Adds a [`ToAccountHook`].
-    fn on_to_account(&self, priority: i32, hook: Arc<dyn ToAccountHook>);
+    /// Adds a [`ToAccountHook`] for the stanzas of `kinds`.
+    fn on_to_account(&self, priority: i32, kinds: Kinds, hook: Arc<dyn ToAccountHook>);
     /// Adds a [`ToOfflineHook`].
     fn on_to_offline(&self, priority: i32, hook: Arc<dyn ToOfflineHook>);
-    /// Adds a [`FromClientHook`].
-    fn on_from_client(&self, priority: i32, hook: Arc<dyn FromClientHook>);
+    /// Adds a [`FromClientHook`] for the stanzas of `kinds`.
+    fn on_from_client(&self, priority: i32, kinds: Kinds, hook: Arc<dyn FromClientHook>);
     /// Adds a [`PreAuthHook`] (run in the order added).
     fn on_pre_auth(&self, hook: Arc<dyn PreAuthHook>);
     /// Adds a [`SessionHook`] (run in the order added).

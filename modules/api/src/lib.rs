@@ -13,7 +13,7 @@ pub use async_trait::async_trait;
 // The stanza tree is its own crate (shared with the OpenSpime library and the spime
 // client); modules reach it through here as before.
 pub use hooks::{
-    AccountTarget, ClientSession, Flow, FromClientHook, Hooks, PreAuthHook, PrivacyHook,
+    AccountTarget, ClientSession, Flow, FromClientHook, Hooks, Kinds, PreAuthHook, PrivacyHook,
     SessionHook, ToAccountHook, ToOfflineHook, Unauthenticated,
 };
 pub use module::{

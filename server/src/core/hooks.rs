@@ -4,12 +4,12 @@
 use std::sync::{Arc, RwLock};
 
 use openspimed_module_api::{
-    AccountTarget, ClientSession, Element, Flow, FromClientHook, Hooks, PreAuthHook, PrivacyHook,
-    SessionHook, ToAccountHook, ToOfflineHook, Unauthenticated,
+    AccountTarget, ClientSession, Element, Flow, FromClientHook, Hooks, Kinds, PreAuthHook,
+    PrivacyHook, SessionHook, ToAccountHook, ToOfflineHook, Unauthenticated,
 };
 
-/// `(priority, handler)` pairs, highest priority first.
-type Sorted<H> = Arc<Vec<(i32, Arc<H>)>>;
+/// `(priority, kinds wanted, handler)`, highest priority first.
+type Sorted<H> = Arc<Vec<(i32, Kinds, Arc<H>)>>;
 
 /// Handlers of one point, highest priority first.
 struct Point<H: ?Sized> {
@@ -27,15 +27,15 @@ impl<H: ?Sized> Default for Point<H> {
 }
 
 impl<H: ?Sized> Point<H> {
-    fn add(&self, priority: i32, hook: Arc<H>) {
+    fn add(&self, priority: i32, kinds: Kinds, hook: Arc<H>) {
         let mut guard = match self.handlers.write() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         };
         let mut list = guard.as_ref().clone();
         // Stable: equal priorities keep the order they were added in.
-        let at = list.partition_point(|(p, _)| *p >= priority);
-        list.insert(at, (priority, hook));
+        let at = list.partition_point(|(p, _, _)| *p >= priority);
+        list.insert(at, (priority, kinds, hook));
         *guard = Arc::new(list);
     }
 
@@ -70,8 +70,9 @@ impl HookTable {
     /// Runs the [`FromClientHook`]s: the first that does not pass decides.
     pub async fn client_sent(&self, from: ClientSession<'_>, stanza: Element) -> Flow {
         let handlers = self.from_client.get();
+        let kind = Kinds::of(stanza.name());
         let mut stanza = stanza;
-        for (_, h) in handlers.iter() {
+        for (_, _, h) in handlers.iter().filter(|(_, k, _)| k.contains(kind)) {
             match h.client_sent(from, stanza).await {
                 Flow::Pass(s) => stanza = s,
                 decided => return decided,
@@ -85,7 +86,7 @@ impl HookTable {
         self.pre_auth
             .get()
             .iter()
-            .flat_map(|(_, h)| h.features(host))
+            .flat_map(|(_, _, h)| h.features(host))
             .collect()
     }
 
@@ -93,7 +94,7 @@ impl HookTable {
     pub async fn pre_auth(&self, client: Unauthenticated<'_>, stanza: Element) -> Flow {
         let handlers = self.pre_auth.get();
         let mut stanza = stanza;
-        for (_, h) in handlers.iter() {
+        for (_, _, h) in handlers.iter() {
             match h.stanza(client, stanza).await {
                 Flow::Pass(s) => stanza = s,
                 decided => return decided,
@@ -104,14 +105,14 @@ impl HookTable {
 
     /// Tells every [`SessionHook`] that `session` was bound.
     pub async fn session_bound(&self, session: ClientSession<'_>) {
-        for (_, h) in self.session.get().iter() {
+        for (_, _, h) in self.session.get().iter() {
             h.bound(session).await;
         }
     }
 
     /// Tells every [`SessionHook`] that `session` ended.
     pub async fn session_closed(&self, session: ClientSession<'_>) {
-        for (_, h) in self.session.get().iter() {
+        for (_, _, h) in self.session.get().iter() {
             h.closed(session).await;
         }
     }
@@ -119,8 +120,9 @@ impl HookTable {
     /// Runs the [`ToAccountHook`]s: the first that does not pass decides.
     pub async fn to_account(&self, to: AccountTarget<'_>, stanza: Element) -> Flow {
         let handlers = self.to_account.get();
+        let kind = Kinds::of(stanza.name());
         let mut stanza = stanza;
-        for (_, h) in handlers.iter() {
+        for (_, _, h) in handlers.iter().filter(|(_, k, _)| k.contains(kind)) {
             match h.to_account(to, stanza).await {
                 Flow::Pass(s) => stanza = s,
                 decided => return decided,
@@ -133,7 +135,7 @@ impl HookTable {
     pub async fn to_offline(&self, bare: &str, message: Element) -> Flow {
         let handlers = self.to_offline.get();
         let mut message = message;
-        for (_, h) in handlers.iter() {
+        for (_, _, h) in handlers.iter() {
             match h.to_offline(bare, message).await {
                 Flow::Pass(s) => message = s,
                 decided => return decided,
@@ -144,7 +146,7 @@ impl HookTable {
 
     /// Whether any [`PrivacyHook`] says `user` blocks `other`.
     pub async fn blocks(&self, user: &str, other: &str) -> bool {
-        for (_, h) in self.privacy.get().iter() {
+        for (_, _, h) in self.privacy.get().iter() {
             if h.blocks(user, other).await {
                 return true;
             }
@@ -162,29 +164,29 @@ impl HookTable {
 }
 
 impl Hooks for HookTable {
-    fn on_from_client(&self, priority: i32, hook: Arc<dyn FromClientHook>) {
-        self.from_client.add(priority, hook);
+    fn on_from_client(&self, priority: i32, kinds: Kinds, hook: Arc<dyn FromClientHook>) {
+        self.from_client.add(priority, kinds, hook);
     }
 
     fn on_pre_auth(&self, hook: Arc<dyn PreAuthHook>) {
-        self.pre_auth.add(0, hook);
+        self.pre_auth.add(0, Kinds::ALL, hook);
     }
 
     fn on_session(&self, hook: Arc<dyn SessionHook>) {
         // Added last among equals: sessions hooks run in the order added.
-        self.session.add(0, hook);
+        self.session.add(0, Kinds::ALL, hook);
     }
 
-    fn on_to_account(&self, priority: i32, hook: Arc<dyn ToAccountHook>) {
-        self.to_account.add(priority, hook);
+    fn on_to_account(&self, priority: i32, kinds: Kinds, hook: Arc<dyn ToAccountHook>) {
+        self.to_account.add(priority, kinds, hook);
     }
 
     fn on_to_offline(&self, priority: i32, hook: Arc<dyn ToOfflineHook>) {
-        self.to_offline.add(priority, hook);
+        self.to_offline.add(priority, Kinds::MESSAGE, hook);
     }
 
     fn on_privacy(&self, hook: Arc<dyn PrivacyHook>) {
-        self.privacy.add(0, hook);
+        self.privacy.add(0, Kinds::ALL, hook);
     }
 
     fn add_account_features(&self, features: &[&str]) {
@@ -239,16 +241,16 @@ mod tests {
             Flow::Pass(s) => assert_eq!(s.attr("seen"), None),
             other => panic!("{other:?}"),
         }
-        t.on_to_account(0, Arc::new(Tag("c", "pass")));
-        t.on_to_account(10, Arc::new(Tag("a", "pass")));
-        t.on_to_account(0, Arc::new(Tag("d", "pass")));
-        t.on_to_account(5, Arc::new(Tag("b", "pass")));
+        t.on_to_account(0, Kinds::ALL, Arc::new(Tag("c", "pass")));
+        t.on_to_account(10, Kinds::MESSAGE, Arc::new(Tag("a", "pass")));
+        t.on_to_account(0, Kinds::ALL, Arc::new(Tag("d", "pass")));
+        t.on_to_account(5, Kinds::ALL, Arc::new(Tag("b", "pass")));
         match t.to_account(TO, message()).await {
             Flow::Pass(s) => assert_eq!(s.attr("seen"), Some("abcd")),
             other => panic!("{other:?}"),
         }
         // A refusal at priority 1 stops the two at 0, and carries what it was given.
-        t.on_to_account(1, Arc::new(Tag("x", "refuse")));
+        t.on_to_account(1, Kinds::ALL, Arc::new(Tag("x", "refuse")));
         match t.to_account(TO, message()).await {
             Flow::Refuse(s, e) => {
                 assert_eq!(s.attr("seen"), Some("abx"));
@@ -256,7 +258,12 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        t.on_to_account(7, Arc::new(Tag("y", "done")));
+        // Not for presence: a presence passes it by.
+        t.on_to_account(7, Kinds::IQ | Kinds::MESSAGE, Arc::new(Tag("y", "done")));
+        let presence = Element::new("presence", "jabber:client");
+        assert!(
+            matches!(t.to_account(TO, presence).await, Flow::Refuse(s, _) if s.attr("seen") == Some("bx"))
+        );
         assert!(matches!(t.to_account(TO, message()).await, Flow::Done));
     }
 

@@ -9,8 +9,8 @@ use std::sync::{Arc, Weak};
 use dashmap::DashMap;
 use openspimed_module_api::jid::Jid;
 use openspimed_module_api::{
-    AccountTarget, ClientSession, Condition, Element, Flow, FromClientHook, Hooks, PrivacyHook,
-    SessionHook, StanzaError, ToAccountHook, ToOfflineHook, async_trait,
+    AccountTarget, ClientSession, Condition, Element, Flow, FromClientHook, Hooks, Kinds,
+    PrivacyHook, SessionHook, StanzaError, ToAccountHook, ToOfflineHook, async_trait,
 };
 
 use super::SessionIm;
@@ -35,31 +35,35 @@ type SessionStates = Arc<DashMap<u64, SessionIm>>;
 pub fn install(router: &Arc<Router>) {
     let weak = Arc::downgrade(router);
     let blocking = Arc::new(Blocking(weak.clone()));
-    router.hooks.on_to_account(BLOCKING, blocking.clone());
+    router
+        .hooks
+        .on_to_account(BLOCKING, Kinds::ALL, blocking.clone());
     router.hooks.on_privacy(blocking);
     router
         .hooks
-        .on_to_account(PRESENCE, Arc::new(Presence(weak.clone())));
+        .on_to_account(PRESENCE, Kinds::PRESENCE, Arc::new(Presence(weak.clone())));
     router
         .hooks
-        .on_to_account(VCARD, Arc::new(VCard(weak.clone())));
+        .on_to_account(VCARD, Kinds::IQ, Arc::new(VCard(weak.clone())));
     router
         .hooks
         .on_to_offline(0, Arc::new(Offline(weak.clone())));
     let sessions = SessionStates::default();
+    router.hooks.on_from_client(
+        OUTBOUND_BLOCKING,
+        Kinds::ALL,
+        Arc::new(OutboundBlocking(weak.clone())),
+    );
     router
         .hooks
-        .on_from_client(OUTBOUND_BLOCKING, Arc::new(OutboundBlocking(weak.clone())));
-    router
-        .hooks
-        .on_from_client(OWN_ACCOUNT, Arc::new(OwnAccount(weak.clone())));
+        .on_from_client(OWN_ACCOUNT, Kinds::IQ, Arc::new(OwnAccount(weak.clone())));
     let client = Arc::new(ClientPresence {
         router: weak,
         sessions,
     });
     router
         .hooks
-        .on_from_client(OUTBOUND_PRESENCE, client.clone());
+        .on_from_client(OUTBOUND_PRESENCE, Kinds::PRESENCE, client.clone());
     router.hooks.on_session(client);
     router.hooks.add_account_features(&[
         super::blocking::NS,
