@@ -191,6 +191,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         config.auth.scram_iterations,
         config.auth.registrations_per_ip_per_hour,
     );
+    router.hooks.freeze();
 
     crate::core::mount::install(
         router.as_ref(),
