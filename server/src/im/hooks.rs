@@ -16,9 +16,9 @@ use openspimed_module_api::{
 use super::SessionIm;
 use crate::core::router::Router;
 
-/// Priorities on the to-account hook: blocking before anything else sees the stanza,
-/// then presence, then vCards (Prosody runs mod_blocklist's handlers at priority 1 and
-/// mod_presence's at the default 0, in the same order).
+/// Priorities on the to-account hook: blocking before anything else sees the stanza
+/// (XEP-0191 §3.4: nothing from a blocked JID arrives, not even to another handler), then
+/// presence, then vCards.
 const BLOCKING: i32 = 100;
 const PRESENCE: i32 = 50;
 const VCARD: i32 = 0;
