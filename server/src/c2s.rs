@@ -625,6 +625,15 @@ struct Session {
 }
 
 impl Session {
+    /// The session as the hooks see it.
+    fn client(&self) -> ClientSession<'_> {
+        ClientSession {
+            bare: &self.bare,
+            full: &self.full,
+            id: self.id,
+        }
+    }
+
     /// Writes a stanza to the client, counting it for stream management.
     async fn send(
         &mut self,
@@ -953,15 +962,7 @@ fn detach(shared: &Arc<Clients>, s: Session) {
 /// XEP-0198 §5 and RFC 6121 §8.5.3.2 want.
 async fn finish(shared: &Arc<Clients>, mut s: Session) {
     // The hooks learn it first (IM tells the contacts: RFC 6121 §4.5.2).
-    shared
-        .router
-        .hooks
-        .session_closed(ClientSession {
-            bare: &s.bare,
-            full: &s.full,
-            id: s.id,
-        })
-        .await;
+    shared.router.hooks.session_closed(s.client()).await;
     shared.router.registry.unbind(&s.bare, s.id);
     metrics::gauge!(telemetry::SESSIONS, "kind" => "c2s", "host" => s.host.domain.clone())
         .decrement(1.0);
@@ -1042,18 +1043,7 @@ async fn inbound(
     }
     // The hooks (IM: blocking, the user's own roster, blocklist and vCard, presence),
     // then routing.
-    let flow = shared
-        .router
-        .hooks
-        .client_sent(
-            ClientSession {
-                bare: &s.bare,
-                full: &s.full,
-                id: s.id,
-            },
-            el,
-        )
-        .await;
+    let flow = shared.router.hooks.client_sent(s.client(), el).await;
     match flow {
         Flow::Pass(el) => shared.router.route(el).await,
         Flow::Done => {}

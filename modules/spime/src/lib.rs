@@ -85,6 +85,11 @@ fn answered(from: &str, stanza: &Element) -> ClientError {
     }
 }
 
+/// The bare JID of `jid` (everything before the resource).
+pub fn bare(jid: &str) -> &str {
+    jid.split('/').next().unwrap_or(jid)
+}
+
 /// Where a ScopeNode's public key was found (wire profile §4, in the order it is tried).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KeySource {
@@ -219,7 +224,7 @@ impl Spime {
         service: &str,
         to: &str,
     ) -> Result<(RsaPublicKey, KeySource), ClientError> {
-        let bare = to.split('/').next().unwrap_or(to).to_owned();
+        let bare = bare(to).to_owned();
         let mut tried = Vec::new();
         let mut asks = vec![(service.to_owned(), to.to_owned())];
         if bare != to {
@@ -328,7 +333,7 @@ impl Spime {
             let from = el.attr("from").unwrap_or("").to_owned();
             let authorized = match authorize {
                 Authorize::Resource => from.clone(),
-                Authorize::Account => from.split('/').next().unwrap_or("").to_owned(),
+                Authorize::Account => bare(&from).to_owned(),
             };
             let mut reply = openspimed_stanza::iq_result(&el);
             reply.remove_attr("from");

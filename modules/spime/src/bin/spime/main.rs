@@ -342,7 +342,7 @@ struct ServeArgs {
 
 /// Whether `jid` (a claimer's full JID) is in `allow`, by full or by bare JID.
 fn allowed_by(allow: &[String], jid: &str) -> bool {
-    let bare = jid.split('/').next().unwrap_or(jid);
+    let bare = spime::bare(jid);
     allow.iter().any(|a| a == jid || a == bare)
 }
 
@@ -449,7 +449,6 @@ async fn seek(
 /// only when they hold entries and the seeker may see them, and silently drop a request
 /// they saw before or that expired (seed §1.2).
 fn no_answer(me: &str, target: &str, wait: u64, held: Option<&HeldClaim>) -> String {
-    let bare = |j: &str| j.split('/').next().unwrap_or(j).to_owned();
     let why = if me == target {
         "no ScopeNode holds entries of it".to_owned()
     } else {
@@ -458,7 +457,7 @@ fn no_answer(me: &str, target: &str, wait: u64, held: Option<&HeldClaim>) -> Str
                 "you hold no claim key for {target}, so ScopeNodes ignore the request \
                  (run `spime claim {target}`)"
             ),
-            Some(c) if c.authorizes != me && c.authorizes != bare(me) => format!(
+            Some(c) if c.authorizes != me && c.authorizes != spime::bare(me) => format!(
                 "the claim key held authorizes {}, not {me}, so ScopeNodes ignore the request",
                 c.authorizes
             ),

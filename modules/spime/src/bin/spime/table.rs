@@ -104,19 +104,10 @@ pub fn render(found: &[(String, Entry)], format: Format) -> Result<String, Strin
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use openspime::Field;
 
     fn entry(fields: &[(&str, &str)]) -> Entry {
-        Entry {
-            fields: fields
-                .iter()
-                .map(|(n, v)| Field {
-                    name: (*n).into(),
-                    value: (*v).into(),
-                    attrs: vec![],
-                })
-                .collect(),
-        }
+        let args: Vec<String> = fields.iter().map(|(n, v)| format!("{n}={v}")).collect();
+        crate::entries::parse_fields(&args).unwrap()
     }
 
     fn found() -> Vec<(String, Entry)> {
