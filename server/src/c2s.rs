@@ -369,7 +369,7 @@ async fn authenticate(
     }
     features.push_str("</mechanisms>");
     // What the pre-auth hooks offer (XEP-0077: in-band registration).
-    for f in shared.router.hooks.pre_auth_features(&host.domain) {
+    for f in host.hooks.pre_auth_features(&host.domain) {
         features.push_str(&f.to_string());
     }
     if cb_data.is_some() {
@@ -397,7 +397,7 @@ async fn authenticate(
                 host: &host.domain,
                 ip: peer.ip(),
             };
-            match shared.router.hooks.pre_auth(client, el).await {
+            match host.hooks.pre_auth(client, el).await {
                 Flow::Reply(answer) => conn.send(&answer).await?,
                 Flow::Done => {}
                 Flow::Refuse(el, err) => {
@@ -618,13 +618,26 @@ struct Session {
     id: u64,
     /// Stanzas for this session.
     rx: mpsc::Receiver<Outgoing>,
-    /// The host.
+    /// The host as the routing tables of [`Session::generation`] have it: its hook lists
+    /// are fired for what the session sends.
     host: Arc<Host>,
+    /// The router's table generation `host` was read at; a reload bumps it, and the
+    /// session reads its host again.
+    generation: u64,
     /// Stream management, once the client enabled it (XEP-0198).
     sm: Option<crate::sm::Sm>,
 }
 
 impl Session {
+    /// The host with the modules and hooks in force: read again after a reload.
+    fn host_now(&mut self, router: &crate::core::router::Router) -> &Host {
+        if let Some((host, generation)) = router.host_since(&self.host.domain, self.generation) {
+            self.host = host;
+            self.generation = generation;
+        }
+        &self.host
+    }
+
     /// The session as the hooks see it.
     fn client(&self) -> ClientSession<'_> {
         ClientSession {
@@ -778,9 +791,14 @@ async fn bind_resource(
             return Err(f);
         }
         tracing::debug!(jid = %full_str, "resource bound");
-        shared
+        // The host as it is now (a reload may have come since the stream opened); the
+        // generation first, so that a reload in between is seen on the next stanza.
+        let generation = shared.router.generation();
+        let host = shared
             .router
-            .hooks
+            .host(&host.domain)
+            .unwrap_or_else(|| host.clone());
+        host.hooks
             .session_bound(ClientSession {
                 bare: &bare,
                 full: &full_str,
@@ -792,7 +810,8 @@ async fn bind_resource(
             full: full_str,
             id,
             rx,
-            host: host.clone(),
+            host,
+            generation,
             sm: None,
         }));
     }
@@ -962,7 +981,8 @@ fn detach(shared: &Arc<Clients>, s: Session) {
 /// XEP-0198 §5 and RFC 6121 §8.5.3.2 want.
 async fn finish(shared: &Arc<Clients>, mut s: Session) {
     // The hooks learn it first (IM tells the contacts: RFC 6121 §4.5.2).
-    shared.router.hooks.session_closed(s.client()).await;
+    let host = s.host_now(&shared.router).hooks.clone();
+    host.session_closed(s.client()).await;
     shared.router.registry.unbind(&s.bare, s.id);
     metrics::gauge!(telemetry::SESSIONS, "kind" => "c2s", "host" => s.host.domain.clone())
         .decrement(1.0);
@@ -1043,7 +1063,8 @@ async fn inbound(
     }
     // The hooks (IM: blocking, the user's own roster, blocklist and vCard, presence),
     // then routing.
-    let flow = shared.router.hooks.client_sent(s.client(), el).await;
+    s.host_now(&shared.router);
+    let flow = s.host.hooks.client_sent(s.client(), el).await;
     match flow {
         Flow::Pass(el) => shared.router.route(el).await,
         Flow::Done => {}

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use openspimed_config::Config;
+use openspimed_module_api::ModuleFactory;
 
 use crate::core::shared::Shared;
 
@@ -41,6 +42,8 @@ pub struct Reloader {
     shared: Arc<Shared>,
     /// Federation, whose static remote addresses are replaced.
     s2s: Arc<crate::s2s::S2s>,
+    /// The modules the server runs with, that `[modules]` is built from.
+    factories: Arc<[Box<dyn ModuleFactory>]>,
     /// The configuration file to re-read; `None` for the embedded default.
     path: Option<PathBuf>,
     /// The configuration as last applied, to tell what changed in the file; held for the
@@ -62,6 +65,7 @@ impl Reloader {
         Reloader {
             shared,
             s2s: server.s2s.clone(),
+            factories: server.factories.clone(),
             path,
             applied,
             set_log_filter,
@@ -133,7 +137,8 @@ impl Reloader {
         applied: &mut Config,
         report: &mut Vec<ReloadLine>,
     ) -> bool {
-        let problems = new.problems(&crate::server::builtin_module_names());
+        let names: Vec<&str> = self.factories.iter().map(|f| f.name()).collect();
+        let problems = new.problems(&names);
         if !problems.is_empty() {
             report.extend(
                 problems.into_iter().map(|p| {
@@ -144,7 +149,7 @@ impl Reloader {
         }
         match self
             .shared
-            .set_hosts(&new.hosts, &new.modules, &crate::server::builtin_modules())
+            .set_hosts(&new.hosts, &new.modules, &self.factories)
             .await
         {
             Err(problems) => {

@@ -29,9 +29,9 @@ pub fn install(router: &Arc<Router>, scram_iterations: u32, per_hour: u32) {
         scram_iterations,
         limit: RegistrationLimit::new(per_hour),
     });
-    router.hooks.on_pre_auth(handler.clone());
+    router.own_hooks.on_pre_auth(handler.clone());
     // Before IM's own-account handlers; the namespaces do not overlap.
-    router.hooks.on_from_client(60, Kinds::IQ, handler);
+    router.own_hooks.on_from_client(60, Kinds::IQ, handler);
 }
 
 /// The registration handlers.

@@ -49,4 +49,4 @@ pub mod telemetry;
 pub mod tls;
 pub mod xml;
 
-pub use server::{RunningServer, StartError, start};
+pub use server::{RunningServer, StartError, start, start_with_modules};

@@ -132,6 +132,8 @@ pub struct RunningServer {
     pub shared: Arc<Shared>,
     /// Federation (its static remote addresses are replaced on reload).
     pub s2s: Arc<crate::s2s::S2s>,
+    /// The modules it was started with: what a reload builds `[modules]` from.
+    pub factories: Arc<[Box<dyn ModuleFactory>]>,
     /// Every listener and connection task, to wait for at shutdown.
     tracker: TaskTracker,
 }
@@ -161,12 +163,22 @@ impl RunningServer {
     }
 }
 
-/// Starts the server described by `config`.
+/// Starts the server described by `config` with the compiled-in modules.
 pub async fn start(config: Config) -> Result<RunningServer, StartError> {
+    start_with_modules(config, builtin_modules()).await
+}
+
+/// Starts the server described by `config` with the modules of `factories` (the
+/// compiled-in ones, or those and a module of one's own, as the tests of the module API
+/// do).
+pub async fn start_with_modules(
+    config: Config,
+    factories: Vec<Box<dyn ModuleFactory>>,
+) -> Result<RunningServer, StartError> {
     // The recorder first: modules route stanzas while they start, and the per-stanza
     // metric handles are registered on first use.
     crate::telemetry::handle();
-    let factories = builtin_modules();
+    let factories: Arc<[Box<dyn ModuleFactory>]> = factories.into();
     let names: Vec<&str> = factories.iter().map(|f| f.name()).collect();
     let mut problems = config.problems(&names);
     if config.s2s.dialback_secret.as_deref() == Some(openspimed_config::EXAMPLE_DIALBACK_SECRET) {
@@ -191,16 +203,13 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         config.auth.scram_iterations,
         config.auth.registrations_per_ip_per_hour,
     );
-    router.hooks.freeze();
-
-    crate::core::mount::install(
-        router.as_ref(),
-        &config,
-        &factories,
-        &router.handle(),
-        &module_storage,
-    )
-    .await?;
+    let parts = crate::core::mount::Parts {
+        factories: &factories,
+        server: &router.handle(),
+        storage: &module_storage,
+        base_hooks: &router.server_hooks(),
+    };
+    crate::core::mount::install(router.as_ref(), &config, &parts).await?;
 
     let limits = std::sync::RwLock::new(config.limits.clone());
     let mut c2s_listeners = Vec::new();
@@ -317,6 +326,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         metrics_addr,
         shared,
         s2s,
+        factories,
         tracker,
     })
 }

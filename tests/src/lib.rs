@@ -17,7 +17,7 @@ use openspimed::RunningServer;
 use openspimed::storage::AccountStore;
 use openspimed::xml::{Limits, StreamEvent, StreamParser};
 use openspimed_config::Config;
-use openspimed_module_api::{Element, ns};
+use openspimed_module_api::{Element, ModuleFactory, ns};
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use rustls_pki_types::pem::PemObject;
@@ -47,6 +47,8 @@ pub struct TestServer {
     pub s2s: Option<SocketAddr>,
     /// The configuration it runs with (kept for restarts).
     pub config: Config,
+    /// The modules it runs with (kept for restarts).
+    modules: fn() -> Vec<Box<dyn ModuleFactory>>,
 }
 
 impl TestServer {
@@ -77,6 +79,17 @@ impl TestServer {
         hosts: &[&str],
         tweak: impl FnOnce(&mut Config),
     ) -> TestServer {
+        Self::start_with_modules(ca, hosts, openspimed::server::builtin_modules, tweak).await
+    }
+
+    /// [`TestServer::start_on`] with the modules `modules` gives instead of the
+    /// compiled-in ones (a module of the test's own beside them).
+    pub async fn start_with_modules(
+        ca: &openspimed_certs::DevCa,
+        hosts: &[&str],
+        modules: fn() -> Vec<Box<dyn ModuleFactory>>,
+        tweak: impl FnOnce(&mut Config),
+    ) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut config = Config {
             data_dir: dir.path().join("data"),
@@ -105,7 +118,7 @@ impl TestServer {
             config.hosts.insert((*host).to_owned(), hc);
         }
         tweak(&mut config);
-        let server = openspimed::start(config.clone())
+        let server = openspimed::start_with_modules(config.clone(), modules())
             .await
             .expect("server starts");
         TestServer {
@@ -117,6 +130,7 @@ impl TestServer {
             dir,
             ca_pem: ca.cert_pem.clone(),
             domain: hosts.first().copied().unwrap_or("localhost").to_owned(),
+            modules,
         }
     }
 
@@ -188,7 +202,9 @@ impl TestServer {
         let mut config = self.config.clone();
         config.listeners.c2s = vec!["127.0.0.1:0".parse().expect("addr")];
         config.listeners.c2s_direct_tls = vec!["127.0.0.1:0".parse().expect("addr")];
-        let server = openspimed::start(config).await.expect("server restarts");
+        let server = openspimed::start_with_modules(config, (self.modules)())
+            .await
+            .expect("server restarts");
         self.s2s = server.s2s_addrs.first().copied();
         self.c2s = server.c2s_addrs[0];
         self.direct = server.direct_tls_addrs[0];

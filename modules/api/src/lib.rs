@@ -26,7 +26,8 @@ pub use openspimed_stanza::{
 };
 pub use openspimed_stanza::{iq_payload, iq_result, reply_skeleton};
 pub use storage::{
-    AffiliationRecord, ItemRecord, KeyStore, ModuleStorage, NodeRecord, PubSubStore, SensorEntry,
-    SensorStore, StorageFailure, StoredKey, SubscriptionRecord,
+    AffiliationRecord, ArchiveQuery, ArchiveStore, ArchivedItem, ItemRecord, KeyStore, KvStore,
+    ModuleStorage, NodeRecord, PubSubStore, SensorEntry, SensorStore, StorageFailure, StoredKey,
+    SubscriptionRecord,
 };
 pub use toml;

@@ -6,7 +6,8 @@ use async_trait::async_trait;
 
 use crate::element::Element;
 use crate::error::StanzaError;
-use crate::storage::ModuleStorage;
+use crate::hooks::Hooks;
+use crate::storage::{ArchiveStore, KvStore, ModuleStorage};
 
 /// A boxed future, for the object-safe parts of the API.
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
@@ -137,6 +138,20 @@ pub struct Context {
     pub storage: Arc<dyn ModuleStorage>,
 }
 
+impl Context {
+    /// The key-value store `name` of this host (Prosody's `module:open_store(name)`): per
+    /// account (owner = bare JID) or for the host (owner `""`). Two modules opening one
+    /// name share it.
+    pub fn open_store(&self, name: &str) -> Arc<dyn KvStore> {
+        self.storage.kv(&self.host, name)
+    }
+
+    /// The archive `name` of this host (Prosody's `module:open_store(name, "archive")`).
+    pub fn open_archive(&self, name: &str) -> Arc<dyn ArchiveStore> {
+        self.storage.archive(&self.host, name)
+    }
+}
+
 /// A plug-in. One instance per virtual host that enables it.
 #[async_trait]
 pub trait Module: Send + Sync + 'static {
@@ -154,6 +169,13 @@ pub trait Module: Send + Sync + 'static {
     }
     /// Handles one stanza routed to it. `from` is already authenticated and stamped.
     async fn handle(&self, cx: &Context, stanza: Element) -> Result<Outcome, ModuleError>;
+    /// Registers this instance's hook handlers ([`crate::hooks`]); called once, when the
+    /// instance is built for `cx.host`. They see the stanzas and sessions of that host's
+    /// accounts only, from the moment the routing tables name the instance — which may be
+    /// before its `start` has ended, as the `module:hook` calls in a Prosody module's body
+    /// are live before its `module.load` runs. A reload that replaces the instance drops
+    /// its handlers with it; one that keeps it keeps them.
+    fn hooks(self: Arc<Self>, _cx: &Context, _hooks: &dyn Hooks) {}
     /// Runs once when the server has started (routes installed, before clients connect):
     /// load state, create preconfigured nodes, subscribe to other services.
     async fn start(&self, _cx: &Context) -> Result<(), ModuleError> {

@@ -18,6 +18,8 @@ use openspimed_module_api::{
 };
 use tokio::sync::{Semaphore, SemaphorePermit};
 
+use crate::core::hooks::{HookLists, HookTable};
+
 /// Permits of an open gate: far more calls than can be in one module at once.
 const GATE_PERMITS: u32 = u32::MAX >> 4;
 
@@ -31,16 +33,27 @@ pub struct Mounted {
     /// has run; on replacement every permit is taken back (the calls in progress finish)
     /// and the gate closes, which sends waiting callers back to the routing table.
     gate: Semaphore,
+    /// The hook handlers the instance registered when it was built: merged into its host's
+    /// lists, and gone with the instance.
+    hooks: HookLists,
 }
 
 impl Mounted {
-    /// A new instance, shut until [`Mounted::open`].
-    fn new(module: Arc<dyn Module>, options: toml::Table) -> Arc<Mounted> {
+    /// A new instance with the hook handlers it registered, shut until [`Mounted::open`].
+    fn new(module: Arc<dyn Module>, options: toml::Table, hooks: HookLists) -> Arc<Mounted> {
         Arc::new(Mounted {
             module,
             options,
             gate: Semaphore::new(0),
+            hooks,
         })
+    }
+
+    /// A freshly built instance for the host of `cx`: it registers its hook handlers.
+    fn built(module: Arc<dyn Module>, options: toml::Table, cx: &Context) -> Arc<Mounted> {
+        let table = HookTable::default();
+        module.clone().hooks(cx, &table);
+        Mounted::new(module, options, table.lists())
     }
 
     /// Waits until calls may enter; `None` when the instance has been replaced or removed
@@ -89,18 +102,27 @@ pub struct Host {
     pub allow_registration: bool,
     /// The context handed to this host's modules.
     pub cx: Context,
+    /// The hook handlers fired for this host's accounts and sessions: the server's own and
+    /// its modules', by priority.
+    pub hooks: HookLists,
+    /// The server's own handlers alone, to merge again when the host's modules change.
+    base_hooks: Arc<HookLists>,
 }
 
 impl Host {
-    /// A host with these modules; the iq handlers and presence watchers are derived from
-    /// the modules' routes.
+    /// A host with these modules; the iq handlers, presence watchers and hook lists are
+    /// derived from the modules (the hooks merged onto the server's own, `base_hooks`).
     pub fn new(
         domain: String,
         modules: Vec<Arc<Mounted>>,
         mechanisms: Vec<String>,
         allow_registration: bool,
         cx: Context,
+        base_hooks: Arc<HookLists>,
     ) -> Host {
+        let hooks = modules
+            .iter()
+            .fold(HookLists::clone(&base_hooks), |h, m| h.merged(&m.hooks));
         Host {
             domain,
             iq_handlers: iq_handlers(&modules, false),
@@ -110,6 +132,8 @@ impl Host {
             mechanisms,
             allow_registration,
             cx,
+            hooks,
+            base_hooks,
         }
     }
 }
@@ -194,6 +218,7 @@ impl Tables {
                     h.mechanisms.clone(),
                     h.allow_registration,
                     h.cx.clone(),
+                    h.base_hooks.clone(),
                 )
             })
             .collect();
@@ -244,16 +269,33 @@ pub struct Built {
     pub fresh: Vec<(Arc<Mounted>, Context)>,
 }
 
+/// What building hosts needs besides their configuration: the factories, what the
+/// module contexts hold, and the server's own hook handlers.
+pub struct Parts<'a> {
+    /// The compiled-in modules.
+    pub factories: &'a [Box<dyn ModuleFactory>],
+    /// The server as modules reach it.
+    pub server: &'a Arc<dyn ServerHandle>,
+    /// The storage modules reach.
+    pub storage: &'a Arc<dyn ModuleStorage>,
+    /// The server's own hook handlers (IM, registration), fired on every host.
+    pub base_hooks: &'a Arc<HookLists>,
+}
+
 /// Builds the hosts of `hosts`/`modules`. Instances of `previous` with the same host,
 /// name and options are kept as they are.
 pub fn build(
     hosts: &BTreeMap<String, HostConfig>,
     modules: &BTreeMap<String, toml::Table>,
-    factories: &[Box<dyn ModuleFactory>],
-    server: &Arc<dyn ServerHandle>,
-    storage: &Arc<dyn ModuleStorage>,
+    parts: &Parts<'_>,
     previous: &Tables,
 ) -> Result<Built, ModuleError> {
+    let Parts {
+        factories,
+        server,
+        storage,
+        base_hooks,
+    } = parts;
     let empty = toml::Table::new();
     let mut built = Built {
         hosts: Vec::new(),
@@ -264,8 +306,8 @@ pub fn build(
             Some(h) => h.cx.clone(),
             None => Context {
                 host: Arc::from(domain.as_str()),
-                server: server.clone(),
-                storage: storage.clone(),
+                server: Arc::clone(server),
+                storage: Arc::clone(storage),
             },
         };
         let mut mounted = Vec::new();
@@ -283,7 +325,7 @@ pub fn build(
                 mounted.push(m.clone());
                 continue;
             }
-            let m = Mounted::new(f.build(domain, options)?, options.clone());
+            let m = Mounted::built(f.build(domain, options)?, options.clone(), &cx);
             built.fresh.push((m.clone(), cx.clone()));
             mounted.push(m);
         }
@@ -293,6 +335,7 @@ pub fn build(
             hc.sasl_mechanisms.clone(),
             hc.allow_registration,
             cx,
+            Arc::clone(base_hooks),
         ));
     }
     Ok(built)
@@ -404,7 +447,7 @@ pub async fn switch(slot: &dyn TableSlot, built: Built) -> Switched {
                 tracing::warn!(error = %e, module = %what, "module did not start");
                 let back = previous_of(&cx.host, &m).map(|p| {
                     // The predecessor's gate is closed: it goes back under a new one.
-                    let again = Mounted::new(p.module.clone(), p.options.clone());
+                    let again = Mounted::new(p.module.clone(), p.options.clone(), p.hooks.clone());
                     again.open();
                     again
                 });
@@ -422,18 +465,9 @@ pub async fn switch(slot: &dyn TableSlot, built: Built) -> Switched {
 pub async fn install(
     slot: &dyn TableSlot,
     config: &Config,
-    factories: &[Box<dyn ModuleFactory>],
-    server: &Arc<dyn ServerHandle>,
-    storage: &Arc<dyn ModuleStorage>,
+    parts: &Parts<'_>,
 ) -> Result<(), ModuleError> {
-    let built = build(
-        &config.hosts,
-        &config.modules,
-        factories,
-        server,
-        storage,
-        &Tables::default(),
-    )?;
+    let built = build(&config.hosts, &config.modules, parts, &Tables::default())?;
     slot.set_tables(Tables::new(built.hosts));
     for (_, _, started) in start_all(built.fresh).await {
         started?;
@@ -505,7 +539,11 @@ mod tests {
 
     #[tokio::test]
     async fn gate_holds_calls_until_start_and_drains_before_closing() {
-        let m = Mounted::new(Arc::new(Quiet(false)), toml::Table::new());
+        let m = Mounted::new(
+            Arc::new(Quiet(false)),
+            toml::Table::new(),
+            HookLists::default(),
+        );
         // Shut until opened: a caller waits.
         let waiting = waiter(&m);
         tokio::task::yield_now().await;
@@ -537,6 +575,7 @@ mod tests {
             Vec::new(),
             false,
             cx.clone(),
+            Arc::default(),
         )
     }
 
@@ -566,11 +605,19 @@ mod tests {
             server: router.handle(),
             storage,
         };
-        let first = Mounted::new(Arc::new(Quiet(false)), toml::Table::new());
+        let first = Mounted::new(
+            Arc::new(Quiet(false)),
+            toml::Table::new(),
+            HookLists::default(),
+        );
         first.open();
         router.set_tables(Tables::new(vec![host(&cx, &first)]));
 
-        let broken = Mounted::new(Arc::new(Quiet(true)), toml::Table::new());
+        let broken = Mounted::new(
+            Arc::new(Quiet(true)),
+            toml::Table::new(),
+            HookLists::default(),
+        );
         let built = Built {
             hosts: vec![host(&cx, &broken)],
             fresh: vec![(broken.clone(), cx.clone())],
@@ -588,7 +635,11 @@ mod tests {
 
     #[tokio::test]
     async fn an_instance_that_never_opened_turns_its_waiting_callers_away() {
-        let m = Mounted::new(Arc::new(Quiet(false)), toml::Table::new());
+        let m = Mounted::new(
+            Arc::new(Quiet(false)),
+            toml::Table::new(),
+            HookLists::default(),
+        );
         let waiting = waiter(&m);
         tokio::task::yield_now().await;
         assert!(!waiting.is_finished());

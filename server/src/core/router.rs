@@ -5,6 +5,7 @@
 //! the stanza to a module, a session's outbox, or bounces it with the RFC's error.
 //! Sessions are found through [`Registry`].
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
 use dashmap::DashMap;
@@ -15,7 +16,7 @@ use openspimed_module_api::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use crate::core::hooks::HookTable;
+use crate::core::hooks::{HookLists, HookTable};
 pub use crate::core::mount::Host;
 use crate::core::mount::{Mounted, TableSlot, Tables};
 use crate::error::{StreamError, module_failure, storage_failure};
@@ -282,8 +283,13 @@ pub struct Router {
     /// Blocklists (XEP-0191) of accounts stanzas were routed to, loaded on first use and
     /// replaced when changed: checked for every stanza, so kept out of the store's path.
     pub(crate) blocklists: DashMap<String, Arc<Vec<String>>>,
-    /// The handlers that see stanzas on their way (IM registers its own at start).
-    pub hooks: HookTable,
+    /// The server's own hook handlers (IM and registration register theirs at start): each
+    /// host fires them merged with its modules' ([`Host::hooks`]).
+    pub own_hooks: HookTable,
+    /// Bumped whenever the tables change: a session compares it (one load of a value
+    /// nobody writes in between) with the one its host was looked up at, and looks the
+    /// host up again only after a reload.
+    generation: AtomicU64,
 }
 
 /// Where stanzas for domains not served here go (RFC 6120 §10.4). The router holds
@@ -321,13 +327,34 @@ impl Router {
             pending: DashMap::new(),
             remote: OnceLock::new(),
             blocklists: DashMap::new(),
-            hooks: HookTable::default(),
+            own_hooks: HookTable::default(),
+            generation: AtomicU64::new(0),
         })
     }
 
     /// The handle modules get: it does not keep the router alive.
     pub fn handle(self: &Arc<Self>) -> Arc<dyn ServerHandle> {
         Arc::new(RouterRef(Arc::downgrade(self)))
+    }
+
+    /// The server's own hook handlers, as the hosts' lists start from.
+    pub fn server_hooks(&self) -> Arc<HookLists> {
+        Arc::new(self.own_hooks.lists())
+    }
+
+    /// How many times the tables were replaced; see [`Router::host_since`].
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// `host` as the tables in force have it, with the generation they were read at:
+    /// `None` when the tables did not change since `generation` (or the host is gone).
+    pub fn host_since(&self, domain: &str, generation: u64) -> Option<(Arc<Host>, u64)> {
+        let now = self.generation();
+        if now == generation {
+            return None;
+        }
+        self.host(domain).map(|h| (h, now))
     }
 
     /// Hosts and module routes in force.
@@ -426,7 +453,7 @@ impl Router {
             None => self.to_host(&host, stanza).await,
             Some(node) => {
                 let bare = format!("{}@{}", node.as_str(), domain);
-                self.to_account(&bare, to.resource().map(|r| r.as_str()), stanza)
+                self.to_account(&host, &bare, to.resource().map(|r| r.as_str()), stanza)
                     .await
             }
         }
@@ -521,8 +548,8 @@ impl Router {
 
     /// Stanzas to a local account (RFC 6121 §8.5): the hooks first (IM's presence,
     /// blocking and vCard handlers), then delivery.
-    async fn to_account(&self, bare: &str, resource: Option<&str>, stanza: Element) {
-        let stanza = match self
+    async fn to_account(&self, host: &Host, bare: &str, resource: Option<&str>, stanza: Element) {
+        let stanza = match host
             .hooks
             .to_account(AccountTarget { bare, resource }, stanza)
             .await
@@ -539,7 +566,7 @@ impl Router {
             }
             // RFC 6121 §8.5.3.2: no such resource.
             return match (kind, stanza.attr("type").unwrap_or("normal")) {
-                ("message", "normal" | "chat") => self.message_to_bare(bare, stanza).await,
+                ("message", "normal" | "chat") => self.message_to_bare(host, bare, stanza).await,
                 ("message", "groupchat") | ("iq", "get" | "set") => {
                     self.bounce(&stanza, StanzaError::new(Condition::ServiceUnavailable))
                         .await
@@ -549,16 +576,13 @@ impl Router {
             };
         }
         match kind {
-            "message" => self.message_to_bare(bare, stanza).await,
+            "message" => self.message_to_bare(host, bare, stanza).await,
             // The server answers iqs to a bare JID on the account's behalf (RFC 6121
             // §8.5.2.1.3): the modules' account handlers (PEP) here, the hooks' (vCard)
             // above.
             "iq" => match stanza.attr("type") {
                 Some("get") | Some("set") => {
-                    let domain = bare.rsplit_once('@').map_or("", |(_, d)| d);
-                    if let Some(host) = self.host(domain)
-                        && let Some(m) = account_handler(&host, &stanza)
-                    {
+                    if let Some(m) = account_handler(host, &stanza) {
                         return self.call(&m, &host.cx, stanza).await;
                     }
                     self.bounce(&stanza, StanzaError::new(Condition::ServiceUnavailable))
@@ -571,7 +595,7 @@ impl Router {
     }
 
     /// RFC 6121 §8.5.2: a message to a bare JID.
-    async fn message_to_bare(&self, bare: &str, stanza: Element) {
+    async fn message_to_bare(&self, host: &Host, bare: &str, stanza: Element) {
         let mtype = stanza.attr("type").unwrap_or("normal");
         if mtype == "groupchat" {
             return self
@@ -599,7 +623,7 @@ impl Router {
         let (user, domain) = bare.split_once('@').unwrap_or((bare, ""));
         match self.accounts.account_exists(user, domain).await {
             // XEP-0160 (IM's handler) keeps it; without one, as a bare RFC 6120 server.
-            Ok(true) => match self.hooks.to_offline(bare, stanza).await {
+            Ok(true) => match host.hooks.to_offline(bare, stanza).await {
                 Flow::Done => {}
                 Flow::Reply(r) => Box::pin(self.route(r)).await,
                 Flow::Refuse(s, err) => self.bounce(&s, err).await,
@@ -671,6 +695,7 @@ impl TableSlot for Router {
             Ok(mut t) => *t = Arc::new(tables),
             Err(poisoned) => *poisoned.into_inner() = Arc::new(tables),
         }
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 }
 
@@ -739,7 +764,7 @@ impl ServerHandle for RouterRef {
             return Vec::new();
         };
         // What the hooks implement for accounts (IM: blocking, vCard, offline storage).
-        let mut out = r.hooks.account_features();
+        let mut out = h.hooks.account_features().to_vec();
         out.extend(h.modules.iter().flat_map(|m| m.module.features()));
         out
     }
@@ -852,7 +877,10 @@ impl ServerHandle for RouterRef {
         let (user, other) = (user.to_owned(), other.to_owned());
         Box::pin(async move {
             match router {
-                Some(r) => r.hooks.blocks(&user, &other).await,
+                Some(r) => match r.host(user.rsplit_once('@').map_or("", |(_, d)| d)) {
+                    Some(h) => h.hooks.blocks(&user, &other).await,
+                    None => false,
+                },
                 None => false,
             }
         })

@@ -119,12 +119,16 @@ impl Shared {
         factories: &[Box<dyn ModuleFactory>],
     ) -> Result<HostsChanged, Vec<String>> {
         let before = self.hosts();
+        let parts = crate::core::mount::Parts {
+            factories,
+            server: &self.router.handle(),
+            storage: &self.module_storage,
+            base_hooks: &self.router.server_hooks(),
+        };
         let built = crate::core::mount::build(
             hosts,
             modules,
-            factories,
-            &self.router.handle(),
-            &self.module_storage,
+            &parts,
             &TableSlot::tables(self.router.as_ref()),
         )
         .map_err(|e| vec![e.to_string()])?;

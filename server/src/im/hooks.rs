@@ -36,36 +36,36 @@ pub fn install(router: &Arc<Router>) {
     let weak = Arc::downgrade(router);
     let blocking = Arc::new(Blocking(weak.clone()));
     router
-        .hooks
+        .own_hooks
         .on_to_account(BLOCKING, Kinds::ALL, blocking.clone());
-    router.hooks.on_privacy(blocking);
+    router.own_hooks.on_privacy(blocking);
     router
-        .hooks
+        .own_hooks
         .on_to_account(PRESENCE, Kinds::PRESENCE, Arc::new(Presence(weak.clone())));
     router
-        .hooks
+        .own_hooks
         .on_to_account(VCARD, Kinds::IQ, Arc::new(VCard(weak.clone())));
     router
-        .hooks
+        .own_hooks
         .on_to_offline(0, Arc::new(Offline(weak.clone())));
     let sessions = SessionStates::default();
-    router.hooks.on_from_client(
+    router.own_hooks.on_from_client(
         OUTBOUND_BLOCKING,
         Kinds::ALL,
         Arc::new(OutboundBlocking(weak.clone())),
     );
     router
-        .hooks
+        .own_hooks
         .on_from_client(OWN_ACCOUNT, Kinds::IQ, Arc::new(OwnAccount(weak.clone())));
     let client = Arc::new(ClientPresence {
         router: weak,
         sessions,
     });
     router
-        .hooks
+        .own_hooks
         .on_from_client(OUTBOUND_PRESENCE, Kinds::PRESENCE, client.clone());
-    router.hooks.on_session(client);
-    router.hooks.add_account_features(&[
+    router.own_hooks.on_session(client);
+    router.own_hooks.add_account_features(&[
         super::blocking::NS,
         super::vcard::NS,
         // XEP-0160: offline messages are stored.

@@ -1,7 +1,8 @@
 //! The SQLite backend: WAL, `synchronous=FULL` (a commit is on disk before it is
 //! acknowledged), schema migrations by `user_version`, one writer thread committing in
 //! groups. Here: the connection, the writer and the migrations, shared query helpers; one
-//! file per store it implements (`accounts`, `im`, `keys`, `pubsub`, `sensors`).
+//! file per store it implements (`accounts`, `im`, `keys`, `pubsub`, `sensors`, and the
+//! modules' `named` stores).
 
 use std::any::Any;
 use std::path::Path;
@@ -12,13 +13,16 @@ use tokio::sync::oneshot;
 
 use rusqlite::Connection;
 
-use openspimed_module_api::{KeyStore, ModuleStorage, PubSubStore, SensorStore, StorageFailure};
+use openspimed_module_api::{
+    ArchiveStore, KeyStore, KvStore, ModuleStorage, PubSubStore, SensorStore, StorageFailure,
+};
 
 use super::StorageError;
 
 mod accounts;
 mod im;
 mod keys;
+mod named;
 mod pubsub;
 mod sensors;
 
@@ -127,6 +131,20 @@ const MIGRATIONS: &[&str] = &[
             ON s.node = e.node AND s.spime = e.spime AND s.scope = e.scope;
     CREATE INDEX sensor_data_by_stream ON sensor_data (stream, at_unix);
     DROP TABLE sensor_entries;",
+    // 9: the named stores modules open for themselves (key-value and archive).
+    "CREATE TABLE module_kv (
+        host TEXT NOT NULL, store TEXT NOT NULL, owner TEXT NOT NULL, key TEXT NOT NULL,
+        value BLOB NOT NULL,
+        PRIMARY KEY (host, store, owner, key)
+    ) WITHOUT ROWID;
+    CREATE TABLE module_archive (
+        seq INTEGER PRIMARY KEY,
+        host TEXT NOT NULL, store TEXT NOT NULL, owner TEXT NOT NULL, id TEXT NOT NULL,
+        at_ms INTEGER NOT NULL, with_jid TEXT NOT NULL, value BLOB NOT NULL,
+        UNIQUE (host, store, owner, id)
+    );
+    CREATE INDEX module_archive_by_time ON module_archive (host, store, owner, at_ms);
+    CREATE INDEX module_archive_by_with ON module_archive (host, store, owner, with_jid, seq);",
 ];
 
 /// A write's result, type-erased while it crosses the writer thread.
@@ -405,6 +423,12 @@ impl ModuleStorage for SqliteStore {
     }
     fn sensors(&self) -> &dyn SensorStore {
         self
+    }
+    fn kv(&self, host: &str, name: &str) -> Arc<dyn KvStore> {
+        Arc::new(self.named_kv(host, name))
+    }
+    fn archive(&self, host: &str, name: &str) -> Arc<dyn ArchiveStore> {
+        Arc::new(self.named_archive(host, name))
     }
 }
 

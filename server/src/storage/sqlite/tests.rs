@@ -212,3 +212,166 @@ async fn keys_are_per_service_replaceable_and_revocable() {
     assert_eq!(s.list_keys(Some("cert.b")).await.unwrap().len(), 1);
     assert!(s.key("cert.a", "other@a").await.unwrap().is_none());
 }
+
+#[tokio::test]
+async fn named_kv_stores_are_per_host_name_and_owner_and_swap_only_what_they_expect() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.sqlite");
+    {
+        let s = SqliteStore::open(&path).unwrap();
+        let a = s.kv("a.example", "counter");
+        let other_host = s.kv("b.example", "counter");
+        let other_name = s.kv("a.example", "notes");
+        a.set("alice@a.example", "n", b"1").await.unwrap();
+        a.set("", "n", b"host").await.unwrap();
+        other_host.set("alice@a.example", "n", b"2").await.unwrap();
+        assert_eq!(
+            a.get("alice@a.example", "n").await.unwrap().as_deref(),
+            Some(&b"1"[..])
+        );
+        assert_eq!(other_name.get("alice@a.example", "n").await.unwrap(), None);
+        // A swap that expects the wrong value changes nothing; the right one replaces.
+        assert!(
+            !a.swap("alice@a.example", "n", Some(b"0"), Some(b"9"))
+                .await
+                .unwrap()
+        );
+        assert!(
+            a.swap("alice@a.example", "n", Some(b"1"), Some(b"2"))
+                .await
+                .unwrap()
+        );
+        assert!(
+            a.swap("alice@a.example", "m", None, Some(b"x"))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !a.swap("alice@a.example", "m", None, Some(b"y"))
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            a.entries("alice@a.example").await.unwrap(),
+            vec![
+                ("m".to_owned(), b"x".to_vec()),
+                ("n".to_owned(), b"2".to_vec())
+            ]
+        );
+        assert!(
+            a.swap("alice@a.example", "m", Some(b"x"), None)
+                .await
+                .unwrap()
+        );
+        assert!(!a.remove("alice@a.example", "m").await.unwrap());
+    }
+    // Durable: a reopened database has it; clearing one owner leaves the others.
+    let s = SqliteStore::open(&path).unwrap();
+    let a = s.kv("a.example", "counter");
+    assert_eq!(
+        a.get("alice@a.example", "n").await.unwrap().as_deref(),
+        Some(&b"2"[..])
+    );
+    assert_eq!(a.clear("alice@a.example").await.unwrap(), 1);
+    assert_eq!(a.get("", "n").await.unwrap().as_deref(), Some(&b"host"[..]));
+    let b = s.kv("b.example", "counter");
+    assert_eq!(
+        b.get("alice@a.example", "n").await.unwrap().as_deref(),
+        Some(&b"2"[..])
+    );
+}
+
+#[tokio::test]
+async fn archives_query_by_time_jid_and_id_page_and_truncate() {
+    use openspimed_module_api::{ArchiveQuery, ArchivedItem};
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(&dir.path().join("db.sqlite")).unwrap();
+    let mam = s.archive("a.example", "archive");
+    let owner = "alice@a.example";
+    let item = |id: &str, at_ms: i64, with: &str| ArchivedItem {
+        id: id.into(),
+        at_ms,
+        with: with.into(),
+        value: format!("<message id='{id}'/>").into_bytes(),
+    };
+    for (id, at, with) in [
+        ("m1", 1_000, "bob@b.example"),
+        ("m2", 2_000, "carol@c.example"),
+        ("m3", 3_000, "bob@b.example"),
+        ("m4", 4_000, "bob@b.example"),
+    ] {
+        mam.append(owner, &item(id, at, with)).await.unwrap();
+    }
+    // Another owner's and another store's items never show.
+    mam.append("bob@a.example", &item("m9", 2_500, "alice@a.example"))
+        .await
+        .unwrap();
+    s.archive("a.example", "other")
+        .append(owner, &item("x1", 2_500, "bob@b.example"))
+        .await
+        .unwrap();
+    let ids = |items: Vec<ArchivedItem>| items.into_iter().map(|i| i.id).collect::<Vec<_>>();
+    let q = |f: fn(&mut ArchiveQuery)| {
+        let mut q = ArchiveQuery::default();
+        f(&mut q);
+        q
+    };
+    assert_eq!(
+        ids(mam.find(owner, &ArchiveQuery::default()).await.unwrap()),
+        ["m1", "m2", "m3", "m4"]
+    );
+    let by_bob = q(|q| q.with = Some("bob@b.example".into()));
+    assert_eq!(
+        ids(mam.find(owner, &by_bob).await.unwrap()),
+        ["m1", "m3", "m4"]
+    );
+    assert_eq!(mam.count(owner, &by_bob).await.unwrap(), 3);
+    let window = q(|q| {
+        q.start_ms = Some(2_000);
+        q.end_ms = Some(3_000);
+    });
+    assert_eq!(ids(mam.find(owner, &window).await.unwrap()), ["m2", "m3"]);
+    // Paging: the last page of two (XEP-0059 `<before/>`), then the page before it.
+    let last = q(|q| {
+        q.limit = Some(2);
+        q.reverse = true;
+    });
+    assert_eq!(ids(mam.find(owner, &last).await.unwrap()), ["m4", "m3"]);
+    let before = q(|q| {
+        q.before = Some("m3".into());
+        q.limit = Some(2);
+        q.reverse = true;
+    });
+    assert_eq!(ids(mam.find(owner, &before).await.unwrap()), ["m2", "m1"]);
+    let after = q(|q| q.after = Some("m2".into()));
+    assert_eq!(ids(mam.find(owner, &after).await.unwrap()), ["m3", "m4"]);
+    // An id the owner does not have matches nothing (not everything).
+    let unknown = q(|q| q.after = Some("m9".into()));
+    assert!(mam.find(owner, &unknown).await.unwrap().is_empty());
+    let some = q(|q| q.ids = Some(vec!["m4".into(), "m1".into()]));
+    assert_eq!(ids(mam.find(owner, &some).await.unwrap()), ["m1", "m4"]);
+    // Appending an id again replaces the item and moves it last.
+    mam.append(owner, &item("m1", 5_000, "dave@d.example"))
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(mam.find(owner, &ArchiveQuery::default()).await.unwrap()),
+        ["m2", "m3", "m4", "m1"]
+    );
+    assert_eq!(mam.truncate(owner, 2).await.unwrap(), 2);
+    assert_eq!(
+        ids(mam.find(owner, &ArchiveQuery::default()).await.unwrap()),
+        ["m4", "m1"]
+    );
+    assert_eq!(mam.delete(owner, &by_bob).await.unwrap(), 1);
+    assert_eq!(
+        ids(mam.find(owner, &ArchiveQuery::default()).await.unwrap()),
+        ["m1"]
+    );
+    assert_eq!(
+        mam.count("bob@a.example", &ArchiveQuery::default())
+            .await
+            .unwrap(),
+        1
+    );
+}
