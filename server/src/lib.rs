@@ -10,13 +10,15 @@
 //!   credentials as SCRAM keys only, failure throttling;
 //! - [`core`]: the routing core: [`core::router`] (where a stanza goes: modules, the
 //!   session registry, federation behind [`core::router::Remote`], errors),
-//!   [`core::hooks`] (the hook table of `openspimed_module_api::hooks`),
-//!   [`core::mount`] (module instances per host) and [`core::shared`] (what every session
-//!   shares); it imports no session loop, no IM and not the composition root;
+//!   [`core::hooks`] (the hook lists of `openspimed_module_api::hooks`: the server's own
+//!   merged with each host's modules'), [`core::mount`] (module instances per host, their
+//!   routes and hooks, swapped as a whole on reload) and [`core::shared`] (what every
+//!   session shares); it imports no session loop, no IM and not the composition root;
 //! - [`s2s`]: server-to-server streams, SASL EXTERNAL and dialback, the outgoing links;
 //! - [`im`]: RFC 6121 (rosters, subscriptions, presence, offline), blocking, vCards, as
 //!   handlers on the hooks ([`im::hooks`]), installed at start by [`server`];
-//! - [`storage`]: narrow storage traits and their SQLite implementation;
+//! - [`storage`]: narrow storage traits and their SQLite implementation, with the named
+//!   key-value stores and archives modules open for themselves;
 //! - [`error`]: the one place internal failures become stream or stanza errors;
 //! - [`telemetry`]: Prometheus metrics and the `/metrics` endpoint;
 //! - [`server`]: start-up (storage, certificates, modules, listeners) and shutdown;
@@ -24,10 +26,11 @@
 //!
 //! # The path of a stanza
 //! socket → [`c2s`] `Conn` → [`xml::StreamParser`] → element → `c2s::inbound` (stream
-//! management, checks, `from` stamped) → the from-client hooks (IM: blocking, the user's
-//! roster/blocklist/vCard iqs, presence; registration) → [`core::router::Router::route`]
-//! → a module's handler (by route), or [`core::router::Remote`] (another domain: s2s), or,
-//! for a local account, the to-account hooks (IM: blocking, presence, vCard) → a session's
+//! management, checks, `from` stamped) → the from-client hooks of the session's host (IM:
+//! blocking, the user's roster/blocklist/vCard iqs, presence; registration; the host's
+//! modules') → [`core::router::Router::route`] → a module's handler (by route), or
+//! [`core::router::Remote`] (another domain: s2s), or, for a local account, the
+//! to-account hooks of its host (IM: blocking, presence, vCard; modules') → a session's
 //! outbox (or, with no resource available, the to-offline hook: IM stores it) → that
 //! session's `Conn` → socket. Stanzas from other servers enter at `s2s::incoming` and join
 //! at `route`.
