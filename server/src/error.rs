@@ -5,8 +5,6 @@
 
 use openspimed_module_api::{Condition, Element, ErrorType, ModuleError, StanzaError, ns};
 
-use crate::storage::StorageError;
-
 macro_rules! stream_conditions {
     ($($variant:ident => $name:literal,)*) => {
         /// RFC 6120 §4.9.3: the defined stream error conditions.
@@ -99,7 +97,7 @@ impl StreamError {
 }
 
 /// Maps a storage failure to what the sender sees: a temporary internal error.
-pub fn storage_failure(context: &str, err: &StorageError) -> StanzaError {
+pub fn storage_failure(context: &str, err: &dyn std::fmt::Display) -> StanzaError {
     tracing::error!(%err, "storage failure while {context}");
     StanzaError::new(Condition::InternalServerError).with_type(ErrorType::Wait)
 }

@@ -195,9 +195,9 @@ pub async fn start_with_modules(
     )?);
     let accounts: Arc<dyn AccountStore> = store.clone();
     let module_storage: Arc<dyn ModuleStorage> = store.clone();
-    let router = Router::new(accounts.clone(), store.clone(), im_limits(&config.limits));
+    let router = Router::new(accounts.clone(), im_limits(&config.limits));
     // IM on the router's hooks (every host, as before it became a set of handlers).
-    crate::im::hooks::install(&router);
+    crate::im::hooks::install(&router, module_storage.clone());
     crate::ibr::install(
         &router,
         config.auth.scram_iterations,

@@ -8,8 +8,9 @@ use std::net::SocketAddr;
 use std::process::{Child, ExitCode};
 use std::time::Duration;
 
+use openspimed::im::store::ImData;
+use openspimed::storage::AccountStore;
 use openspimed::storage::sqlite::SqliteStore;
-use openspimed::storage::{AccountStore, ImStore};
 use openspimed_module_api::SensorStore;
 use openspimed_tests::{AS_SERVER, Raw, client_tls_config, server_command};
 
@@ -163,10 +164,12 @@ async fn offline_messages_and_roster_changes_survive_sigkill() {
     child.kill().unwrap();
     child.wait().unwrap();
 
-    let store = SqliteStore::open(&data.join("openspimed.sqlite")).unwrap();
-    assert_eq!(store.offline("bob", "localhost").await.unwrap().len(), n);
+    let store = ImData::new(std::sync::Arc::new(
+        SqliteStore::open(&data.join("openspimed.sqlite")).unwrap(),
+    ));
+    assert_eq!(store.offline("bob@localhost").await.unwrap().len(), n);
     let item = store
-        .roster_item("alice", "localhost", "carol@example.net")
+        .roster_item("alice@localhost", "carol@example.net")
         .await
         .unwrap()
         .expect("the answered roster change survives");

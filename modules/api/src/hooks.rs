@@ -108,6 +108,20 @@ pub trait PrivacyHook: Send + Sync {
     async fn blocks(&self, user: &str, other: &str) -> bool;
 }
 
+/// An account's presence subscriptions as other modules may ask them (RFC 6121 §2.1.2.5):
+/// who receives its presence and whose presence it receives. PEP needs them for the
+/// `presence` access model and its notifications (XEP-0163 §4; ejabberd asks its roster
+/// module the same through the `roster_get_jid_info` hook). IM answers; on a host without
+/// a handler nobody is subscribed to anybody.
+#[async_trait]
+pub trait RosterHook: Send + Sync {
+    /// Bare JIDs that receive the presence of `owner`, a local account (subscription
+    /// `from` or `both`).
+    async fn subscribers(&self, owner: &str) -> Vec<String>;
+    /// Bare JIDs whose presence `owner` receives (subscription `to` or `both`).
+    async fn sources(&self, owner: &str) -> Vec<String>;
+}
+
 /// The client session a stanza comes from, or that was bound or closed.
 #[derive(Clone, Copy, Debug)]
 pub struct ClientSession<'a> {
@@ -182,6 +196,8 @@ pub trait Hooks: Send + Sync {
     fn on_session(&self, hook: Arc<dyn SessionHook>);
     /// Adds a [`PrivacyHook`].
     fn on_privacy(&self, hook: Arc<dyn PrivacyHook>);
+    /// Adds a [`RosterHook`] (the first added answers).
+    fn on_roster(&self, hook: Arc<dyn RosterHook>);
     /// Service-discovery features (XEP-0030) the handlers implement for every account of
     /// the server (`urn:xmpp:blocking`, `vcard-temp`, `msgoffline`…), listed in the
     /// server's disco#info beside the modules' features.

@@ -14,7 +14,7 @@ pub use async_trait::async_trait;
 // client); modules reach it through here as before.
 pub use hooks::{
     AccountTarget, ClientSession, Flow, FromClientHook, Hooks, Kinds, PreAuthHook, PrivacyHook,
-    SessionHook, ToAccountHook, ToOfflineHook, Unauthenticated,
+    RosterHook, SessionHook, ToAccountHook, ToOfflineHook, Unauthenticated,
 };
 pub use module::{
     BoxFuture, Context, Identity, IqError, Module, ModuleError, ModuleFactory, Outcome, Route,

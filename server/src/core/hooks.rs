@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use openspimed_module_api::{
     AccountTarget, ClientSession, Element, Flow, FromClientHook, Hooks, Kinds, PreAuthHook,
-    PrivacyHook, SessionHook, ToAccountHook, ToOfflineHook, Unauthenticated,
+    PrivacyHook, RosterHook, SessionHook, ToAccountHook, ToOfflineHook, Unauthenticated,
 };
 
 /// `(priority, kinds wanted, handler)`.
@@ -46,6 +46,8 @@ pub struct HookLists {
     to_offline: Vec<Entry<dyn ToOfflineHook>>,
     /// [`PrivacyHook`]s (no order: any one that blocks decides).
     privacy: Vec<Entry<dyn PrivacyHook>>,
+    /// [`RosterHook`]s (the first answers).
+    roster: Vec<Entry<dyn RosterHook>>,
     /// Disco features the handlers implement for accounts, each once, in the order added.
     account_features: Vec<String>,
 }
@@ -82,6 +84,7 @@ impl HookLists {
         merge(&mut out.to_account, &more.to_account);
         merge(&mut out.to_offline, &more.to_offline);
         merge(&mut out.privacy, &more.privacy);
+        merge(&mut out.roster, &more.roster);
         for f in &more.account_features {
             if !out.account_features.contains(f) {
                 out.account_features.push(f.clone());
@@ -172,6 +175,23 @@ impl HookLists {
         false
     }
 
+    /// Who receives the presence of `owner` (the first [`RosterHook`]'s answer; nobody
+    /// without one).
+    pub async fn presence_subscribers(&self, owner: &str) -> Vec<String> {
+        match self.roster.first() {
+            Some((_, _, h)) => h.subscribers(owner).await,
+            None => Vec::new(),
+        }
+    }
+
+    /// Whose presence `user` receives (the first [`RosterHook`]'s answer).
+    pub async fn presence_sources(&self, user: &str) -> Vec<String> {
+        match self.roster.first() {
+            Some((_, _, h)) => h.sources(user).await,
+            None => Vec::new(),
+        }
+    }
+
     /// The features added with [`Hooks::add_account_features`], in the order added.
     pub fn account_features(&self) -> &[String] {
         &self.account_features
@@ -202,6 +222,10 @@ impl Hooks for HookTable {
 
     fn on_privacy(&self, hook: Arc<dyn PrivacyHook>) {
         self.with(|l| insert(&mut l.privacy, 0, Kinds::ALL, hook));
+    }
+
+    fn on_roster(&self, hook: Arc<dyn RosterHook>) {
+        self.with(|l| insert(&mut l.roster, 0, Kinds::ALL, hook));
     }
 
     fn add_account_features(&self, features: &[&str]) {

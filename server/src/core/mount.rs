@@ -593,7 +593,6 @@ mod tests {
         );
         let router = crate::core::router::Router::new(
             store.clone(),
-            store.clone(),
             crate::core::router::ImLimits {
                 offline_quota: 10,
                 roster_items: 10,

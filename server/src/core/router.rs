@@ -20,7 +20,7 @@ use crate::core::hooks::{HookLists, HookTable};
 pub use crate::core::mount::Host;
 use crate::core::mount::{Mounted, TableSlot, Tables};
 use crate::error::{StreamError, module_failure, storage_failure};
-use crate::storage::{AccountStore, ImStore};
+use crate::storage::AccountStore;
 
 /// What a session's writer receives.
 #[derive(Debug)]
@@ -271,8 +271,6 @@ pub struct Router {
     pub registry: Registry,
     /// To tell "no such account" from "account offline".
     pub(crate) accounts: Arc<dyn AccountStore>,
-    /// Rosters and offline messages (the IM core).
-    pub(crate) im: Arc<dyn ImStore>,
     /// Offline quota and roster size, replaced when `[limits]` reloads.
     im_limits: std::sync::RwLock<ImLimits>,
     /// Iqs modules sent and wait on, by (requesting JID, id): their answer goes here
@@ -280,9 +278,6 @@ pub struct Router {
     pending: DashMap<(String, String), oneshot::Sender<Element>>,
     /// Federation: where stanzas for other domains go; set once at start.
     remote: OnceLock<Arc<dyn Remote>>,
-    /// Blocklists (XEP-0191) of accounts stanzas were routed to, loaded on first use and
-    /// replaced when changed: checked for every stanza, so kept out of the store's path.
-    pub(crate) blocklists: DashMap<String, Arc<Vec<String>>>,
     /// The server's own hook handlers (IM and registration register theirs at start): each
     /// host fires them merged with its modules' ([`Host::hooks`]).
     pub own_hooks: HookTable,
@@ -313,20 +308,14 @@ pub enum RemoteRefusal {
 impl Router {
     /// An empty router; [`crate::core::mount::install`] puts the hosts and modules in
     /// before routing.
-    pub fn new(
-        accounts: Arc<dyn AccountStore>,
-        im: Arc<dyn ImStore>,
-        im_limits: ImLimits,
-    ) -> Arc<Router> {
+    pub fn new(accounts: Arc<dyn AccountStore>, im_limits: ImLimits) -> Arc<Router> {
         Arc::new(Router {
-            im,
             im_limits: std::sync::RwLock::new(im_limits),
             tables: Default::default(),
             registry: Registry::default(),
             accounts,
             pending: DashMap::new(),
             remote: OnceLock::new(),
-            blocklists: DashMap::new(),
             own_hooks: HookTable::default(),
             generation: AtomicU64::new(0),
         })
@@ -699,29 +688,17 @@ impl TableSlot for Router {
     }
 }
 
-/// The contacts in a local account's roster whose subscription state passes `keep`.
-fn roster_jids(
+/// What the host of local account `bare` answers with its [`HookLists`].
+fn ask_host<T: Default + Send + 'static>(
     router: Option<Arc<Router>>,
     bare: String,
-    keep: fn(&crate::storage::SubState) -> bool,
-) -> BoxFuture<'static, Vec<String>> {
+    ask: for<'a> fn(&'a HookLists, &'a str) -> BoxFuture<'a, T>,
+) -> BoxFuture<'static, T> {
     Box::pin(async move {
-        let Some(router) = router else {
-            return Vec::new();
-        };
-        let Some((user, domain)) = bare.split_once('@') else {
-            return Vec::new();
-        };
-        match router.im.roster(user, domain).await {
-            Ok((_, items)) => items
-                .into_iter()
-                .filter(|i| keep(&i.state))
-                .map(|i| i.jid)
-                .collect(),
-            Err(e) => {
-                tracing::warn!(error = %e, "roster not readable for a module");
-                Vec::new()
-            }
+        let host = router.and_then(|r| r.host(bare.rsplit_once('@').map_or("", |(_, d)| d)));
+        match host {
+            Some(h) => ask(&h.hooks, &bare).await,
+            None => T::default(),
         }
     })
 }
@@ -842,34 +819,21 @@ impl ServerHandle for RouterRef {
     }
 
     fn receives_presence(&self, owner: &str, contact: &str) -> BoxFuture<'static, bool> {
-        let router = self.0.upgrade();
-        let (owner, contact) = (owner.to_owned(), contact.to_owned());
-        Box::pin(async move {
-            let Some(router) = router else {
-                return false;
-            };
-            let Some((user, domain)) = owner.split_once('@') else {
-                return false;
-            };
-            if router.host(domain).is_none() {
-                return false;
-            }
-            match router.im.roster_item(user, domain, &contact).await {
-                Ok(item) => item.is_some_and(|i| i.state.from),
-                Err(e) => {
-                    tracing::warn!(error = %e, "roster not readable for a presence check");
-                    false
-                }
-            }
-        })
+        let subscribers = self.presence_subscribers(owner);
+        let contact = contact.to_owned();
+        Box::pin(async move { subscribers.await.contains(&contact) })
     }
 
     fn presence_subscribers(&self, owner: &str) -> BoxFuture<'static, Vec<String>> {
-        roster_jids(self.0.upgrade(), owner.to_owned(), |s| s.from)
+        ask_host(self.0.upgrade(), owner.to_owned(), |h, o| {
+            Box::pin(h.presence_subscribers(o))
+        })
     }
 
     fn presence_sources(&self, user: &str) -> BoxFuture<'static, Vec<String>> {
-        roster_jids(self.0.upgrade(), user.to_owned(), |s| s.to)
+        ask_host(self.0.upgrade(), user.to_owned(), |h, u| {
+            Box::pin(h.presence_sources(u))
+        })
     }
 
     fn blocks(&self, user: &str, other: &str) -> BoxFuture<'static, bool> {

@@ -8,6 +8,7 @@ use openspimed_module_api::{Condition, Element, StanzaError, iq_result, ns};
 
 use crate::core::router::{Interest, Outgoing, Router};
 use crate::error::storage_failure;
+use crate::im::Im;
 
 /// `urn:xmpp:blocking`.
 pub const NS: &str = "urn:xmpp:blocking";
@@ -30,15 +31,14 @@ pub fn covers(item: &str, jid: &Jid) -> bool {
 
 /// An account's blocklist, from the cache or the store (empty when the store fails: a
 /// failing store must not stop delivery; the failure is logged).
-pub async fn list(router: &Router, bare: &str) -> Arc<Vec<String>> {
-    if let Some(l) = router.blocklists.get(bare) {
+pub async fn list(im: &Im, bare: &str) -> Arc<Vec<String>> {
+    if let Some(l) = im.blocklists.get(bare) {
         return l.clone();
     }
-    let (user, domain) = bare.split_once('@').unwrap_or(("", bare));
-    match router.im.blocklist(user, domain).await {
+    match im.data.blocklist(bare).await {
         Ok(l) => {
             let l = Arc::new(l);
-            router.blocklists.insert(bare.to_owned(), l.clone());
+            im.blocklists.insert(bare.to_owned(), l.clone());
             l
         }
         Err(e) => {
@@ -49,9 +49,9 @@ pub async fn list(router: &Router, bare: &str) -> Arc<Vec<String>> {
 }
 
 /// Whether the account `bare` blocks `other`.
-pub async fn blocks(router: &Router, bare: &str, other: &str) -> bool {
+pub async fn blocks(im: &Im, bare: &str, other: &str) -> bool {
     // Almost every list is empty: decide that before parsing any JID.
-    let l = list(router, bare).await;
+    let l = list(im, bare).await;
     if l.is_empty() {
         return false;
     }
@@ -67,9 +67,8 @@ pub fn blocked_error() -> StanzaError {
 }
 
 /// A blocklist get, block or unblock from one of the user's resources; returns the answer.
-pub async fn iq(router: &Router, bare: &str, session_id: u64, iq: &Element) -> Element {
+pub async fn iq(router: &Router, im: &Im, bare: &str, session_id: u64, iq: &Element) -> Element {
     let answer = async {
-        let (user, domain) = bare.split_once('@').unwrap_or(("", bare));
         let payload = iq
             .first_child()
             .ok_or_else(|| StanzaError::new(Condition::BadRequest))?;
@@ -81,7 +80,7 @@ pub async fn iq(router: &Router, bare: &str, session_id: u64, iq: &Element) -> E
                 .registry
                 .set_interest(bare, session_id, Interest::Blocklist);
             let mut list_el = Element::new("blocklist", NS);
-            for j in list(router, bare).await.iter() {
+            for j in list(im, bare).await.iter() {
                 list_el.push_child(Element::new("item", NS).with_attr("jid", j.clone()));
             }
             let mut reply = iq_result(iq);
@@ -105,12 +104,11 @@ pub async fn iq(router: &Router, bare: &str, session_id: u64, iq: &Element) -> E
         if block && jids.is_empty() {
             return Err(StanzaError::new(Condition::BadRequest).with_text("nothing to block"));
         }
-        router
-            .im
-            .set_blocked(user, domain, &jids, block)
+        im.data
+            .set_blocked(bare, &jids, block)
             .await
             .map_err(|e| storage_failure("changing a blocklist", &e))?;
-        router.blocklists.remove(bare);
+        im.blocklists.remove(bare);
         for (resource, tx) in router.registry.interested(bare, Interest::Blocklist) {
             let mut change = Element::new(payload.name().to_owned(), NS);
             for j in &jids {

@@ -10,10 +10,11 @@ use dashmap::DashMap;
 use openspimed_module_api::jid::Jid;
 use openspimed_module_api::{
     AccountTarget, ClientSession, Condition, Element, Flow, FromClientHook, Hooks, Kinds,
-    PrivacyHook, SessionHook, StanzaError, ToAccountHook, ToOfflineHook, async_trait,
+    ModuleStorage, PrivacyHook, RosterHook, SessionHook, StanzaError, ToAccountHook, ToOfflineHook,
+    async_trait,
 };
 
-use super::SessionIm;
+use super::{Im, SessionIm};
 use crate::core::router::Router;
 
 /// Priorities on the to-account hook: blocking before anything else sees the stanza
@@ -31,41 +32,42 @@ const OUTBOUND_PRESENCE: i32 = 40;
 /// IM's state of each bound client session, by session id.
 type SessionStates = Arc<DashMap<u64, SessionIm>>;
 
-/// Adds IM's handlers to `router`'s hooks.
-pub fn install(router: &Arc<Router>) {
-    let weak = Arc::downgrade(router);
-    let blocking = Arc::new(Blocking(weak.clone()));
-    router
-        .own_hooks
-        .on_to_account(BLOCKING, Kinds::ALL, blocking.clone());
-    router.own_hooks.on_privacy(blocking);
-    router
-        .own_hooks
-        .on_to_account(PRESENCE, Kinds::PRESENCE, Arc::new(Presence(weak.clone())));
-    router
-        .own_hooks
-        .on_to_account(VCARD, Kinds::IQ, Arc::new(VCard(weak.clone())));
-    router
-        .own_hooks
-        .on_to_offline(0, Arc::new(Offline(weak.clone())));
-    let sessions = SessionStates::default();
-    router.own_hooks.on_from_client(
-        OUTBOUND_BLOCKING,
-        Kinds::ALL,
-        Arc::new(OutboundBlocking(weak.clone())),
-    );
-    router
-        .own_hooks
-        .on_from_client(OWN_ACCOUNT, Kinds::IQ, Arc::new(OwnAccount(weak.clone())));
+/// Adds IM's handlers, on the data of `storage`, to `router`'s hooks.
+pub fn install(router: &Arc<Router>, storage: Arc<dyn ModuleStorage>) {
+    let router_ref = Arc::downgrade(router);
+    let im = Im::new(storage);
+    let hooks = &router.own_hooks;
+    let blocking = Arc::new(Blocking { im: im.clone() });
+    hooks.on_to_account(BLOCKING, Kinds::ALL, blocking.clone());
+    hooks.on_privacy(blocking);
+    let presence = Presence {
+        router: router_ref.clone(),
+        im: im.clone(),
+    };
+    hooks.on_to_account(PRESENCE, Kinds::PRESENCE, Arc::new(presence));
+    let vcard = VCard { im: im.clone() };
+    hooks.on_to_account(VCARD, Kinds::IQ, Arc::new(vcard));
+    let offline = Offline {
+        router: router_ref.clone(),
+        im: im.clone(),
+    };
+    hooks.on_to_offline(0, Arc::new(offline));
+    let outbound = OutboundBlocking { im: im.clone() };
+    hooks.on_from_client(OUTBOUND_BLOCKING, Kinds::ALL, Arc::new(outbound));
+    let own = OwnAccount {
+        router: router_ref.clone(),
+        im: im.clone(),
+    };
+    hooks.on_from_client(OWN_ACCOUNT, Kinds::IQ, Arc::new(own));
     let client = Arc::new(ClientPresence {
-        router: weak,
-        sessions,
+        router: router_ref,
+        im: im.clone(),
+        sessions: SessionStates::default(),
     });
-    router
-        .own_hooks
-        .on_from_client(OUTBOUND_PRESENCE, Kinds::PRESENCE, client.clone());
-    router.own_hooks.on_session(client);
-    router.own_hooks.add_account_features(&[
+    hooks.on_from_client(OUTBOUND_PRESENCE, Kinds::PRESENCE, client.clone());
+    hooks.on_session(client);
+    hooks.on_roster(Arc::new(Roster(im)));
+    hooks.add_account_features(&[
         super::blocking::NS,
         super::vcard::NS,
         // XEP-0160: offline messages are stored.
@@ -73,17 +75,47 @@ pub fn install(router: &Arc<Router>) {
     ]);
 }
 
+/// The presence subscriptions other modules ask about (PEP).
+struct Roster(Arc<Im>);
+
+impl Roster {
+    /// The roster items of `owner` whose subscription state passes `keep`.
+    async fn jids(&self, owner: &str, keep: fn(&super::SubState) -> bool) -> Vec<String> {
+        match self.0.data.roster(owner).await {
+            Ok((_, items)) => items
+                .into_iter()
+                .filter(|i| keep(&i.state))
+                .map(|i| i.jid)
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "roster not readable for a module");
+                Vec::new()
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl RosterHook for Roster {
+    async fn subscribers(&self, owner: &str) -> Vec<String> {
+        self.jids(owner, |s| s.from).await
+    }
+    async fn sources(&self, owner: &str) -> Vec<String> {
+        self.jids(owner, |s| s.to).await
+    }
+}
+
 /// XEP-0191 §3.4: nothing from a blocked JID arrives.
-struct Blocking(Weak<Router>);
+struct Blocking {
+    /// IM's data (the blocklists).
+    im: Arc<Im>,
+}
 
 #[async_trait]
 impl ToAccountHook for Blocking {
     async fn to_account(&self, to: AccountTarget<'_>, stanza: Element) -> Flow {
-        let Some(router) = self.0.upgrade() else {
-            return Flow::Pass(stanza);
-        };
         let blocked = match stanza.attr("from") {
-            Some(from) => super::blocking::blocks(&router, to.bare, from).await,
+            Some(from) => super::blocking::blocks(&self.im, to.bare, from).await,
             None => false,
         };
         if !blocked {
@@ -103,15 +135,17 @@ impl ToAccountHook for Blocking {
 #[async_trait]
 impl PrivacyHook for Blocking {
     async fn blocks(&self, user: &str, other: &str) -> bool {
-        match self.0.upgrade() {
-            Some(router) => super::blocking::blocks(&router, user, other).await,
-            None => false,
-        }
+        super::blocking::blocks(&self.im, user, other).await
     }
 }
 
 /// Presence to an account: subscriptions, probes, directed presence (RFC 6121 §3–4).
-struct Presence(Weak<Router>);
+struct Presence {
+    /// The router, to reach sessions and contacts.
+    router: Weak<Router>,
+    /// IM's data.
+    im: Arc<Im>,
+}
 
 #[async_trait]
 impl ToAccountHook for Presence {
@@ -119,15 +153,18 @@ impl ToAccountHook for Presence {
         if stanza.name() != "presence" {
             return Flow::Pass(stanza);
         }
-        if let Some(router) = self.0.upgrade() {
-            super::inbound_presence(&router, to.bare, to.resource, stanza).await;
+        if let Some(router) = self.router.upgrade() {
+            super::inbound_presence(&router, &self.im, to.bare, to.resource, stanza).await;
         }
         Flow::Done
     }
 }
 
 /// vCard iqs to an account's bare JID, answered on its behalf (RFC 6121 §8.5.2.1.3).
-struct VCard(Weak<Router>);
+struct VCard {
+    /// IM's data (the vCards).
+    im: Arc<Im>,
+}
 
 #[async_trait]
 impl ToAccountHook for VCard {
@@ -139,28 +176,30 @@ impl ToAccountHook for VCard {
         {
             return Flow::Pass(stanza);
         }
-        let Some(router) = self.0.upgrade() else {
-            return Flow::Pass(stanza);
-        };
         let own = stanza
             .attr("from")
             .and_then(|f| Jid::new(f).ok())
             .is_some_and(|f| f.to_bare().to_string() == to.bare);
-        Flow::Reply(super::vcard::iq(&router, to.bare, &stanza, own).await)
+        Flow::Reply(super::vcard::iq(&self.im, to.bare, &stanza, own).await)
     }
 }
 
 /// XEP-0160: messages for an account with no available resource wait for its next
 /// session.
-struct Offline(Weak<Router>);
+struct Offline {
+    /// The router, to reach sessions and contacts.
+    router: Weak<Router>,
+    /// IM's data.
+    im: Arc<Im>,
+}
 
 #[async_trait]
 impl ToOfflineHook for Offline {
     async fn to_offline(&self, bare: &str, message: Element) -> Flow {
-        let Some(router) = self.0.upgrade() else {
+        let Some(router) = self.router.upgrade() else {
             return Flow::Pass(message);
         };
-        match super::store_offline(&router, bare, &message).await {
+        match super::store_offline(&router, &self.im, bare, &message).await {
             Ok(()) => Flow::Done,
             Err(err) => Flow::Refuse(message, err),
         }
@@ -168,16 +207,16 @@ impl ToOfflineHook for Offline {
 }
 
 /// XEP-0191 §3.5: nothing goes to a JID the user blocks; the client learns why.
-struct OutboundBlocking(Weak<Router>);
+struct OutboundBlocking {
+    /// IM's data (the blocklists).
+    im: Arc<Im>,
+}
 
 #[async_trait]
 impl FromClientHook for OutboundBlocking {
     async fn client_sent(&self, from: ClientSession<'_>, stanza: Element) -> Flow {
-        let Some(router) = self.0.upgrade() else {
-            return Flow::Pass(stanza);
-        };
         let blocked = match stanza.attr("to") {
-            Some(to) => super::blocking::blocks(&router, from.bare, to).await,
+            Some(to) => super::blocking::blocks(&self.im, from.bare, to).await,
             None => false,
         };
         if !blocked {
@@ -195,7 +234,12 @@ impl FromClientHook for OutboundBlocking {
 
 /// The client's iqs to its own account: roster (RFC 6121 §2), blocklist (XEP-0191),
 /// vCard (XEP-0054).
-struct OwnAccount(Weak<Router>);
+struct OwnAccount {
+    /// The router, to reach sessions and contacts.
+    router: Weak<Router>,
+    /// IM's data.
+    im: Arc<Im>,
+}
 
 #[async_trait]
 impl FromClientHook for OwnAccount {
@@ -204,15 +248,17 @@ impl FromClientHook for OwnAccount {
             .attr("to")
             .is_none_or(|t| t.eq_ignore_ascii_case(from.bare));
         let request = stanza.name() == "iq" && matches!(stanza.attr("type"), Some("get" | "set"));
-        let Some(router) = self.0.upgrade().filter(|_| own && request) else {
+        let Some(router) = self.router.upgrade().filter(|_| own && request) else {
             return Flow::Pass(stanza);
         };
         let mut reply = match stanza.first_child().map(|p| p.ns()) {
-            Some(super::NS_ROSTER) => super::roster_iq(&router, from.bare, from.id, &stanza).await,
-            Some(super::blocking::NS) => {
-                super::blocking::iq(&router, from.bare, from.id, &stanza).await
+            Some(super::NS_ROSTER) => {
+                super::roster_iq(&router, &self.im, from.bare, from.id, &stanza).await
             }
-            Some(super::vcard::NS) => super::vcard::iq(&router, from.bare, &stanza, true).await,
+            Some(super::blocking::NS) => {
+                super::blocking::iq(&router, &self.im, from.bare, from.id, &stanza).await
+            }
+            Some(super::vcard::NS) => super::vcard::iq(&self.im, from.bare, &stanza, true).await,
             _ => return Flow::Pass(stanza),
         };
         reply.remove_attr("from");
@@ -225,6 +271,8 @@ impl FromClientHook for OwnAccount {
 struct ClientPresence {
     /// The router, to reach contacts.
     router: Weak<Router>,
+    /// IM's data.
+    im: Arc<Im>,
     /// Each session's directed presences (§4.6).
     sessions: SessionStates,
 }
@@ -243,11 +291,14 @@ impl FromClientHook for ClientPresence {
             // Broadcast presence (RFC 6121 §4.2, §4.5).
             (false, None | Some("unavailable")) => {
                 let directed = self.directed(from.id);
-                super::broadcast(&router, from.bare, from.full, from.id, stanza, &directed).await;
+                super::broadcast(
+                    &router, &self.im, from.bare, from.full, from.id, stanza, &directed,
+                )
+                .await;
             }
             (true, Some(t)) if super::subscription::Kind::from_type(t).is_some() => {
                 if let Some(kind) = super::subscription::Kind::from_type(t) {
-                    super::outbound_subscription(&router, from.bare, stanza, kind).await;
+                    super::outbound_subscription(&router, &self.im, from.bare, stanza, kind).await;
                 }
             }
             // Directed presence (§4.6): remembered so the recipient learns when the
@@ -280,12 +331,10 @@ impl SessionHook for ClientPresence {
     async fn bound(&self, session: ClientSession<'_>) {
         // Every stanza to or from the account checks its blocklist: load it now, not on
         // the first message's path.
-        if let Some(router) = self.router.upgrade() {
-            let bare = session.bare.to_owned();
-            tokio::spawn(async move {
-                super::blocking::list(&router, &bare).await;
-            });
-        }
+        let (im, bare) = (self.im.clone(), session.bare.to_owned());
+        tokio::spawn(async move {
+            super::blocking::list(&im, &bare).await;
+        });
     }
 
     async fn closed(&self, session: ClientSession<'_>) {
@@ -302,6 +351,7 @@ impl SessionHook for ClientPresence {
             .with_attr("type", "unavailable");
         super::broadcast(
             &router,
+            &self.im,
             session.bare,
             session.full,
             session.id,

@@ -10,21 +10,45 @@
 
 pub mod blocking;
 pub mod hooks;
+pub mod store;
 pub mod subscription;
 pub mod vcard;
+
+use std::sync::Arc;
+
+use dashmap::DashMap;
 
 use openspimed_module_api::jid::Jid;
 use openspimed_module_api::{Condition, Element, StanzaError, datetime, iq_result, ns};
 
 use crate::core::router::{Outgoing, Router};
 use crate::error::storage_failure;
-use crate::storage::RosterItem;
+use store::{ImData, RosterItem};
 use subscription::{Kind, SubState};
 
 /// `jabber:iq:roster` (RFC 6121 §2).
 pub const NS_ROSTER: &str = "jabber:iq:roster";
 /// XEP-0203: delayed delivery, stamped on offline messages.
 pub const NS_DELAY: &str = "urn:xmpp:delay";
+
+/// What IM's handlers share.
+pub struct Im {
+    /// IM's stores.
+    pub data: ImData,
+    /// Blocklists (XEP-0191) of accounts stanzas were routed to, loaded on first use and
+    /// replaced when changed: checked for every stanza, so kept out of the store's path.
+    pub blocklists: DashMap<String, Arc<Vec<String>>>,
+}
+
+impl Im {
+    /// IM on the stores of `storage`.
+    pub fn new(storage: Arc<dyn openspimed_module_api::ModuleStorage>) -> Arc<Im> {
+        Arc::new(Im {
+            data: ImData::new(storage),
+            blocklists: DashMap::new(),
+        })
+    }
+}
 
 /// The bare JID of an address, lower-cased as stored.
 fn bare_of(jid: &str) -> Option<String> {
@@ -88,15 +112,14 @@ async fn push(router: &Router, bare: &str, version: u64, item: Element) {
 }
 
 /// Stores an item and pushes it when visible.
-async fn save(router: &Router, bare: &str, item: RosterItem) -> Result<(), StanzaError> {
-    let (user, domain) = split(bare);
+async fn save(router: &Router, im: &Im, bare: &str, item: RosterItem) -> Result<(), StanzaError> {
     let show = visible(&item);
     let el = item_element(&item);
     let jid = item.jid.clone();
     let limits = router.im_limits();
-    match router
-        .im
-        .put_roster_item(user, domain, &jid, Some(item), limits.roster_items)
+    match im
+        .data
+        .put_roster_item(bare, &jid, Some(item), limits.roster_items)
         .await
     {
         Ok(Some(version)) => {
@@ -112,8 +135,14 @@ async fn save(router: &Router, bare: &str, item: RosterItem) -> Result<(), Stanz
 
 /// A roster get or set from one of the user's resources (RFC 6121 §2.2–2.5); returns the
 /// answer.
-pub async fn roster_iq(router: &Router, bare: &str, session_id: u64, iq: &Element) -> Element {
-    match roster_iq_inner(router, bare, session_id, iq).await {
+pub async fn roster_iq(
+    router: &Router,
+    im: &Im,
+    bare: &str,
+    session_id: u64,
+    iq: &Element,
+) -> Element {
+    match roster_iq_inner(router, im, bare, session_id, iq).await {
         Ok(reply) => reply,
         Err(err) => {
             let mut reply = err.reply_to(iq).unwrap_or_else(|| iq_result(iq));
@@ -125,11 +154,11 @@ pub async fn roster_iq(router: &Router, bare: &str, session_id: u64, iq: &Elemen
 
 async fn roster_iq_inner(
     router: &Router,
+    im: &Im,
     bare: &str,
     session_id: u64,
     iq: &Element,
 ) -> Result<Element, StanzaError> {
-    let (user, domain) = split(bare);
     let mut reply = iq_result(iq);
     reply.remove_attr("from");
     let query = iq
@@ -139,9 +168,9 @@ async fn roster_iq_inner(
         router
             .registry
             .set_interest(bare, session_id, crate::core::router::Interest::Roster);
-        let (version, items) = router
-            .im
-            .roster(user, domain)
+        let (version, items) = im
+            .data
+            .roster(bare)
             .await
             .map_err(|e| storage_failure("reading a roster", &e))?;
         // RFC 6121 §2.6.3: an unchanged roster is answered without items.
@@ -168,9 +197,9 @@ async fn roster_iq_inner(
         .filter(|j| j.resource().is_none())
         .map(|j| j.to_string())
         .ok_or_else(|| StanzaError::new(Condition::BadRequest).with_text("not a valid bare JID"))?;
-    let existing = router
-        .im
-        .roster_item(user, domain, &contact)
+    let existing = im
+        .data
+        .roster_item(bare, &contact)
         .await
         .map_err(|e| storage_failure("reading a roster item", &e))?;
     if item.attr("subscription") == Some("remove") {
@@ -185,9 +214,9 @@ async fn roster_iq_inner(
         if s.from || s.pending_in {
             route_subscription(router, bare, &contact, Kind::Unsubscribed).await;
         }
-        let version = router
-            .im
-            .put_roster_item(user, domain, &contact, None, usize::MAX)
+        let version = im
+            .data
+            .put_roster_item(bare, &contact, None, usize::MAX)
             .await
             .map_err(|e| storage_failure("removing a roster item", &e))?
             .unwrap_or(0);
@@ -217,7 +246,7 @@ async fn roster_iq_inner(
         groups,
         state: existing.map(|e| e.state).unwrap_or_default(),
     };
-    save(router, bare, updated).await?;
+    save(router, im, bare, updated).await?;
     Ok(reply)
 }
 
@@ -245,7 +274,13 @@ async fn send_presences(router: &Router, bare: &str, to: &str) -> bool {
 }
 
 /// A subscription stanza the user sent (RFC 6121 §3, A.2); `stanza` has `from` stamped.
-pub async fn outbound_subscription(router: &Router, bare: &str, mut stanza: Element, kind: Kind) {
+pub async fn outbound_subscription(
+    router: &Router,
+    im: &Im,
+    bare: &str,
+    mut stanza: Element,
+    kind: Kind,
+) {
     let Some(contact) = stanza.attr("to").and_then(bare_of) else {
         return router
             .bounce(&stanza, StanzaError::new(Condition::JidMalformed))
@@ -254,8 +289,7 @@ pub async fn outbound_subscription(router: &Router, bare: &str, mut stanza: Elem
     if contact == bare {
         return;
     }
-    let (user, domain) = split(bare);
-    let existing = match router.im.roster_item(user, domain, &contact).await {
+    let existing = match im.data.roster_item(bare, &contact).await {
         Ok(e) => e,
         Err(e) => {
             return router
@@ -273,7 +307,7 @@ pub async fn outbound_subscription(router: &Router, bare: &str, mut stanza: Elem
             ..RosterItem::default()
         });
         item.state = step.state;
-        if let Err(err) = save(router, bare, item).await {
+        if let Err(err) = save(router, im, bare, item).await {
             return router.bounce(&stanza, err).await;
         }
     }
@@ -304,7 +338,13 @@ pub async fn outbound_subscription(router: &Router, bare: &str, mut stanza: Elem
 }
 
 /// A subscription stanza for a local account (RFC 6121 §3, A.3).
-pub async fn inbound_subscription(router: &Router, bare: &str, mut stanza: Element, kind: Kind) {
+pub async fn inbound_subscription(
+    router: &Router,
+    im: &Im,
+    bare: &str,
+    mut stanza: Element,
+    kind: Kind,
+) {
     let Some(contact) = stanza.attr("from").and_then(bare_of) else {
         return;
     };
@@ -324,7 +364,7 @@ pub async fn inbound_subscription(router: &Router, bare: &str, mut stanza: Eleme
             return;
         }
     }
-    let existing = match router.im.roster_item(user, domain, &contact).await {
+    let existing = match im.data.roster_item(bare, &contact).await {
         Ok(e) => e,
         Err(e) => {
             tracing::error!(%e, "cannot read a roster item");
@@ -339,7 +379,7 @@ pub async fn inbound_subscription(router: &Router, bare: &str, mut stanza: Eleme
             ..RosterItem::default()
         });
         item.state = step.state;
-        if let Err(err) = save(router, bare, item).await {
+        if let Err(err) = save(router, im, bare, item).await {
             tracing::warn!(
                 condition = err.condition.as_str(),
                 "subscription state not stored"
@@ -373,6 +413,7 @@ fn deliver_to_available(router: &Router, bare: &str, stanza: &Element) {
 /// (§8.5.2.1.2, §8.5.3.1); subscription stanzas go through [`inbound_subscription`].
 pub async fn inbound_presence(
     router: &Router,
+    im: &Im,
     bare: &str,
     resource: Option<&str>,
     stanza: Element,
@@ -380,10 +421,10 @@ pub async fn inbound_presence(
     match stanza.attr("type") {
         Some(t) if Kind::from_type(t).is_some() => {
             if let Some(kind) = Kind::from_type(t) {
-                inbound_subscription(router, bare, stanza, kind).await;
+                inbound_subscription(router, im, bare, stanza, kind).await;
             }
         }
-        Some("probe") => probe(router, bare, &stanza).await,
+        Some("probe") => probe(router, im, bare, &stanza).await,
         None | Some("unavailable") => match resource {
             Some(r) => {
                 if let Some(tx) = router.registry.full(bare, r) {
@@ -403,16 +444,15 @@ pub async fn inbound_presence(
 
 /// A probe: answered with the user's available presences if the prober is subscribed to
 /// them (`from`), with unavailable presence when none is available.
-async fn probe(router: &Router, bare: &str, stanza: &Element) {
+async fn probe(router: &Router, im: &Im, bare: &str, stanza: &Element) {
     let Some(from) = stanza.attr("from").map(str::to_owned) else {
         return;
     };
     let Some(prober) = bare_of(&from) else {
         return;
     };
-    let (user, domain) = split(bare);
     let subscribed = matches!(
-        router.im.roster_item(user, domain, &prober).await,
+        im.data.roster_item(bare, &prober).await,
         Ok(Some(RosterItem {
             state: SubState { from: true, .. },
             ..
@@ -435,6 +475,7 @@ async fn probe(router: &Router, bare: &str, stanza: &Element) {
 /// addresses it sent directed presence to (they also learn it went unavailable).
 pub async fn broadcast(
     router: &Router,
+    im: &Im,
     bare: &str,
     full: &str,
     session_id: u64,
@@ -449,8 +490,7 @@ pub async fn broadcast(
     if !available && !was_available {
         return;
     }
-    let (user, domain) = split(bare);
-    let roster = match router.im.roster(user, domain).await {
+    let roster = match im.data.roster(bare).await {
         Ok((_, items)) => items,
         Err(e) => {
             tracing::error!(%e, "cannot read a roster for a presence broadcast");
@@ -516,27 +556,26 @@ pub async fn broadcast(
             .with_attr("type", "subscribe");
         let _ = me.try_send(Outgoing::Stanza(Box::new(p)));
     }
-    deliver_offline(router, bare, full, &me).await;
+    deliver_offline(im, bare, full, &me).await;
 }
 
 /// Hands the stored messages to a resource that just became available, oldest first, and
 /// forgets them (XEP-0160 §3).
 async fn deliver_offline(
-    router: &Router,
+    im: &Im,
     bare: &str,
     full: &str,
     me: &tokio::sync::mpsc::Sender<Outgoing>,
 ) {
-    let (user, domain) = split(bare);
-    let stored = match router.im.offline(user, domain).await {
+    let stored = match im.data.offline(bare).await {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(%e, "cannot read offline messages");
             return;
         }
     };
-    let mut delivered = None;
-    for m in &stored {
+    let mut delivered = Vec::new();
+    for m in stored {
         match Element::parse(&m.stanza) {
             Ok(mut el) => {
                 el.set_attr("to", full);
@@ -544,12 +583,12 @@ async fn deliver_offline(
                     break;
                 }
             }
-            Err(e) => tracing::warn!(%e, seq = m.seq, "dropping an unreadable offline message"),
+            Err(e) => tracing::warn!(%e, id = %m.id, "dropping an unreadable offline message"),
         }
-        delivered = Some(m.seq);
+        delivered.push(m.id);
     }
-    if let Some(seq) = delivered
-        && let Err(e) = router.im.delete_offline(user, domain, seq).await
+    if !delivered.is_empty()
+        && let Err(e) = im.data.delete_offline(bare, delivered).await
     {
         tracing::error!(%e, "cannot forget delivered offline messages");
     }
@@ -559,10 +598,11 @@ async fn deliver_offline(
 /// its delay (XEP-0203). `Err` is the error to bounce with.
 pub async fn store_offline(
     router: &Router,
+    im: &Im,
     bare: &str,
     stanza: &Element,
 ) -> Result<(), StanzaError> {
-    let (user, domain) = split(bare);
+    let (_, domain) = split(bare);
     let mut copy = stanza.clone();
     let stamp = datetime::format_utc(datetime::now());
     copy.push_child(
@@ -571,9 +611,9 @@ pub async fn store_offline(
             .with_attr("stamp", stamp),
     );
     let xml = copy.to_string();
-    match router
-        .im
-        .store_offline(user, domain, &xml, router.im_limits().offline_quota)
+    match im
+        .data
+        .store_offline(bare, &xml, router.im_limits().offline_quota)
         .await
     {
         Ok(true) => Ok(()),

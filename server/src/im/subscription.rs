@@ -2,9 +2,47 @@
 //! pre-approval of §3.4), as a pure function: state and event in, new state and what to do
 //! out. Sans-IO; the tables are tested row by row.
 
-// The state is stored with each roster item, so the type is the store's; the transitions
-// below are IM's.
-pub use crate::storage::SubState;
+/// The subscription state of one roster item, as the user's server keeps it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SubState {
+    /// The user receives the contact's presence (`to`).
+    pub to: bool,
+    /// The contact receives the user's presence (`from`).
+    pub from: bool,
+    /// The user asked the contact and awaits an answer ("Pending Out", `ask='subscribe'`).
+    pub pending_out: bool,
+    /// The contact asked the user and awaits an answer ("Pending In").
+    pub pending_in: bool,
+    /// The user approved a subscription request before it came (RFC 6121 §3.4).
+    pub preapproved: bool,
+}
+
+impl SubState {
+    /// The `subscription` attribute of the roster item (RFC 6121 §2.1.2.5).
+    pub fn subscription(&self) -> &'static str {
+        match (self.to, self.from) {
+            (true, true) => "both",
+            (true, false) => "to",
+            (false, true) => "from",
+            (false, false) => "none",
+        }
+    }
+
+    /// The RFC 6121 Appendix A name of the state, e.g. "None + Pending Out/In".
+    pub fn name(&self) -> &'static str {
+        match (self.to, self.from, self.pending_out, self.pending_in) {
+            (false, false, false, false) => "None",
+            (false, false, true, false) => "None + Pending Out",
+            (false, false, false, true) => "None + Pending In",
+            (false, false, true, true) => "None + Pending Out/In",
+            (true, false, _, false) => "To",
+            (true, false, _, true) => "To + Pending In",
+            (false, true, false, _) => "From",
+            (false, true, true, _) => "From + Pending Out",
+            (true, true, _, _) => "Both",
+        }
+    }
+}
 
 /// The four subscription-related presence types (RFC 6121 §3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -3,8 +3,8 @@
 
 use openspimed_module_api::{Condition, Element, StanzaError, iq_result};
 
-use crate::core::router::Router;
 use crate::error::storage_failure;
+use crate::im::Im;
 
 /// `vcard-temp`.
 pub const NS: &str = "vcard-temp";
@@ -13,16 +13,15 @@ pub const MAX_BYTES: usize = 128 * 1024;
 
 /// A vCard iq for the account `owner`; `own` when the owner itself asks (only the owner
 /// may set it). Returns the answer.
-pub async fn iq(router: &Router, owner: &str, iq: &Element, own: bool) -> Element {
-    let (user, domain) = owner.split_once('@').unwrap_or(("", owner));
+pub async fn iq(im: &Im, owner: &str, iq: &Element, own: bool) -> Element {
     let answer = async {
         let payload = iq
             .get_child("vCard", NS)
             .ok_or_else(|| StanzaError::new(Condition::BadRequest))?;
         if iq.attr("type") == Some("get") {
-            let stored = router
-                .im
-                .vcard(user, domain)
+            let stored = im
+                .data
+                .vcard(owner)
                 .await
                 .map_err(|e| storage_failure("reading a vCard", &e))?;
             // §3.1: no vCard is an empty one.
@@ -40,9 +39,8 @@ pub async fn iq(router: &Router, owner: &str, iq: &Element, own: bool) -> Elemen
         if xml.len() > MAX_BYTES {
             return Err(StanzaError::new(Condition::NotAcceptable).with_text("vCard too large"));
         }
-        router
-            .im
-            .set_vcard(user, domain, &xml)
+        im.data
+            .set_vcard(owner, &xml)
             .await
             .map_err(|e| storage_failure("storing a vCard", &e))?;
         Ok(iq_result(iq))

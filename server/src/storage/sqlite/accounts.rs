@@ -134,17 +134,13 @@ impl AccountStore for SqliteStore {
                     params![domain, user],
                 )
                 .map_err(backend)?;
-            // What belonged to the account goes with it (XEP-0077 §3.2).
-            for table in [
-                "roster",
-                "roster_versions",
-                "offline_messages",
-                "blocklist",
-                "vcards",
-            ] {
+            // What belonged to the account goes with it (XEP-0077 §3.2): what every
+            // module keeps under the account's bare JID on its domain.
+            let bare = format!("{user}@{domain}");
+            for table in ["module_kv", "module_archive"] {
                 conn.execute(
-                    &format!("DELETE FROM {table} WHERE domain = ?1 AND username = ?2"),
-                    params![domain, user],
+                    &format!("DELETE FROM {table} WHERE host = ?1 AND owner = ?2"),
+                    params![domain, bare],
                 )
                 .map_err(backend)?;
             }

@@ -1,7 +1,7 @@
 //! The SQLite backend: WAL, `synchronous=FULL` (a commit is on disk before it is
 //! acknowledged), schema migrations by `user_version`, one writer thread committing in
 //! groups. Here: the connection, the writer and the migrations, shared query helpers; one
-//! file per store it implements (`accounts`, `im`, `keys`, `pubsub`, `sensors`, and the
+//! file per store it implements (`accounts`, `keys`, `pubsub`, `sensors`, and the
 //! modules' `named` stores).
 
 use std::any::Any;
@@ -20,7 +20,6 @@ use openspimed_module_api::{
 use super::StorageError;
 
 mod accounts;
-mod im;
 mod keys;
 mod named;
 mod pubsub;
@@ -145,6 +144,33 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX module_archive_by_time ON module_archive (host, store, owner, at_ms);
     CREATE INDEX module_archive_by_with ON module_archive (host, store, owner, with_jid, seq);",
+    // 10: IM's rosters, offline messages, blocklists and vCards move into IM's named
+    // stores (`im::store`): each account's data under its bare JID, on its domain.
+    "INSERT INTO module_kv (host, store, owner, key, value)
+        SELECT domain, 'roster', username || '@' || domain, contact, CAST(json_object(
+            'name', name, 'groups', json(groups),
+            'to', json(CASE WHEN sub_to THEN 'true' ELSE 'false' END),
+            'from', json(CASE WHEN sub_from THEN 'true' ELSE 'false' END),
+            'pending_out', json(CASE WHEN pending_out THEN 'true' ELSE 'false' END),
+            'pending_in', json(CASE WHEN pending_in THEN 'true' ELSE 'false' END),
+            'preapproved', json(CASE WHEN preapproved THEN 'true' ELSE 'false' END)
+        ) AS BLOB) FROM roster;
+    INSERT INTO module_kv (host, store, owner, key, value)
+        SELECT domain, 'roster', username || '@' || domain, '', CAST(CAST(version AS TEXT) AS BLOB)
+        FROM roster_versions;
+    INSERT INTO module_archive (host, store, owner, id, at_ms, with_jid, value)
+        SELECT domain, 'offline', username || '@' || domain, printf('%032x', seq),
+            stored_unix * 1000, '', CAST(stanza AS BLOB)
+        FROM offline_messages ORDER BY seq;
+    INSERT INTO module_kv (host, store, owner, key, value)
+        SELECT domain, 'blocklist', username || '@' || domain, jid, X'' FROM blocklist;
+    INSERT INTO module_kv (host, store, owner, key, value)
+        SELECT domain, 'vcard', username || '@' || domain, '', CAST(xml AS BLOB) FROM vcards;
+    DROP TABLE roster;
+    DROP TABLE roster_versions;
+    DROP TABLE offline_messages;
+    DROP TABLE blocklist;
+    DROP TABLE vcards;",
 ];
 
 /// A write's result, type-erased while it crosses the writer thread.

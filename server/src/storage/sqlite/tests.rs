@@ -375,3 +375,95 @@ async fn archives_query_by_time_jid_and_id_page_and_truncate() {
         1
     );
 }
+
+#[tokio::test]
+async fn im_data_of_schema_9_moves_into_the_named_stores() {
+    use crate::im::store::ImData;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.sqlite");
+    {
+        // A database as the release before the named stores left it (schema 9), with
+        // what IM kept in its own tables.
+        let c = Connection::open(&path).unwrap();
+        for (i, sql) in MIGRATIONS.iter().take(9).enumerate() {
+            c.execute_batch(&format!("{sql} PRAGMA user_version = {};", i + 1))
+                .unwrap();
+        }
+        c.execute_batch(
+            "INSERT INTO roster VALUES ('a.example', 'alice', 'bob@b.example', 'Bob',
+                 '[\"Friends\",\"Work\"]', 1, 0, 0, 1, 0);
+             INSERT INTO roster VALUES ('a.example', 'alice', 'carol@c.example', NULL,
+                 '[]', 0, 0, 1, 0, 1);
+             INSERT INTO roster_versions VALUES ('a.example', 'alice', 7);
+             INSERT INTO offline_messages (seq, domain, username, stanza, stored_unix)
+                 VALUES (3, 'a.example', 'alice', '<message id=''one''/>', 100),
+                        (9, 'a.example', 'alice', '<message id=''two''/>', 200),
+                        (5, 'a.example', 'dave', '<message id=''dave''/>', 150);
+             INSERT INTO blocklist VALUES ('a.example', 'alice', 'spam.example');
+             INSERT INTO blocklist VALUES ('a.example', 'alice', 'eve@e.example');
+             INSERT INTO vcards VALUES ('a.example', 'alice', '<vCard xmlns=''vcard-temp''/>');",
+        )
+        .unwrap();
+    }
+    let s = Arc::new(SqliteStore::open(&path).unwrap());
+    let im = ImData::new(s.clone());
+    let (version, items) = im.roster("alice@a.example").await.unwrap();
+    assert_eq!(version, 7);
+    assert_eq!(items.len(), 2);
+    assert_eq!(items[0].jid, "bob@b.example");
+    assert_eq!(items[0].name.as_deref(), Some("Bob"));
+    assert_eq!(items[0].groups, ["Friends", "Work"]);
+    let (b, c) = (items[0].state, items[1].state);
+    assert!(b.to && !b.from && !b.pending_out && b.pending_in && !b.preapproved);
+    assert!(!c.to && !c.from && c.pending_out && !c.pending_in && c.preapproved);
+    assert_eq!(items[1].name, None);
+    let offline: Vec<String> = im
+        .offline("alice@a.example")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.stanza)
+        .collect();
+    assert_eq!(offline, ["<message id='one'/>", "<message id='two'/>"]);
+    assert_eq!(im.offline("dave@a.example").await.unwrap().len(), 1);
+    assert_eq!(
+        im.blocklist("alice@a.example").await.unwrap(),
+        ["eve@e.example", "spam.example"]
+    );
+    assert_eq!(
+        im.vcard("alice@a.example").await.unwrap().as_deref(),
+        Some("<vCard xmlns='vcard-temp'/>")
+    );
+    // And it goes on from there: the next change is version 8, a new message comes last.
+    let mut carol = items[1].clone();
+    carol.name = Some("Carol".into());
+    assert_eq!(
+        im.put_roster_item("alice@a.example", "carol@c.example", Some(carol), 10)
+            .await
+            .unwrap(),
+        Some(8)
+    );
+    assert!(
+        im.store_offline("alice@a.example", "<message id='three'/>", 3)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !im.store_offline("alice@a.example", "<message id='four'/>", 3)
+            .await
+            .unwrap()
+    );
+    assert_eq!(im.offline("alice@a.example").await.unwrap().len(), 3);
+    // The account's deletion takes its data, and only its.
+    assert!(
+        s.create_account("alice", "a.example", &creds(1))
+            .await
+            .unwrap()
+    );
+    assert!(s.delete_account("alice", "a.example").await.unwrap());
+    assert_eq!(im.roster("alice@a.example").await.unwrap(), (0, Vec::new()));
+    assert!(im.offline("alice@a.example").await.unwrap().is_empty());
+    assert!(im.blocklist("alice@a.example").await.unwrap().is_empty());
+    assert_eq!(im.vcard("alice@a.example").await.unwrap(), None);
+    assert_eq!(im.offline("dave@a.example").await.unwrap().len(), 1);
+}
