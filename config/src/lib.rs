@@ -96,11 +96,13 @@ pub struct LimitsConfig {
     pub session_queue: usize,
     /// Most concurrent client connections; more are refused at accept.
     pub max_connections: usize,
-    /// Messages stored per account while it is offline (XEP-0160); more bounce with
-    /// `resource-constraint`.
-    pub offline_messages: usize,
-    /// Roster items per account (RFC 6121 §2.3.3: more are `not-allowed`).
-    pub roster_items: usize,
+    /// Moved to `[modules.im] offline_messages`; set here, it is reported as a problem
+    /// that says so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offline_messages: Option<usize>,
+    /// Moved to `[modules.im] roster_items`, like `offline_messages`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub roster_items: Option<usize>,
     /// Seconds a session whose connection dropped waits for its client to resume it
     /// (XEP-0198); unacknowledged messages then go to offline storage.
     pub resume_timeout_secs: u64,
@@ -228,8 +230,12 @@ pub struct HostConfig {
     pub certificate: Option<PathBuf>,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1) matching `certificate`.
     pub key: Option<PathBuf>,
-    /// Modules enabled on this host (like Prosody's `modules_enabled`).
+    /// Modules enabled on this host (like Prosody's `modules_enabled`), besides those of
+    /// [`AUTOLOAD`].
     pub modules: Vec<String>,
+    /// Modules of [`AUTOLOAD`] this host goes without (like Prosody's
+    /// `modules_disabled`): `["im"]` makes it a bare RFC 6120 router.
+    pub modules_disabled: Vec<String>,
     /// SASL mechanisms offered, strongest first. PLAIN is only ever offered over TLS.
     pub sasl_mechanisms: Vec<String>,
     /// In-band registration (XEP-0077) of new accounts on this host. Off unless set; the
@@ -294,8 +300,8 @@ impl Default for LimitsConfig {
             c2s_idle_timeout_secs: 900,
             session_queue: 1024,
             max_connections: 100_000,
-            offline_messages: 1000,
-            roster_items: 1000,
+            offline_messages: None,
+            roster_items: None,
             resume_timeout_secs: 300,
         }
     }
@@ -309,6 +315,29 @@ impl Default for AuthConfig {
             failure_window_secs: 60,
             registrations_per_ip_per_hour: 10,
         }
+    }
+}
+
+/// Modules every host runs unless its `modules_disabled` names them, as Prosody autoloads
+/// its core modules: IM (rosters, presence, offline messages, blocking, vCards), which
+/// clients take for granted.
+pub const AUTOLOAD: &[&str] = &["im"];
+
+impl HostConfig {
+    /// The modules this host runs, in order: those of [`AUTOLOAD`] it does not disable,
+    /// then `modules`.
+    pub fn enabled_modules(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = AUTOLOAD
+            .iter()
+            .copied()
+            .filter(|m| !self.modules_disabled.iter().any(|d| d == m))
+            .collect();
+        for m in &self.modules {
+            if !out.contains(&m.as_str()) {
+                out.push(m);
+            }
+        }
+        out
     }
 }
 
@@ -334,6 +363,7 @@ impl Default for HostConfig {
                 "pubsub".into(),
                 "scopenode".into(),
             ],
+            modules_disabled: Vec::new(),
             sasl_mechanisms: SASL_MECHANISMS.iter().map(|s| (*s).to_owned()).collect(),
             allow_registration: false,
         }
@@ -407,6 +437,16 @@ impl Config {
     /// empty) is the list of modules compiled in.
     pub fn problems(&self, known_modules: &[&str]) -> Vec<String> {
         let mut out = Vec::new();
+        for (key, set) in [
+            ("offline_messages", self.limits.offline_messages),
+            ("roster_items", self.limits.roster_items),
+        ] {
+            if set.is_some() {
+                out.push(format!(
+                    "limits.{key} moved to [modules.im] {key} (IM is a module now)"
+                ));
+            }
+        }
         if self.hosts.is_empty() {
             out.push("no [hosts] configured: add at least one domain".to_owned());
         }
@@ -484,7 +524,7 @@ impl Config {
                 out.push(format!("hosts.\"{domain}\": sasl_mechanisms is empty"));
             }
             if !known_modules.is_empty() {
-                for m in &host.modules {
+                for m in host.modules.iter().chain(&host.modules_disabled) {
                     if !known_modules.contains(&m.as_str()) {
                         out.push(format!(
                             "hosts.\"{domain}\": unknown module {m:?} (available: {})",

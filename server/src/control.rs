@@ -204,9 +204,6 @@ impl Reloader {
             }
         }
         if new.limits != applied.limits {
-            self.shared
-                .router
-                .set_im_limits(crate::server::im_limits(&new.limits));
             self.shared.set_limits(new.limits.clone());
             report.push(ReloadLine::Done(
                 "limits (for connections opened from now on)".into(),

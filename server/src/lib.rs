@@ -13,10 +13,10 @@
 //!   [`core::hooks`] (the hook lists of `openspimed_module_api::hooks`: the server's own
 //!   merged with each host's modules'), [`core::mount`] (module instances per host, their
 //!   routes and hooks, swapped as a whole on reload) and [`core::shared`] (what every
-//!   session shares); it imports no session loop, no IM and not the composition root;
+//!   session shares); it imports no session loop, no module and not the composition
+//!   root (IM is the module `openspimed-mod-im`, on every host unless a host disables
+//!   it);
 //! - [`s2s`]: server-to-server streams, SASL EXTERNAL and dialback, the outgoing links;
-//! - [`im`]: RFC 6121 (rosters, subscriptions, presence, offline), blocking, vCards, as
-//!   handlers on the hooks ([`im::hooks`]), installed at start by [`server`];
 //! - [`storage`]: narrow storage traits and their SQLite implementation, with the named
 //!   key-value stores and archives modules open for themselves;
 //! - [`error`]: the one place internal failures become stream or stanza errors;
@@ -41,7 +41,6 @@ pub mod control;
 pub mod core;
 pub mod error;
 pub mod ibr;
-pub mod im;
 pub mod s2s;
 pub mod sasl;
 pub mod server;

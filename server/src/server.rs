@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use openspimed_config::{Config, LimitsConfig};
+use openspimed_config::Config;
 use openspimed_module_api::{ModuleFactory, ModuleStorage};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -25,6 +25,7 @@ use crate::storage::sqlite::SqliteStore;
 /// The modules compiled into this binary.
 pub fn builtin_modules() -> Vec<Box<dyn ModuleFactory>> {
     vec![
+        Box::new(openspimed_mod_im::Factory),
         Box::new(openspimed_mod_disco::Factory),
         Box::new(openspimed_mod_ping::Factory),
         Box::new(openspimed_mod_version::Factory),
@@ -62,14 +63,6 @@ pub enum StartError {
     /// A module refused its configuration.
     #[error("{0}")]
     Module(#[from] openspimed_module_api::ModuleError),
-}
-
-/// The IM share of `[limits]`.
-pub(crate) fn im_limits(l: &LimitsConfig) -> crate::core::router::ImLimits {
-    crate::core::router::ImLimits {
-        offline_quota: l.offline_messages,
-        roster_items: l.roster_items,
-    }
 }
 
 /// What identifies a version of a certificate or key file: its modification time and size.
@@ -195,9 +188,7 @@ pub async fn start_with_modules(
     )?);
     let accounts: Arc<dyn AccountStore> = store.clone();
     let module_storage: Arc<dyn ModuleStorage> = store.clone();
-    let router = Router::new(accounts.clone(), im_limits(&config.limits));
-    // IM on the router's hooks (every host, as before it became a set of handlers).
-    crate::im::hooks::install(&router, module_storage.clone());
+    let router = Router::new(accounts.clone());
     crate::ibr::install(
         &router,
         config.auth.scram_iterations,

@@ -8,9 +8,9 @@ use std::net::SocketAddr;
 use std::process::{Child, ExitCode};
 use std::time::Duration;
 
-use openspimed::im::store::ImData;
 use openspimed::storage::AccountStore;
 use openspimed::storage::sqlite::SqliteStore;
+use openspimed_mod_im::store::ImData;
 use openspimed_module_api::SensorStore;
 use openspimed_tests::{AS_SERVER, Raw, client_tls_config, server_command};
 

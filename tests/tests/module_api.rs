@@ -210,3 +210,57 @@ async fn a_module_of_the_public_api_hooks_messages_and_keeps_its_own_store() {
         Some(b"6".to_vec())
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_without_im_is_a_bare_rfc6120_router() {
+    let ca = openspimed_certs::DevCa::new("bare router CA").unwrap();
+    let server = TestServer::start_with_modules(&ca, &["localhost", "bare.test"], modules, |c| {
+        c.hosts.get_mut("bare.test").unwrap().modules_disabled = vec!["im".into()];
+    })
+    .await;
+    for host in ["localhost", "bare.test"] {
+        server.add_account("alice", host, "pw").await;
+        server.add_account("bob", host, "pw").await;
+    }
+    let (mut alice, _) = Raw::login_on(&server, "bare.test", "alice", "pw", "a").await;
+    let (mut bob, bob_full) = Raw::login_on(&server, "bare.test", "bob", "pw", "b").await;
+    let roster = "<iq type='get' id='r1'><query xmlns='jabber:iq:roster'/></iq>";
+    // No roster, no offline storage, no IM features on this host…
+    alice.send(roster).await;
+    let r = answer(&mut alice, "r1").await;
+    assert_eq!(
+        error_condition(&r).as_deref(),
+        Some("service-unavailable"),
+        "{r}"
+    );
+    alice
+        .send("<message to='bob@bare.test' id='b1' type='chat'><body>to the bare JID</body></message>")
+        .await;
+    let bounced = alice.stanza("message").await;
+    assert_eq!(bounced.attr("type"), Some("error"), "{bounced}");
+    assert_eq!(
+        error_condition(&bounced).as_deref(),
+        Some("service-unavailable")
+    );
+    alice
+        .send("<iq type='get' id='d1' to='bare.test'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>")
+        .await;
+    let info = answer(&mut alice, "d1").await.to_string();
+    assert!(
+        info.contains("urn:xmpp:ping") && !info.contains("msgoffline"),
+        "{info}"
+    );
+    // …but stanzas to a full JID are routed (RFC 6120 §10.5.3).
+    alice
+        .send(&format!(
+            "<message to='{bob_full}' id='f1' type='chat'><body>to the full JID</body></message>"
+        ))
+        .await;
+    let m = bob.stanza("message").await;
+    assert_eq!(m.attr("id"), Some("f1"), "{m}");
+    // The other host has IM (autoloaded): the same roster request is answered.
+    let (mut local, _) = Raw::login(&server, "alice", "pw", "a").await;
+    local.send(roster).await;
+    let r = answer(&mut local, "r1").await;
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+}

@@ -254,7 +254,12 @@ async fn a_message_to_an_offline_account_is_delivered_at_its_next_login() {
 
 #[tokio::test]
 async fn offline_storage_has_a_quota() {
-    let server = TestServer::start_with(|c| c.limits.offline_messages = 1).await;
+    let server = TestServer::start_with(|c| {
+        let mut im = openspimed_module_api::toml::Table::new();
+        im.insert("offline_messages".into(), 1.into());
+        c.modules.insert("im".into(), im);
+    })
+    .await;
     server.add_user("alice", "pw").await;
     server.add_user("bob", "pw").await;
     let (mut alice, _) = Raw::login(&server, "alice", "pw", "r").await;

@@ -17,8 +17,8 @@ pub use hooks::{
     RosterHook, SessionHook, ToAccountHook, ToOfflineHook, Unauthenticated,
 };
 pub use module::{
-    BoxFuture, Context, Identity, IqError, Module, ModuleError, ModuleFactory, Outcome, Route,
-    ServerHandle,
+    BoundSession, BoxFuture, Context, Identity, Interest, IqError, Module, ModuleError,
+    ModuleFactory, Outcome, Route, ServerHandle,
 };
 pub use openspimed_stanza::{
     Condition, Element, ErrorType, Node, Ns, ParseError, StanzaError, TreeBuilder, datetime,

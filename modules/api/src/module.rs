@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use crate::element::Element;
 use crate::error::StanzaError;
 use crate::hooks::Hooks;
-use crate::storage::{ArchiveStore, KvStore, ModuleStorage};
+use crate::storage::{ArchiveStore, KvStore, ModuleStorage, StorageFailure};
 
 /// A boxed future, for the object-safe parts of the API.
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
@@ -87,10 +87,79 @@ pub enum ModuleError {
     Internal(String),
 }
 
+/// A list a client session asked to be kept up to date about: the server keeps the wish
+/// with the session (so that it outlives a reload of the module that pushes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Interest {
+    /// Roster pushes (RFC 6121 §2.1.6): the session requested the roster.
+    Roster = 1,
+    /// Blocklist pushes (XEP-0191 §3.2): the session requested the blocklist.
+    Blocklist = 2,
+}
+
+/// One bound session of a local account, as the session registry has it.
+#[derive(Clone, Debug)]
+pub struct BoundSession {
+    /// The resourcepart.
+    pub resource: String,
+    /// The registry id (what [`crate::hooks::ClientSession::id`] names).
+    pub id: u64,
+    /// The last available presence it broadcast (RFC 6121 §4.2), `None` while it is
+    /// unavailable: what the user's other resources and probes are answered with.
+    pub presence: Option<Arc<Element>>,
+    /// The [`Interest`]s it asked for, as bits.
+    interests: u8,
+}
+
+impl BoundSession {
+    /// A session as the registry describes it.
+    pub fn new(
+        resource: String,
+        id: u64,
+        presence: Option<Arc<Element>>,
+        interests: u8,
+    ) -> BoundSession {
+        BoundSession {
+            resource,
+            id,
+            presence,
+            interests,
+        }
+    }
+
+    /// Whether it asked to be kept up to date about `what`.
+    pub fn wants(&self, what: Interest) -> bool {
+        self.interests & what as u8 != 0
+    }
+}
+
 /// The server as a module sees it: routing and what it knows about hosts.
 pub trait ServerHandle: Send + Sync {
-    /// Routes a stanza (its `from` must be an address the module owns).
+    /// Routes a stanza (its `from` must be an address the module owns), in a task of its
+    /// own: the caller does not wait.
     fn send(&self, stanza: Element);
+    /// Routes a stanza and returns once it was handed on (to a session's queue, a module,
+    /// storage or federation): what keeps a handler's stanzas in the order it sends them.
+    fn route(&self, stanza: Element) -> BoxFuture<'static, ()>;
+    /// Answers `stanza` with `error` (never an error to an error, RFC 6120 §8.3.1).
+    fn bounce(&self, stanza: Element, error: StanzaError) -> BoxFuture<'static, ()>;
+    /// Writes `stanza` to the bound session `full` directly (no hooks, no routing): a
+    /// push, or what the server sends a session on its own. `false` when there is no such
+    /// session or its queue is full.
+    fn deliver(&self, full: &str, stanza: Element) -> bool;
+    /// The bound sessions of the local account `bare`.
+    fn sessions(&self, bare: &str) -> Vec<BoundSession>;
+    /// Records the presence session `id` of `bare` broadcast (`None`: unavailable): its
+    /// availability and priority decide where messages to the bare JID go (RFC 6121
+    /// §8.5.2.1). Returns whether it was available before.
+    fn set_presence(&self, bare: &str, id: u64, presence: Option<Element>) -> bool;
+    /// Marks session `id` of `bare` as wanting pushes of `what`.
+    fn set_interest(&self, bare: &str, id: u64, what: Interest);
+    /// Whether `bare` is an account of a host here.
+    fn account_exists(&self, bare: &str) -> BoxFuture<'static, Result<bool, StorageFailure>>;
+    /// Hands a copy of an account's initial presence to the modules of its host that
+    /// asked for it ([`Route::InitialPresence`]: PEP sends the last published items).
+    fn initial_presence(&self, bare: &str, presence: Element) -> BoxFuture<'static, ()>;
     /// Disco features of a virtual host: the union of its modules' features.
     fn host_features(&self, host: &str) -> Vec<String>;
     /// Disco identities of a virtual host.

@@ -311,7 +311,7 @@ pub fn build(
             },
         };
         let mut mounted = Vec::new();
-        for name in &hc.modules {
+        for name in hc.enabled_modules() {
             let Some(f) = factories.iter().find(|f| f.name() == name) else {
                 continue;
             };
@@ -359,7 +359,7 @@ pub fn problems(
         }
     };
     for (domain, hc) in hosts {
-        for name in &hc.modules {
+        for name in hc.enabled_modules() {
             if let Some(f) = factories.iter().find(|f| f.name() == name)
                 && let Err(e) = f.build(domain, modules.get(name).unwrap_or(&empty))
             {
@@ -382,7 +382,11 @@ pub fn problems(
                     .collect::<Vec<_>>()
                     .join(", ")
             )),
-            Some(f) if !hosts.values().any(|h| h.modules.contains(name)) => {
+            Some(f)
+                if !hosts
+                    .values()
+                    .any(|h| h.enabled_modules().contains(&name.as_str())) =>
+            {
                 if let Err(e) = f.build(first_host, options) {
                     push(format!("{e} (the module is enabled on no host)"));
                 }
@@ -591,13 +595,7 @@ mod tests {
         let store = Arc::new(
             crate::storage::sqlite::SqliteStore::open(&dir.path().join("s.sqlite")).unwrap(),
         );
-        let router = crate::core::router::Router::new(
-            store.clone(),
-            crate::core::router::ImLimits {
-                offline_quota: 10,
-                roster_items: 10,
-            },
-        );
+        let router = crate::core::router::Router::new(store.clone());
         let storage: Arc<dyn ModuleStorage> = store;
         let cx = Context {
             host: Arc::from("example.test"),

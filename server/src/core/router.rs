@@ -9,10 +9,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
 use dashmap::DashMap;
+pub use openspimed_module_api::Interest;
 use openspimed_module_api::jid::Jid;
 use openspimed_module_api::{
-    AccountTarget, BoxFuture, Condition, Context, Element, Flow, Identity, IqError, Outcome, Route,
-    ServerHandle, StanzaError,
+    AccountTarget, BoundSession, BoxFuture, Condition, Context, Element, Flow, Identity, IqError,
+    Outcome, Route, ServerHandle, StanzaError, StorageFailure,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -49,15 +50,6 @@ struct SessionEntry {
     presence: Option<Arc<Element>>,
     /// What the resource asked to be kept up to date about ([`Interest`] bits).
     interests: u8,
-}
-
-/// Lists a resource gets pushes of once it has asked for them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Interest {
-    /// The roster (RFC 6121 §2.1.6).
-    Roster = 1,
-    /// The blocklist (XEP-0191 §3.2).
-    Blocklist = 2,
 }
 
 /// Connected sessions by bare JID.
@@ -147,6 +139,20 @@ impl Registry {
                 e.iter()
                     .filter(|s| s.interests & what as u8 != 0)
                     .map(|s| (s.resource.clone(), s.tx.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Every bound session of an account, as modules see them.
+    pub fn sessions(&self, bare: &str) -> Vec<BoundSession> {
+        self.by_bare
+            .get(bare)
+            .map(|e| {
+                e.iter()
+                    .map(|s| {
+                        BoundSession::new(s.resource.clone(), s.id, s.presence.clone(), s.interests)
+                    })
                     .collect()
             })
             .unwrap_or_default()
@@ -253,15 +259,6 @@ impl Registry {
     }
 }
 
-/// Sizes that keep one account from exhausting the store.
-#[derive(Clone, Copy, Debug)]
-pub struct ImLimits {
-    /// Offline messages kept per account; more bounce with `resource-constraint`.
-    pub offline_quota: usize,
-    /// Roster items per account.
-    pub roster_items: usize,
-}
-
 /// The routing table and session registry.
 pub struct Router {
     /// Hosts and module routes: empty until the modules are built (they need the router),
@@ -271,8 +268,6 @@ pub struct Router {
     pub registry: Registry,
     /// To tell "no such account" from "account offline".
     pub(crate) accounts: Arc<dyn AccountStore>,
-    /// Offline quota and roster size, replaced when `[limits]` reloads.
-    im_limits: std::sync::RwLock<ImLimits>,
     /// Iqs modules sent and wait on, by (requesting JID, id): their answer goes here
     /// instead of to the module's handler.
     pending: DashMap<(String, String), oneshot::Sender<Element>>,
@@ -308,9 +303,8 @@ pub enum RemoteRefusal {
 impl Router {
     /// An empty router; [`crate::core::mount::install`] puts the hosts and modules in
     /// before routing.
-    pub fn new(accounts: Arc<dyn AccountStore>, im_limits: ImLimits) -> Arc<Router> {
+    pub fn new(accounts: Arc<dyn AccountStore>) -> Arc<Router> {
         Arc::new(Router {
-            im_limits: std::sync::RwLock::new(im_limits),
             tables: Default::default(),
             registry: Registry::default(),
             accounts,
@@ -351,22 +345,6 @@ impl Router {
         match self.tables.read() {
             Ok(t) => t.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
-        }
-    }
-
-    /// The IM core's limits in force.
-    pub fn im_limits(&self) -> ImLimits {
-        match self.im_limits.read() {
-            Ok(l) => *l,
-            Err(poisoned) => *poisoned.into_inner(),
-        }
-    }
-
-    /// Puts new IM limits in force.
-    pub fn set_im_limits(&self, limits: ImLimits) {
-        match self.im_limits.write() {
-            Ok(mut l) => *l = limits,
-            Err(poisoned) => *poisoned.into_inner() = limits,
         }
     }
 
@@ -731,6 +709,78 @@ impl ServerHandle for RouterRef {
         if let Some(router) = self.0.upgrade() {
             tokio::spawn(async move { router.route(stanza).await });
         }
+    }
+
+    fn route(&self, stanza: Element) -> BoxFuture<'static, ()> {
+        let router = self.0.upgrade();
+        Box::pin(async move {
+            if let Some(r) = router {
+                r.route(stanza).await;
+            }
+        })
+    }
+
+    fn bounce(&self, stanza: Element, error: StanzaError) -> BoxFuture<'static, ()> {
+        let router = self.0.upgrade();
+        Box::pin(async move {
+            if let Some(r) = router {
+                r.bounce(&stanza, error).await;
+            }
+        })
+    }
+
+    fn deliver(&self, full: &str, stanza: Element) -> bool {
+        let Some((bare, resource)) = full.split_once('/') else {
+            return false;
+        };
+        let tx = self
+            .0
+            .upgrade()
+            .and_then(|r| r.registry.full(bare, resource));
+        tx.is_some_and(|tx| tx.try_send(Outgoing::Stanza(Box::new(stanza))).is_ok())
+    }
+
+    fn sessions(&self, bare: &str) -> Vec<BoundSession> {
+        match self.0.upgrade() {
+            Some(r) => r.registry.sessions(bare),
+            None => Vec::new(),
+        }
+    }
+
+    fn set_presence(&self, bare: &str, id: u64, presence: Option<Element>) -> bool {
+        self.0
+            .upgrade()
+            .is_some_and(|r| r.registry.set_presence(bare, id, presence))
+    }
+
+    fn set_interest(&self, bare: &str, id: u64, what: Interest) {
+        if let Some(r) = self.0.upgrade() {
+            r.registry.set_interest(bare, id, what);
+        }
+    }
+
+    fn account_exists(&self, bare: &str) -> BoxFuture<'static, Result<bool, StorageFailure>> {
+        let router = self.0.upgrade();
+        let bare = bare.to_owned();
+        Box::pin(async move {
+            let (Some(r), Some((user, domain))) = (router, bare.split_once('@')) else {
+                return Ok(false);
+            };
+            r.accounts
+                .account_exists(user, domain)
+                .await
+                .map_err(|e| StorageFailure(e.to_string()))
+        })
+    }
+
+    fn initial_presence(&self, bare: &str, presence: Element) -> BoxFuture<'static, ()> {
+        let router = self.0.upgrade();
+        let bare = bare.to_owned();
+        Box::pin(async move {
+            if let Some(r) = router {
+                r.initial_presence(&bare, &presence).await;
+            }
+        })
     }
 
     fn host_features(&self, host: &str) -> Vec<String> {

@@ -378,7 +378,7 @@ async fn archives_query_by_time_jid_and_id_page_and_truncate() {
 
 #[tokio::test]
 async fn im_data_of_schema_9_moves_into_the_named_stores() {
-    use crate::im::store::ImData;
+    use openspimed_mod_im::store::ImData;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db.sqlite");
     {

@@ -4,11 +4,12 @@
 use std::sync::Arc;
 
 use openspimed_module_api::jid::Jid;
-use openspimed_module_api::{Condition, Element, StanzaError, iq_result, ns};
+use openspimed_module_api::{
+    Condition, Element, Interest, ServerHandle, StanzaError, iq_result, ns,
+};
 
-use crate::core::router::{Interest, Outgoing, Router};
-use crate::error::storage_failure;
-use crate::im::Im;
+use crate::Im;
+use crate::storage_failure;
 
 /// `urn:xmpp:blocking`.
 pub const NS: &str = "urn:xmpp:blocking";
@@ -67,7 +68,13 @@ pub fn blocked_error() -> StanzaError {
 }
 
 /// A blocklist get, block or unblock from one of the user's resources; returns the answer.
-pub async fn iq(router: &Router, im: &Im, bare: &str, session_id: u64, iq: &Element) -> Element {
+pub async fn iq(
+    server: &dyn ServerHandle,
+    im: &Im,
+    bare: &str,
+    session_id: u64,
+    iq: &Element,
+) -> Element {
     let answer = async {
         let payload = iq
             .first_child()
@@ -76,9 +83,7 @@ pub async fn iq(router: &Router, im: &Im, bare: &str, session_id: u64, iq: &Elem
             if payload.name() != "blocklist" {
                 return Err(StanzaError::new(Condition::BadRequest));
             }
-            router
-                .registry
-                .set_interest(bare, session_id, Interest::Blocklist);
+            server.set_interest(bare, session_id, Interest::Blocklist);
             let mut list_el = Element::new("blocklist", NS);
             for j in list(im, bare).await.iter() {
                 list_el.push_child(Element::new("item", NS).with_attr("jid", j.clone()));
@@ -109,7 +114,12 @@ pub async fn iq(router: &Router, im: &Im, bare: &str, session_id: u64, iq: &Elem
             .await
             .map_err(|e| storage_failure("changing a blocklist", &e))?;
         im.blocklists.remove(bare);
-        for (resource, tx) in router.registry.interested(bare, Interest::Blocklist) {
+        for session in server
+            .sessions(bare)
+            .iter()
+            .filter(|s| s.wants(Interest::Blocklist))
+        {
+            let to = format!("{bare}/{}", session.resource);
             let mut change = Element::new(payload.name().to_owned(), NS);
             for j in &jids {
                 change.push_child(Element::new("item", NS).with_attr("jid", j.clone()));
@@ -117,9 +127,9 @@ pub async fn iq(router: &Router, im: &Im, bare: &str, session_id: u64, iq: &Elem
             let push = Element::new("iq", ns::CLIENT)
                 .with_attr("type", "set")
                 .with_attr("id", format!("block{session_id}"))
-                .with_attr("to", format!("{bare}/{resource}"))
+                .with_attr("to", to.clone())
                 .with_child(change);
-            let _ = tx.try_send(Outgoing::Stanza(Box::new(push)));
+            server.deliver(&to, push);
         }
         Ok(iq_result(iq))
     }

@@ -3,8 +3,8 @@
 
 use openspimed_module_api::{Condition, Element, StanzaError, iq_result};
 
-use crate::error::storage_failure;
-use crate::im::Im;
+use crate::Im;
+use crate::storage_failure;
 
 /// `vcard-temp`.
 pub const NS: &str = "vcard-temp";

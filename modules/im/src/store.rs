@@ -11,7 +11,7 @@ use openspimed_module_api::{
     ArchiveQuery, ArchiveStore, ArchivedItem, KvStore, ModuleStorage, StorageFailure,
 };
 
-use crate::im::subscription::SubState;
+use crate::subscription::SubState;
 
 /// The roster store's name.
 pub const ROSTER: &str = "roster";

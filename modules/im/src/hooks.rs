@@ -1,21 +1,21 @@
-//! IM's handlers on the router's hooks: what reaches an account goes through blocking
+//! IM's handlers on the hooks of its host: what reaches an account goes through blocking
 //! (XEP-0191), presence and subscriptions (RFC 6121 §3–4) and vCards (XEP-0054); what
 //! finds no resource is stored offline (XEP-0160); what a client sends goes through
 //! blocking (§3.5), its own roster, blocklist and vCard iqs, and its presence; a session
-//! that ends is announced unavailable. The composition root installs them.
+//! that ends is announced unavailable. [`crate::ImModule`] installs them.
 
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use dashmap::DashMap;
 use openspimed_module_api::jid::Jid;
 use openspimed_module_api::{
     AccountTarget, ClientSession, Condition, Element, Flow, FromClientHook, Hooks, Kinds,
-    ModuleStorage, PrivacyHook, RosterHook, SessionHook, StanzaError, ToAccountHook, ToOfflineHook,
+    PrivacyHook, RosterHook, ServerHandle, SessionHook, StanzaError, ToAccountHook, ToOfflineHook,
     async_trait,
 };
 
-use super::{Im, SessionIm};
-use crate::core::router::Router;
+use crate::Im;
+use crate::presence::SessionIm;
 
 /// Priorities on the to-account hook: blocking before anything else sees the stanza
 /// (XEP-0191 §3.4: nothing from a blocked JID arrives, not even to another handler), then
@@ -32,47 +32,36 @@ const OUTBOUND_PRESENCE: i32 = 40;
 /// IM's state of each bound client session, by session id.
 type SessionStates = Arc<DashMap<u64, SessionIm>>;
 
-/// Adds IM's handlers, on the data of `storage`, to `router`'s hooks.
-pub fn install(router: &Arc<Router>, storage: Arc<dyn ModuleStorage>) {
-    let router_ref = Arc::downgrade(router);
-    let im = Im::new(storage);
-    let hooks = &router.own_hooks;
+/// Adds IM's handlers, sharing `im`, to `hooks`; they reach sessions and contacts
+/// through `server`.
+pub fn install(server: Arc<dyn ServerHandle>, im: Arc<Im>, hooks: &dyn Hooks) {
     let blocking = Arc::new(Blocking { im: im.clone() });
     hooks.on_to_account(BLOCKING, Kinds::ALL, blocking.clone());
     hooks.on_privacy(blocking);
     let presence = Presence {
-        router: router_ref.clone(),
+        server: server.clone(),
         im: im.clone(),
     };
     hooks.on_to_account(PRESENCE, Kinds::PRESENCE, Arc::new(presence));
     let vcard = VCard { im: im.clone() };
     hooks.on_to_account(VCARD, Kinds::IQ, Arc::new(vcard));
-    let offline = Offline {
-        router: router_ref.clone(),
-        im: im.clone(),
-    };
+    let offline = Offline { im: im.clone() };
     hooks.on_to_offline(0, Arc::new(offline));
     let outbound = OutboundBlocking { im: im.clone() };
     hooks.on_from_client(OUTBOUND_BLOCKING, Kinds::ALL, Arc::new(outbound));
     let own = OwnAccount {
-        router: router_ref.clone(),
+        server: server.clone(),
         im: im.clone(),
     };
     hooks.on_from_client(OWN_ACCOUNT, Kinds::IQ, Arc::new(own));
     let client = Arc::new(ClientPresence {
-        router: router_ref,
+        server,
         im: im.clone(),
         sessions: SessionStates::default(),
     });
     hooks.on_from_client(OUTBOUND_PRESENCE, Kinds::PRESENCE, client.clone());
     hooks.on_session(client);
     hooks.on_roster(Arc::new(Roster(im)));
-    hooks.add_account_features(&[
-        super::blocking::NS,
-        super::vcard::NS,
-        // XEP-0160: offline messages are stored.
-        "msgoffline",
-    ]);
 }
 
 /// The presence subscriptions other modules ask about (PEP).
@@ -80,7 +69,11 @@ struct Roster(Arc<Im>);
 
 impl Roster {
     /// The roster items of `owner` whose subscription state passes `keep`.
-    async fn jids(&self, owner: &str, keep: fn(&super::SubState) -> bool) -> Vec<String> {
+    async fn jids(
+        &self,
+        owner: &str,
+        keep: fn(&crate::subscription::SubState) -> bool,
+    ) -> Vec<String> {
         match self.0.data.roster(owner).await {
             Ok((_, items)) => items
                 .into_iter()
@@ -115,7 +108,7 @@ struct Blocking {
 impl ToAccountHook for Blocking {
     async fn to_account(&self, to: AccountTarget<'_>, stanza: Element) -> Flow {
         let blocked = match stanza.attr("from") {
-            Some(from) => super::blocking::blocks(&self.im, to.bare, from).await,
+            Some(from) => crate::blocking::blocks(&self.im, to.bare, from).await,
             None => false,
         };
         if !blocked {
@@ -135,14 +128,14 @@ impl ToAccountHook for Blocking {
 #[async_trait]
 impl PrivacyHook for Blocking {
     async fn blocks(&self, user: &str, other: &str) -> bool {
-        super::blocking::blocks(&self.im, user, other).await
+        crate::blocking::blocks(&self.im, user, other).await
     }
 }
 
 /// Presence to an account: subscriptions, probes, directed presence (RFC 6121 §3–4).
 struct Presence {
-    /// The router, to reach sessions and contacts.
-    router: Weak<Router>,
+    /// The server, to reach sessions and contacts.
+    server: Arc<dyn ServerHandle>,
     /// IM's data.
     im: Arc<Im>,
 }
@@ -153,9 +146,14 @@ impl ToAccountHook for Presence {
         if stanza.name() != "presence" {
             return Flow::Pass(stanza);
         }
-        if let Some(router) = self.router.upgrade() {
-            super::inbound_presence(&router, &self.im, to.bare, to.resource, stanza).await;
-        }
+        crate::presence::inbound_presence(
+            self.server.as_ref(),
+            &self.im,
+            to.bare,
+            to.resource,
+            stanza,
+        )
+        .await;
         Flow::Done
     }
 }
@@ -172,7 +170,7 @@ impl ToAccountHook for VCard {
         let request = stanza.name() == "iq" && matches!(stanza.attr("type"), Some("get" | "set"));
         if !request
             || to.resource.is_some()
-            || stanza.get_child("vCard", super::vcard::NS).is_none()
+            || stanza.get_child("vCard", crate::vcard::NS).is_none()
         {
             return Flow::Pass(stanza);
         }
@@ -180,26 +178,21 @@ impl ToAccountHook for VCard {
             .attr("from")
             .and_then(|f| Jid::new(f).ok())
             .is_some_and(|f| f.to_bare().to_string() == to.bare);
-        Flow::Reply(super::vcard::iq(&self.im, to.bare, &stanza, own).await)
+        Flow::Reply(crate::vcard::iq(&self.im, to.bare, &stanza, own).await)
     }
 }
 
 /// XEP-0160: messages for an account with no available resource wait for its next
 /// session.
 struct Offline {
-    /// The router, to reach sessions and contacts.
-    router: Weak<Router>,
-    /// IM's data.
+    /// IM's data (the offline archive).
     im: Arc<Im>,
 }
 
 #[async_trait]
 impl ToOfflineHook for Offline {
     async fn to_offline(&self, bare: &str, message: Element) -> Flow {
-        let Some(router) = self.router.upgrade() else {
-            return Flow::Pass(message);
-        };
-        match super::store_offline(&router, &self.im, bare, &message).await {
+        match crate::offline::store_offline(&self.im, bare, &message).await {
             Ok(()) => Flow::Done,
             Err(err) => Flow::Refuse(message, err),
         }
@@ -216,13 +209,13 @@ struct OutboundBlocking {
 impl FromClientHook for OutboundBlocking {
     async fn client_sent(&self, from: ClientSession<'_>, stanza: Element) -> Flow {
         let blocked = match stanza.attr("to") {
-            Some(to) => super::blocking::blocks(&self.im, from.bare, to).await,
+            Some(to) => crate::blocking::blocks(&self.im, from.bare, to).await,
             None => false,
         };
         if !blocked {
             return Flow::Pass(stanza);
         }
-        match super::blocking::blocked_error().reply_to(&stanza) {
+        match crate::blocking::blocked_error().reply_to(&stanza) {
             Some(mut reply) => {
                 reply.remove_attr("from");
                 Flow::Reply(reply)
@@ -235,8 +228,8 @@ impl FromClientHook for OutboundBlocking {
 /// The client's iqs to its own account: roster (RFC 6121 §2), blocklist (XEP-0191),
 /// vCard (XEP-0054).
 struct OwnAccount {
-    /// The router, to reach sessions and contacts.
-    router: Weak<Router>,
+    /// The server, to reach sessions and contacts.
+    server: Arc<dyn ServerHandle>,
     /// IM's data.
     im: Arc<Im>,
 }
@@ -248,17 +241,25 @@ impl FromClientHook for OwnAccount {
             .attr("to")
             .is_none_or(|t| t.eq_ignore_ascii_case(from.bare));
         let request = stanza.name() == "iq" && matches!(stanza.attr("type"), Some("get" | "set"));
-        let Some(router) = self.router.upgrade().filter(|_| own && request) else {
+        if !(own && request) {
             return Flow::Pass(stanza);
         };
         let mut reply = match stanza.first_child().map(|p| p.ns()) {
-            Some(super::NS_ROSTER) => {
-                super::roster_iq(&router, &self.im, from.bare, from.id, &stanza).await
+            Some(crate::roster::NS_ROSTER) => {
+                crate::roster::roster_iq(
+                    self.server.as_ref(),
+                    &self.im,
+                    from.bare,
+                    from.id,
+                    &stanza,
+                )
+                .await
             }
-            Some(super::blocking::NS) => {
-                super::blocking::iq(&router, &self.im, from.bare, from.id, &stanza).await
+            Some(crate::blocking::NS) => {
+                crate::blocking::iq(self.server.as_ref(), &self.im, from.bare, from.id, &stanza)
+                    .await
             }
-            Some(super::vcard::NS) => super::vcard::iq(&self.im, from.bare, &stanza, true).await,
+            Some(crate::vcard::NS) => crate::vcard::iq(&self.im, from.bare, &stanza, true).await,
             _ => return Flow::Pass(stanza),
         };
         reply.remove_attr("from");
@@ -269,8 +270,8 @@ impl FromClientHook for OwnAccount {
 /// The client's presence (RFC 6121 §4: broadcast, directed; §3: subscriptions), and the
 /// unavailable presence of a session that ends (§4.5.2).
 struct ClientPresence {
-    /// The router, to reach contacts.
-    router: Weak<Router>,
+    /// The server, to reach sessions and contacts.
+    server: Arc<dyn ServerHandle>,
     /// IM's data.
     im: Arc<Im>,
     /// Each session's directed presences (§4.6).
@@ -283,22 +284,32 @@ impl FromClientHook for ClientPresence {
         if stanza.name() != "presence" {
             return Flow::Pass(stanza);
         }
-        let Some(router) = self.router.upgrade() else {
-            return Flow::Pass(stanza);
-        };
         let ptype = stanza.attr("type").map(str::to_owned);
         match (stanza.attr("to").is_some(), ptype.as_deref()) {
             // Broadcast presence (RFC 6121 §4.2, §4.5).
             (false, None | Some("unavailable")) => {
                 let directed = self.directed(from.id);
-                super::broadcast(
-                    &router, &self.im, from.bare, from.full, from.id, stanza, &directed,
+                crate::presence::broadcast(
+                    self.server.as_ref(),
+                    &self.im,
+                    from.bare,
+                    from.full,
+                    from.id,
+                    stanza,
+                    &directed,
                 )
                 .await;
             }
-            (true, Some(t)) if super::subscription::Kind::from_type(t).is_some() => {
-                if let Some(kind) = super::subscription::Kind::from_type(t) {
-                    super::outbound_subscription(&router, &self.im, from.bare, stanza, kind).await;
+            (true, Some(t)) if crate::subscription::Kind::from_type(t).is_some() => {
+                if let Some(kind) = crate::subscription::Kind::from_type(t) {
+                    crate::presence::outbound_subscription(
+                        self.server.as_ref(),
+                        &self.im,
+                        from.bare,
+                        stanza,
+                        kind,
+                    )
+                    .await;
                 }
             }
             // Directed presence (§4.6): remembered so the recipient learns when the
@@ -307,7 +318,7 @@ impl FromClientHook for ClientPresence {
                 if let Some(to) = stanza.attr("to") {
                     self.sessions.entry(from.id).or_default().directed_to(to);
                 }
-                router.route(stanza).await;
+                self.server.route(stanza).await;
             }
             // Probes are the server's business; anything else without `to` is moot.
             _ => {}
@@ -333,7 +344,7 @@ impl SessionHook for ClientPresence {
         // the first message's path.
         let (im, bare) = (self.im.clone(), session.bare.to_owned());
         tokio::spawn(async move {
-            super::blocking::list(&im, &bare).await;
+            crate::blocking::list(&im, &bare).await;
         });
     }
 
@@ -343,14 +354,11 @@ impl SessionHook for ClientPresence {
             .remove(&session.id)
             .map(|(_, s)| s.directed)
             .unwrap_or_default();
-        let Some(router) = self.router.upgrade() else {
-            return;
-        };
         // RFC 6121 §4.5.2: contacts learn the resource went away.
         let gone = Element::new("presence", openspimed_module_api::ns::CLIENT)
             .with_attr("type", "unavailable");
-        super::broadcast(
-            &router,
+        crate::presence::broadcast(
+            self.server.as_ref(),
             &self.im,
             session.bare,
             session.full,
