@@ -267,12 +267,17 @@ async fn negotiate_session(
                 "the stream must stay on the same domain",
             ));
         }
-        conn.write_raw(
-            b"<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>\
-              <session xmlns='urn:ietf:params:xml:ns:xmpp-session'><optional/></session>\
-              <sm xmlns='urn:xmpp:sm:3'/></stream:features>",
-        )
-        .await?;
+        let mut features = String::from(
+            "<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>\
+             <session xmlns='urn:ietf:params:xml:ns:xmpp-session'><optional/></session>\
+             <sm xmlns='urn:xmpp:sm:3'/>",
+        );
+        // What the host's modules offer (IM: roster versioning, RFC 6121 §2.6.1).
+        for f in host.hooks.stream_features(&host.domain) {
+            features.push_str(&f.to_string());
+        }
+        features.push_str("</stream:features>");
+        conn.write_raw(features.as_bytes()).await?;
         Box::pin(bind_resource(
             shared,
             &mut conn,
@@ -847,19 +852,31 @@ async fn established(shared: Arc<Clients>, mut live: Box<Live>, fresh: bool) {
             }
             out = s.rx.recv() => {
                 match out {
-                    Some(Outgoing::Stanza(el)) => {
-                        track(s, &el);
-                        conn.queue(&el);
-                        // Drain what else is ready: one write for a burst.
+                    Some(Outgoing::Kick(e)) => break End::Stream(Fail::Stream(*e)),
+                    None => break End::Stream(Fail::Closed),
+                    Some(first) => {
+                        // This one and what else is ready (up to 64 more): one write for a
+                        // burst.
                         let mut kick = None;
-                        for _ in 0..64 {
-                            match s.rx.try_recv() {
-                                Ok(Outgoing::Stanza(el)) => {
+                        let mut next = Some(first);
+                        let mut taken = 0;
+                        while let Some(out) = next.take() {
+                            match out {
+                                Outgoing::Kick(e) => { kick = Some(*e); break; }
+                                Outgoing::Stanza(el) => {
+                                    if let Some(el) = Box::pin(to_session(&shared, s, *el)).await {
+                                        track(s, &el);
+                                        conn.queue(&el);
+                                    }
+                                }
+                                Outgoing::Unfiltered(el) => {
                                     track(s, &el);
                                     conn.queue(&el);
                                 }
-                                Ok(Outgoing::Kick(e)) => { kick = Some(*e); break; }
-                                Err(_) => break,
+                            }
+                            taken += 1;
+                            if taken <= 64 {
+                                next = s.rx.try_recv().ok();
                             }
                         }
                         if let Some(sm) = s.sm.as_mut().filter(|sm| !sm.requested && sm.pending() > 0) {
@@ -879,8 +896,6 @@ async fn established(shared: Arc<Clients>, mut live: Box<Live>, fresh: bool) {
                             break End::Stream(Fail::Stream(e));
                         }
                     }
-                    Some(Outgoing::Kick(e)) => break End::Stream(Fail::Stream(*e)),
-                    None => break End::Stream(Fail::Closed),
                 }
             }
             ev = tokio::time::timeout(idle, conn.next_event()) => {
@@ -939,6 +954,28 @@ struct Live {
 }
 
 /// Counts a stanza written to the client for stream management.
+/// A stanza for the session through its host's to-session hooks (XEP-0352 client state
+/// indication filters here): what to write, if anything. Without a hook, the stanza as it
+/// came, without an await.
+async fn to_session(shared: &Clients, s: &mut Session, el: Element) -> Option<Element> {
+    if !s.host_now(&shared.router).hooks.filters_sessions() {
+        return Some(el);
+    }
+    let host = s.host.clone();
+    match host.hooks.to_session(s.client(), el).await {
+        Flow::Pass(el) => Some(el),
+        Flow::Done => None,
+        Flow::Reply(reply) => {
+            shared.router.route(reply).await;
+            None
+        }
+        Flow::Refuse(el, err) => {
+            shared.router.bounce(&el, err).await;
+            None
+        }
+    }
+}
+
 fn track(s: &mut Session, el: &Element) {
     if let Some(sm) = s.sm.as_mut() {
         sm.sent(el);
@@ -992,7 +1029,7 @@ async fn finish(shared: &Arc<Clients>, mut s: Session) {
             .unwrap_or_default();
     s.rx.close();
     while let Ok(out) = s.rx.try_recv() {
-        if let Outgoing::Stanza(el) = out {
+        if let Outgoing::Stanza(el) | Outgoing::Unfiltered(el) = out {
             undelivered.push(*el);
         }
     }

@@ -207,7 +207,11 @@ async fn register(r: &Registration, host: &str, ip: IpAddr, iq: &Element) -> Ele
             match r.accounts.create_account(&node, host, &creds).await {
                 Ok(true) => {
                     registrations.record(ip);
-                    tracing::info!(account = %format!("{node}@{host}"), "registered in-band");
+                    let bare = format!("{node}@{host}");
+                    tracing::info!(account = %bare, "registered in-band");
+                    if let Some(h) = r.router.upgrade().and_then(|router| router.host(host)) {
+                        h.hooks.account_created(&bare).await;
+                    }
                     iq_result(iq)
                 }
                 Ok(false) => error(iq, Condition::Conflict.into()),
@@ -249,7 +253,11 @@ async fn account_iq(r: &Registration, user: &str, domain: &str, iq: &Element) ->
         Some("set") if query.get_child("remove", NS).is_some() => {
             match r.accounts.delete_account(user, domain).await {
                 Ok(_) => {
-                    tracing::info!(account = %format!("{user}@{domain}"), "account removed in-band");
+                    let bare = format!("{user}@{domain}");
+                    tracing::info!(account = %bare, "account removed in-band");
+                    if let Some(h) = r.router.upgrade().and_then(|router| router.host(domain)) {
+                        h.hooks.account_deleted(&bare).await;
+                    }
                     AccountChange::Removed(reply(iq_result(iq)))
                 }
                 Err(e) => AccountChange::Reply(reply(error(

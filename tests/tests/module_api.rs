@@ -6,8 +6,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::sync::{Arc, Mutex};
+
 use openspimed::control::Reloader;
-use openspimed_module_api::{Element, ModuleFactory, toml};
+use openspimed_module_api::hooks::{AccountHook, ClientSession, Flow, Hooks, Kinds, ToSessionHook};
+use openspimed_module_api::{
+    Context, Element, Module, ModuleError, ModuleFactory, Outcome, Route, ServerHandle,
+    async_trait, toml,
+};
 use openspimed_tests::{Raw, TestServer, error_condition};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -16,11 +22,118 @@ type Client = Raw<TlsStream<TcpStream>>;
 
 const NS: &str = openspimed_mod_counter::NS;
 
-/// The compiled-in modules and the example: the one line that registers a module.
+/// The compiled-in modules and the examples: the one line that registers a module.
 fn modules() -> Vec<Box<dyn ModuleFactory>> {
     let mut all = openspimed::server::builtin_modules();
     all.push(Box::new(openspimed_mod_counter::Factory));
+    all.push(Box::new(QuietFactory));
     all
+}
+
+const NS_QUIET: &str = "urn:example:quiet";
+
+/// What the `quiet` module's account hook saw, in order.
+static ACCOUNTS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// `quiet`, a module of this test's own: a to-session hook that tags the messages a
+/// session gets, drops those whose body is "drop", holds those whose body is "hold" until
+/// one whose body is "release" comes (as client state indication holds what an inactive
+/// client need not get at once), and an account hook that records what was created and
+/// deleted.
+struct QuietFactory;
+
+impl ModuleFactory for QuietFactory {
+    fn name(&self) -> &'static str {
+        "quiet"
+    }
+    fn build(&self, _host: &str, _options: &toml::Table) -> Result<Arc<dyn Module>, ModuleError> {
+        Ok(Arc::new(Quiet))
+    }
+}
+
+struct Quiet;
+
+#[async_trait]
+impl Module for Quiet {
+    fn name(&self) -> &'static str {
+        "quiet"
+    }
+    fn routes(&self) -> Vec<Route> {
+        Vec::new()
+    }
+    fn hooks(self: Arc<Self>, cx: &Context, hooks: &dyn Hooks) {
+        let filter = Arc::new(Holding {
+            server: cx.server.clone(),
+            held: Mutex::new(Vec::new()),
+        });
+        hooks.on_to_session(0, Kinds::MESSAGE, filter);
+        hooks.on_account(Arc::new(Recorder));
+    }
+    async fn handle(&self, _cx: &Context, _stanza: Element) -> Result<Outcome, ModuleError> {
+        Ok(Outcome::Handled)
+    }
+}
+
+/// The to-session handler of `quiet`.
+struct Holding {
+    /// Where held stanzas are released to.
+    server: Arc<dyn ServerHandle>,
+    /// What it holds, with the session it is for.
+    held: Mutex<Vec<(String, Element)>>,
+}
+
+#[async_trait]
+impl ToSessionHook for Holding {
+    async fn to_session(&self, session: ClientSession<'_>, stanza: Element) -> Flow {
+        let body = stanza
+            .children()
+            .find(|c| c.name() == "body")
+            .map(|b| b.text())
+            .unwrap_or_default();
+        match body.as_str() {
+            "drop" => return Flow::Done,
+            "hold" => {
+                self.held
+                    .lock()
+                    .unwrap()
+                    .push((session.full.to_owned(), stanza));
+                return Flow::Done;
+            }
+            "release" => {
+                let held = std::mem::take(&mut *self.held.lock().unwrap());
+                for (full, el) in held {
+                    assert!(self.server.deliver_unfiltered(&full, el));
+                }
+            }
+            _ => {}
+        }
+        Flow::Pass(stanza.with_child(Element::new("seen", NS_QUIET)))
+    }
+}
+
+/// The account hook of `quiet`.
+struct Recorder;
+
+#[async_trait]
+impl AccountHook for Recorder {
+    async fn created(&self, bare: &str) {
+        ACCOUNTS.lock().unwrap().push(format!("created {bare}"));
+    }
+    async fn deleted(&self, bare: &str) {
+        ACCOUNTS.lock().unwrap().push(format!("deleted {bare}"));
+    }
+}
+
+/// The stream features after authenticating as `user` on `domain`.
+async fn features_after_auth(server: &TestServer, domain: &str, user: &str) -> Element {
+    let mut raw = Raw::connect(server.c2s).await;
+    raw.open(domain).await;
+    let mut raw = raw.starttls_as(server.tls_config(None), domain).await;
+    raw.open(domain).await;
+    let ok = raw.auth_plain(user, "pw").await;
+    assert_eq!(ok.name(), "success", "{ok}");
+    raw.restart();
+    raw.open(domain).await
 }
 
 /// The answer to an iq with id `id`, skipping everything else.
@@ -258,9 +371,84 @@ async fn a_host_without_im_is_a_bare_rfc6120_router() {
         .await;
     let m = bob.stanza("message").await;
     assert_eq!(m.attr("id"), Some("f1"), "{m}");
+    // Roster versioning is IM's stream feature (RFC 6121 §2.6.1): not here…
+    const ROSTERVER: &str = "urn:xmpp:features:rosterver";
+    let bare = features_after_auth(&server, "bare.test", "alice").await;
+    assert!(
+        bare.get_child("bind", "urn:ietf:params:xml:ns:xmpp-bind")
+            .is_some(),
+        "{bare}"
+    );
+    assert!(bare.get_child("ver", ROSTERVER).is_none(), "{bare}");
+    let full = features_after_auth(&server, "localhost", "alice").await;
+    assert!(full.get_child("ver", ROSTERVER).is_some(), "{full}");
     // The other host has IM (autoloaded): the same roster request is answered.
     let (mut local, _) = Raw::login(&server, "alice", "pw", "a").await;
     local.send(roster).await;
     let r = answer(&mut local, "r1").await;
     assert_eq!(r.attr("type"), Some("result"), "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn to_session_and_account_hooks_of_a_module() {
+    let ca = openspimed_certs::DevCa::new("session hooks CA").unwrap();
+    let server = TestServer::start_with_modules(&ca, &["localhost"], modules, |c| {
+        let host = c.hosts.get_mut("localhost").unwrap();
+        host.modules.push("quiet".into());
+        host.allow_registration = true;
+    })
+    .await;
+    server.add_user("alice", "pw").await;
+    server.add_user("bob", "pw").await;
+    let (mut alice, _) = Raw::login(&server, "alice", "pw", "a").await;
+    let (mut bob, bob_full) = Raw::login(&server, "bob", "pw", "b").await;
+    for (id, body) in [
+        ("m1", "hello"),
+        ("m2", "drop"),
+        ("m3", "hold"),
+        ("m4", "release"),
+    ] {
+        alice
+            .send(&format!(
+                "<message to='{bob_full}' id='{id}' type='chat'><body>{body}</body></message>"
+            ))
+            .await;
+    }
+    // What passes is changed on its way; the dropped one never comes; the held one comes
+    // once released, after the stanza that released it and past the hook (untagged).
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let m = bob.stanza("message").await;
+        let tagged = m.get_child("seen", NS_QUIET).is_some();
+        got.push(format!("{} {tagged}", m.attr("id").unwrap_or("-")));
+    }
+    assert_eq!(got, ["m1 true", "m4 true", "m3 false"]);
+    // Iqs are not messages: they pass the hook by untouched.
+    bob.send("<iq type='get' id='p'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    let pong = answer(&mut bob, "p").await;
+    assert!(pong.get_child("seen", NS_QUIET).is_none(), "{pong}");
+
+    // In-band registration and removal (XEP-0077) tell the account hooks.
+    let mut raw = Raw::connect(server.c2s).await;
+    raw.open("localhost").await;
+    let mut raw = raw.starttls_as(server.tls_config(None), "localhost").await;
+    raw.open("localhost").await;
+    raw.send(
+        "<iq type='set' id='reg'><query xmlns='jabber:iq:register'>\
+         <username>carol</username><password>pw</password></query></iq>",
+    )
+    .await;
+    let r = answer(&mut raw, "reg").await;
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+    let (mut carol, _) = Raw::login(&server, "carol", "pw", "c").await;
+    carol
+        .send("<iq type='set' id='unreg'><query xmlns='jabber:iq:register'><remove/></query></iq>")
+        .await;
+    let r = answer(&mut carol, "unreg").await;
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+    assert_eq!(
+        *ACCOUNTS.lock().unwrap(),
+        ["created carol@localhost", "deleted carol@localhost"]
+    );
 }

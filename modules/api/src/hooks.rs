@@ -159,6 +159,40 @@ pub trait SessionHook: Send + Sync {
     async fn closed(&self, session: ClientSession<'_>);
 }
 
+/// A stanza about to be written to one client session, whatever brought it there (a
+/// message, a presence, a push). Client state indication (XEP-0352) filters or holds what
+/// an inactive client need not get at once, as Prosody's `mod_csi_simple` does on its
+/// session filters. [`Flow::Pass`] writes the stanza (changed or not); [`Flow::Done`]
+/// drops it, or keeps it for later — a handler releases what it kept with
+/// [`crate::ServerHandle::deliver_unfiltered`], which no handler sees again;
+/// [`Flow::Refuse`] bounces it to its sender, [`Flow::Reply`] routes the reply.
+#[async_trait]
+pub trait ToSessionHook: Send + Sync {
+    /// Looks at `stanza`, about to be written to `session`.
+    async fn to_session(&self, session: ClientSession<'_>, stanza: Element) -> Flow;
+}
+
+/// Stream features a module offers once a client has authenticated (RFC 6120 §4.3.2),
+/// beside resource binding and stream management: the roster versioning feature of RFC
+/// 6121 §2.6.1 (`<ver xmlns='urn:xmpp:features:rosterver'/>`), client state indication
+/// (XEP-0352 §5).
+pub trait StreamFeaturesHook: Send + Sync {
+    /// Elements for `<stream:features/>` of an authenticated stream to `host`.
+    fn features(&self, host: &str) -> Vec<Element>;
+}
+
+/// An account was created or deleted through the server: by in-band registration
+/// (XEP-0077) or its removal. A module that keeps state per account sets it up or drops
+/// it here (what every module stored under the account's bare JID goes with the account
+/// anyway); ejabberd's `register_user` and `remove_user` hooks.
+#[async_trait]
+pub trait AccountHook: Send + Sync {
+    /// `bare` was created.
+    async fn created(&self, bare: &str);
+    /// `bare` was deleted.
+    async fn deleted(&self, bare: &str);
+}
+
 /// A client on a secured stream that has not authenticated yet.
 #[derive(Clone, Copy, Debug)]
 pub struct Unauthenticated<'a> {
@@ -198,6 +232,12 @@ pub trait Hooks: Send + Sync {
     fn on_privacy(&self, hook: Arc<dyn PrivacyHook>);
     /// Adds a [`RosterHook`] (the first added answers).
     fn on_roster(&self, hook: Arc<dyn RosterHook>);
+    /// Adds a [`ToSessionHook`] for the stanzas of `kinds`.
+    fn on_to_session(&self, priority: i32, kinds: Kinds, hook: Arc<dyn ToSessionHook>);
+    /// Adds a [`StreamFeaturesHook`] (run in the order added).
+    fn on_stream_features(&self, hook: Arc<dyn StreamFeaturesHook>);
+    /// Adds an [`AccountHook`] (run in the order added).
+    fn on_account(&self, hook: Arc<dyn AccountHook>);
     /// Service-discovery features (XEP-0030) the handlers implement for every account of
     /// the server (`urn:xmpp:blocking`, `vcard-temp`, `msgoffline`…), listed in the
     /// server's disco#info beside the modules' features.

@@ -13,8 +13,9 @@ pub use async_trait::async_trait;
 // The stanza tree is its own crate (shared with the OpenSpime library and the spime
 // client); modules reach it through here as before.
 pub use hooks::{
-    AccountTarget, ClientSession, Flow, FromClientHook, Hooks, Kinds, PreAuthHook, PrivacyHook,
-    RosterHook, SessionHook, ToAccountHook, ToOfflineHook, Unauthenticated,
+    AccountHook, AccountTarget, ClientSession, Flow, FromClientHook, Hooks, Kinds, PreAuthHook,
+    PrivacyHook, RosterHook, SessionHook, StreamFeaturesHook, ToAccountHook, ToOfflineHook,
+    ToSessionHook, Unauthenticated,
 };
 pub use module::{
     BoundSession, BoxFuture, Context, Identity, Interest, IqError, Module, ModuleError,

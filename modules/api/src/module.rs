@@ -147,6 +147,9 @@ pub trait ServerHandle: Send + Sync {
     /// push, or what the server sends a session on its own. `false` when there is no such
     /// session or its queue is full.
     fn deliver(&self, full: &str, stanza: Element) -> bool;
+    /// Like [`ServerHandle::deliver`], past the session's [`crate::hooks::ToSessionHook`]s:
+    /// what a handler that held a stanza releases.
+    fn deliver_unfiltered(&self, full: &str, stanza: Element) -> bool;
     /// The bound sessions of the local account `bare`.
     fn sessions(&self, bare: &str) -> Vec<BoundSession>;
     /// Records the presence session `id` of `bare` broadcast (`None`: unavailable): its

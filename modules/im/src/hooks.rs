@@ -10,8 +10,8 @@ use dashmap::DashMap;
 use openspimed_module_api::jid::Jid;
 use openspimed_module_api::{
     AccountTarget, ClientSession, Condition, Element, Flow, FromClientHook, Hooks, Kinds,
-    PrivacyHook, RosterHook, ServerHandle, SessionHook, StanzaError, ToAccountHook, ToOfflineHook,
-    async_trait,
+    PrivacyHook, RosterHook, ServerHandle, SessionHook, StanzaError, StreamFeaturesHook,
+    ToAccountHook, ToOfflineHook, async_trait,
 };
 
 use crate::Im;
@@ -62,7 +62,21 @@ pub fn install(server: Arc<dyn ServerHandle>, im: Arc<Im>, hooks: &dyn Hooks) {
     hooks.on_from_client(OUTBOUND_PRESENCE, Kinds::PRESENCE, client.clone());
     hooks.on_session(client);
     hooks.on_roster(Arc::new(Roster(im)));
+    hooks.on_stream_features(Arc::new(RosterVersioning));
 }
+
+/// RFC 6121 §2.6.1: a server that supports roster versioning says so in the stream
+/// features after authentication, or clients never send `ver`.
+struct RosterVersioning;
+
+impl StreamFeaturesHook for RosterVersioning {
+    fn features(&self, _host: &str) -> Vec<Element> {
+        vec![Element::new("ver", NS_ROSTERVER)]
+    }
+}
+
+/// The roster versioning stream feature (RFC 6121 §2.6.1).
+pub const NS_ROSTERVER: &str = "urn:xmpp:features:rosterver";
 
 /// The presence subscriptions other modules ask about (PEP).
 struct Roster(Arc<Im>);

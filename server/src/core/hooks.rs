@@ -6,8 +6,9 @@
 use std::sync::{Arc, Mutex};
 
 use openspimed_module_api::{
-    AccountTarget, ClientSession, Element, Flow, FromClientHook, Hooks, Kinds, PreAuthHook,
-    PrivacyHook, RosterHook, SessionHook, ToAccountHook, ToOfflineHook, Unauthenticated,
+    AccountHook, AccountTarget, ClientSession, Element, Flow, FromClientHook, Hooks, Kinds,
+    PreAuthHook, PrivacyHook, RosterHook, SessionHook, StreamFeaturesHook, ToAccountHook,
+    ToOfflineHook, ToSessionHook, Unauthenticated,
 };
 
 /// `(priority, kinds wanted, handler)`.
@@ -48,6 +49,12 @@ pub struct HookLists {
     privacy: Vec<Entry<dyn PrivacyHook>>,
     /// [`RosterHook`]s (the first answers).
     roster: Vec<Entry<dyn RosterHook>>,
+    /// [`ToSessionHook`]s.
+    to_session: Vec<Entry<dyn ToSessionHook>>,
+    /// [`StreamFeaturesHook`]s, in the order added.
+    stream_features: Vec<Entry<dyn StreamFeaturesHook>>,
+    /// [`AccountHook`]s, in the order added.
+    account: Vec<Entry<dyn AccountHook>>,
     /// Disco features the handlers implement for accounts, each once, in the order added.
     account_features: Vec<String>,
 }
@@ -85,6 +92,9 @@ impl HookLists {
         merge(&mut out.to_offline, &more.to_offline);
         merge(&mut out.privacy, &more.privacy);
         merge(&mut out.roster, &more.roster);
+        merge(&mut out.to_session, &more.to_session);
+        merge(&mut out.stream_features, &more.stream_features);
+        merge(&mut out.account, &more.account);
         for f in &more.account_features {
             if !out.account_features.contains(f) {
                 out.account_features.push(f.clone());
@@ -175,6 +185,46 @@ impl HookLists {
         false
     }
 
+    /// Whether any [`ToSessionHook`] listens: the session loop asks before each write.
+    pub fn filters_sessions(&self) -> bool {
+        !self.to_session.is_empty()
+    }
+
+    /// Runs the [`ToSessionHook`]s: the first that does not pass decides.
+    pub async fn to_session(&self, session: ClientSession<'_>, stanza: Element) -> Flow {
+        let kind = Kinds::of(stanza.name());
+        let mut stanza = stanza;
+        for (_, _, h) in self.to_session.iter().filter(|(_, k, _)| k.contains(kind)) {
+            match h.to_session(session, stanza).await {
+                Flow::Pass(s) => stanza = s,
+                decided => return decided,
+            }
+        }
+        Flow::Pass(stanza)
+    }
+
+    /// What the [`StreamFeaturesHook`]s add to the features of an authenticated stream.
+    pub fn stream_features(&self, host: &str) -> Vec<Element> {
+        self.stream_features
+            .iter()
+            .flat_map(|(_, _, h)| h.features(host))
+            .collect()
+    }
+
+    /// Tells every [`AccountHook`] that `bare` was created.
+    pub async fn account_created(&self, bare: &str) {
+        for (_, _, h) in &self.account {
+            h.created(bare).await;
+        }
+    }
+
+    /// Tells every [`AccountHook`] that `bare` was deleted.
+    pub async fn account_deleted(&self, bare: &str) {
+        for (_, _, h) in &self.account {
+            h.deleted(bare).await;
+        }
+    }
+
     /// Who receives the presence of `owner` (the first [`RosterHook`]'s answer; nobody
     /// without one).
     pub async fn presence_subscribers(&self, owner: &str) -> Vec<String> {
@@ -226,6 +276,18 @@ impl Hooks for HookTable {
 
     fn on_roster(&self, hook: Arc<dyn RosterHook>) {
         self.with(|l| insert(&mut l.roster, 0, Kinds::ALL, hook));
+    }
+
+    fn on_to_session(&self, priority: i32, kinds: Kinds, hook: Arc<dyn ToSessionHook>) {
+        self.with(|l| insert(&mut l.to_session, priority, kinds, hook));
+    }
+
+    fn on_stream_features(&self, hook: Arc<dyn StreamFeaturesHook>) {
+        self.with(|l| insert(&mut l.stream_features, 0, Kinds::ALL, hook));
+    }
+
+    fn on_account(&self, hook: Arc<dyn AccountHook>) {
+        self.with(|l| insert(&mut l.account, 0, Kinds::ALL, hook));
     }
 
     fn add_account_features(&self, features: &[&str]) {

@@ -29,6 +29,9 @@ pub enum Outgoing {
     /// A stanza to write. Boxed so that each queue slot is small: a queue's first block of
     /// slots is allocated per session, idle or not.
     Stanza(Box<Element>),
+    /// A stanza to write past the session's to-session hooks (one a handler held and
+    /// releases).
+    Unfiltered(Box<Element>),
     /// End the session with this stream error (e.g. `conflict` when replaced). Boxed like
     /// the stanza, for the same reason.
     Kick(Box<StreamError>),
@@ -738,6 +741,17 @@ impl ServerHandle for RouterRef {
             .upgrade()
             .and_then(|r| r.registry.full(bare, resource));
         tx.is_some_and(|tx| tx.try_send(Outgoing::Stanza(Box::new(stanza))).is_ok())
+    }
+
+    fn deliver_unfiltered(&self, full: &str, stanza: Element) -> bool {
+        let Some((bare, resource)) = full.split_once('/') else {
+            return false;
+        };
+        let tx = self
+            .0
+            .upgrade()
+            .and_then(|r| r.registry.full(bare, resource));
+        tx.is_some_and(|tx| tx.try_send(Outgoing::Unfiltered(Box::new(stanza))).is_ok())
     }
 
     fn sessions(&self, bare: &str) -> Vec<BoundSession> {
