@@ -4,6 +4,7 @@
 //! trees with authenticated addresses, and answers with an [`Outcome`]. It reaches the
 //! server only through [`Context`]. Nothing here touches sockets.
 
+pub mod admin;
 pub mod hooks;
 pub mod module;
 pub mod options;
@@ -12,6 +13,7 @@ pub mod storage;
 pub use async_trait::async_trait;
 // The stanza tree is its own crate (shared with the OpenSpime library and the spime
 // client); modules reach it through here as before.
+pub use admin::{AdminCommand, AdminContext};
 pub use hooks::{
     AccountHook, AccountTarget, ClientSession, Flow, FromClientHook, Hooks, Kinds, PreAuthHook,
     PrivacyHook, RosterHook, SessionHook, StreamFeaturesHook, ToAccountHook, ToOfflineHook,

@@ -268,4 +268,8 @@ pub trait ModuleFactory: Send + Sync {
     fn option_keys(&self) -> Vec<String> {
         Vec::new()
     }
+    /// The admin subcommands the module supplies (`openspimed keys …`).
+    fn admin_commands(&self) -> Vec<Box<dyn crate::admin::AdminCommand>> {
+        Vec::new()
+    }
 }

@@ -20,6 +20,8 @@
 //! `form = "auto"` answers requests shaped like the 2008 client's in the legacy form (the
 //! only one it reads) and everyone else in the seed's standard form.
 
+pub mod admin;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -174,6 +176,9 @@ impl ModuleFactory for Factory {
             }]),
             ..Options::default()
         })
+    }
+    fn admin_commands(&self) -> Vec<Box<dyn openspimed_module_api::AdminCommand>> {
+        vec![Box::new(admin::Keys)]
     }
 }
 

@@ -31,6 +31,7 @@
 //! fields = [{ name = "ppm", type = "number", min = 0, required = true }]
 //! ```
 
+pub mod admin;
 pub mod options;
 pub mod scope;
 
@@ -110,6 +111,10 @@ impl ModuleFactory for Factory {
 
     fn option_keys(&self) -> Vec<String> {
         openspimed_module_api::options::keys(&Options::sample())
+    }
+
+    fn admin_commands(&self) -> Vec<Box<dyn openspimed_module_api::AdminCommand>> {
+        vec![Box::new(admin::Scopenode), Box::new(admin::DataExport)]
     }
 }
 

@@ -1,6 +1,7 @@
 //! The `openspimed` command line, one file per command group: `serve.rs` (`run`,
 //! `reload`), `check.rs`, `accounts.rs` (`adduser`, `passwd`, `deluser`, `listusers`),
-//! `keys.rs`, `scopenode.rs`, `data.rs`.
+//! `admin.rs` (the subcommands modules supply: certsvc's `keys`, the ScopeNodes'
+//! `scopenode` and `data`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,17 +10,12 @@ use clap::{Parser, Subcommand};
 use openspimed_config::Config;
 
 mod accounts;
+mod admin;
 mod check;
-mod data;
-mod keys;
-mod scopenode;
 mod serve;
 
 use accounts::{deluser, listusers, set_password};
 use check::check;
-pub use data::{DataAction, ExportFormat};
-pub use keys::KeysAction;
-pub use scopenode::ScopenodeAction;
 use serve::{reload, run};
 
 /// openspimed: an XMPP server that hosts the OpenSpime network.
@@ -73,27 +69,9 @@ pub enum Command {
         /// The domain.
         domain: String,
     },
-    /// Inspect the ScopeNodes.
-    Scopenode {
-        /// What to show.
-        #[command(subcommand)]
-        action: ScopenodeAction,
-    },
-    /// Export stored sensor data.
-    Data {
-        /// What to do.
-        #[command(subcommand)]
-        action: DataAction,
-    },
-    /// Manage the keys of the hosted certification services (XEP-0189).
-    Keys {
-        /// What to do with keys.
-        #[command(subcommand)]
-        action: KeysAction,
-        /// The certification service (needed when more than one is hosted).
-        #[arg(long, global = true)]
-        service: Option<String>,
-    },
+    /// A subcommand a module supplies (listed under the commands in `--help`).
+    #[command(external_subcommand)]
+    Module(Vec<String>),
 }
 
 /// The database of `config`, for the admin commands (SQLite allows them beside a running
@@ -119,7 +97,11 @@ fn load(cli: &Cli) -> Result<Config, ExitCode> {
 
 /// Runs the command line; the binary's `main` is just this.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let factories = crate::server::builtin_modules();
+    let cli = match admin::parse_with_module_commands(&factories) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let config = match load(&cli) {
         Ok(c) => c,
         Err(code) => return code,
@@ -143,8 +125,6 @@ pub fn main() -> ExitCode {
         }
         Command::Deluser { jid } => rt.block_on(deluser(&config, &jid)),
         Command::Listusers { domain } => rt.block_on(listusers(&config, &domain)),
-        Command::Keys { action, service } => rt.block_on(keys::keys(&config, action, service)),
-        Command::Scopenode { action } => rt.block_on(scopenode::scopenode(&config, action)),
-        Command::Data { action } => rt.block_on(data::data(&config, action)),
+        Command::Module(args) => rt.block_on(admin::run(&config, &factories, args)),
     }
 }
