@@ -234,7 +234,9 @@ pub struct HostConfig {
     /// [`AUTOLOAD`].
     pub modules: Vec<String>,
     /// Modules of [`AUTOLOAD`] this host goes without (like Prosody's
-    /// `modules_disabled`): `["im"]` makes it a bare RFC 6120 router.
+    /// `modules_disabled`): `["im"]` makes it a bare RFC 6120 router. Left out of a
+    /// written configuration when empty.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub modules_disabled: Vec<String>,
     /// SASL mechanisms offered, strongest first. PLAIN is only ever offered over TLS.
     pub sasl_mechanisms: Vec<String>,
