@@ -12,7 +12,8 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use openspimed_module_api::jid::FullJid;
 use openspimed_module_api::{
-    ClientSession, Condition, Element, Flow, StanzaError, Unauthenticated, iq_result, ns,
+    ClientSession, Condition, Element, Flow, IqType, MessageType, StanzaError, StanzaKind,
+    Unauthenticated, iq_result, ns,
 };
 use rand::RngCore;
 use tokio::net::TcpStream;
@@ -732,9 +733,10 @@ async fn bind_resource(
             continue;
         }
         let bind = iq.get_child("bind", ns::BIND);
-        let is_bind = iq.is("iq", ns::CLIENT) && iq.attr("type") == Some("set") && bind.is_some();
+        let iq_type = IqType::of(&iq).filter(|_| iq.is("iq", ns::CLIENT));
+        let is_bind = iq_type == Some(IqType::Set) && bind.is_some();
         if !is_bind {
-            if iq.is("iq", ns::CLIENT) && matches!(iq.attr("type"), Some("get" | "set")) {
+            if iq_type.is_some_and(IqType::is_request) {
                 // RFC 6120 §7.2: stanzas before binding are not allowed.
                 let err =
                     StanzaError::new(Condition::NotAllowed).with_text("bind a resource first");
@@ -864,7 +866,14 @@ async fn established(shared: Arc<Clients>, mut live: Box<Live>, fresh: bool) {
                             match out {
                                 Outgoing::Kick(e) => { kick = Some(*e); break; }
                                 Outgoing::Stanza(el) => {
-                                    if let Some(el) = Box::pin(to_session(&shared, s, *el)).await {
+                                    // Without a to-session hook (the common case) the
+                                    // stanza is written as it came, with no future made.
+                                    let el = if s.host_now(&shared.router).hooks.filters_sessions() {
+                                        Box::pin(to_session(&shared, s, *el)).await
+                                    } else {
+                                        Some(*el)
+                                    };
+                                    if let Some(el) = el {
                                         track(s, &el);
                                         conn.queue(&el);
                                     }
@@ -955,12 +964,8 @@ struct Live {
 
 /// Counts a stanza written to the client for stream management.
 /// A stanza for the session through its host's to-session hooks (XEP-0352 client state
-/// indication filters here): what to write, if anything. Without a hook, the stanza as it
-/// came, without an await.
+/// indication filters here): what to write, if anything.
 async fn to_session(shared: &Clients, s: &mut Session, el: Element) -> Option<Element> {
-    if !s.host_now(&shared.router).hooks.filters_sessions() {
-        return Some(el);
-    }
     let host = s.host.clone();
     match host.hooks.to_session(s.client(), el).await {
         Flow::Pass(el) => Some(el),
@@ -1033,10 +1038,11 @@ async fn finish(shared: &Arc<Clients>, mut s: Session) {
             undelivered.push(*el);
         }
     }
-    for el in undelivered.into_iter().filter(|e| e.name() == "message") {
-        // Stamped by us on the way out; the router takes it as new.
+    for el in undelivered.into_iter() {
+        // Stamped by us on the way out; the router takes it as new. Errors are not sent
+        // again.
         let mut el = el;
-        if el.attr("type") == Some("error") {
+        if !matches!(StanzaKind::of(&el), Some(StanzaKind::Message(t)) if t != MessageType::Error) {
             continue;
         }
         el.set_attr("to", s.bare.clone());
@@ -1073,10 +1079,9 @@ async fn inbound(
     telemetry::stanza_in(&el);
     // RFC 6120 §8.1.2.1: the server stamps the full JID; a client-supplied from is replaced.
     el.set_attr("from", s.full.clone());
-    if el.name() == "iq" {
-        let valid_type = matches!(el.attr("type"), Some("get" | "set" | "result" | "error"));
-        let request = matches!(el.attr("type"), Some("get" | "set"));
-        if el.attr("id").is_none() || !valid_type || (request && el.children().count() != 1) {
+    if let Some(StanzaKind::Iq(iq_type)) = StanzaKind::of(&el) {
+        let request = iq_type.is_some_and(IqType::is_request);
+        if el.attr("id").is_none() || iq_type.is_none() || (request && el.children().count() != 1) {
             let err = StanzaError::new(Condition::BadRequest)
                 .with_text("an iq needs an id, a type, and one payload for get/set");
             if let Some(mut reply) = err.reply_to(&el) {
@@ -1089,9 +1094,7 @@ async fn inbound(
             .attr("to")
             .is_none_or(|t| t.eq_ignore_ascii_case(&s.host.domain));
         // The legacy session iq (RFC 3921 §3) is a no-op the 2008 client needs.
-        if to_self
-            && el.attr("type") == Some("set")
-            && el.get_child("session", ns::SESSION).is_some()
+        if to_self && iq_type == Some(IqType::Set) && el.get_child("session", ns::SESSION).is_some()
         {
             let mut reply = iq_result(&el);
             reply.remove_attr("from");

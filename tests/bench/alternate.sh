@@ -8,19 +8,24 @@
 #
 # Build the old one from another worktree (git worktree add /tmp/old REV; cd /tmp/old;
 # cargo build --release -p openspimed); the load generator is this checkout's
-# (cargo build --release -p openspimed -p openspimed-tests).
+# (cargo build --release -p openspimed -p openspimed-tests). The generator writes the
+# accounts into the database before it starts the server: when the old server cannot read
+# the new schema, set OLD_BENCH to the old worktree's openspimed-bench (build it there with
+# -p openspimed-tests) and check that tests/src/bin/openspimed-bench.rs is the same in both.
 set -euo pipefail
 [ $# -ge 4 ] || { sed -n '2,10p' "$0"; exit 2; }
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 OLD=$(realpath "$1"); NEW=$(realpath "$2"); PAIRS=$3; shift 3
 BENCH="$ROOT/target/release/openspimed-bench"
+OLD_BENCH=$(realpath "${OLD_BENCH:-$BENCH}")
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 cd "$WORK"
 for _ in $(seq "$PAIRS"); do
     for which in old new; do
-        bin=$OLD; [ "$which" = new ] && bin=$NEW
-        OPENSPIMED_BIN=$bin "$BENCH" "$@" > /dev/null 2>&1
+        bin=$OLD; bench=$OLD_BENCH
+        [ "$which" = new ] && { bin=$NEW; bench=$BENCH; }
+        OPENSPIMED_BIN=$bin "$bench" "$@" > /dev/null 2>&1
         printf '%s %s\n' "$which" "$(cat "$(ls -t bench-*.json | head -1)")" | tee -a runs.txt
     done
 done

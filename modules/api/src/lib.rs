@@ -24,8 +24,8 @@ pub use module::{
     ModuleFactory, Outcome, Route, ServerHandle,
 };
 pub use openspimed_stanza::{
-    Condition, Element, ErrorType, Node, Ns, ParseError, StanzaError, TreeBuilder, datetime,
-    element, error, jid, ns, stanza,
+    Condition, Element, ErrorType, IqType, MessageType, Node, Ns, ParseError, PresenceType,
+    StanzaError, StanzaKind, TreeBuilder, datetime, element, error, jid, kind, ns, stanza,
 };
 pub use openspimed_stanza::{iq_payload, iq_result, reply_skeleton};
 pub use storage::{

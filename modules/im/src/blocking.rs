@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use openspimed_module_api::jid::Jid;
 use openspimed_module_api::{
-    Condition, Element, Interest, ServerHandle, StanzaError, iq_result, ns,
+    Condition, Element, Interest, IqType, ServerHandle, StanzaError, iq_result, ns,
 };
 
 use crate::Im;
@@ -79,7 +79,7 @@ pub async fn iq(
         let payload = iq
             .first_child()
             .ok_or_else(|| StanzaError::new(Condition::BadRequest))?;
-        if iq.attr("type") == Some("get") {
+        if IqType::of(iq) == Some(IqType::Get) {
             if payload.name() != "blocklist" {
                 return Err(StanzaError::new(Condition::BadRequest));
             }

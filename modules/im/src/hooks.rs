@@ -10,8 +10,8 @@ use dashmap::DashMap;
 use openspimed_module_api::jid::Jid;
 use openspimed_module_api::{
     AccountTarget, ClientSession, Condition, Element, Flow, FromClientHook, Hooks, Kinds,
-    PrivacyHook, RosterHook, ServerHandle, SessionHook, StanzaError, StreamFeaturesHook,
-    ToAccountHook, ToOfflineHook, async_trait,
+    PresenceType, PrivacyHook, RosterHook, ServerHandle, SessionHook, StanzaError, StanzaKind,
+    StreamFeaturesHook, ToAccountHook, ToOfflineHook, async_trait,
 };
 
 use crate::Im;
@@ -130,8 +130,8 @@ impl ToAccountHook for Blocking {
         }
         // Messages and requests learn it as if the account were not there; presence and
         // the rest are dropped.
-        let request = stanza.name() == "iq" && matches!(stanza.attr("type"), Some("get" | "set"));
-        if stanza.name() == "message" || request {
+        let request = StanzaKind::of(&stanza).is_some_and(StanzaKind::is_request);
+        if matches!(StanzaKind::of(&stanza), Some(StanzaKind::Message(_))) || request {
             Flow::Refuse(stanza, StanzaError::new(Condition::ServiceUnavailable))
         } else {
             Flow::Done
@@ -181,7 +181,7 @@ struct VCard {
 #[async_trait]
 impl ToAccountHook for VCard {
     async fn to_account(&self, to: AccountTarget<'_>, stanza: Element) -> Flow {
-        let request = stanza.name() == "iq" && matches!(stanza.attr("type"), Some("get" | "set"));
+        let request = StanzaKind::of(&stanza).is_some_and(StanzaKind::is_request);
         if !request
             || to.resource.is_some()
             || stanza.get_child("vCard", crate::vcard::NS).is_none()
@@ -254,7 +254,7 @@ impl FromClientHook for OwnAccount {
         let own = stanza
             .attr("to")
             .is_none_or(|t| t.eq_ignore_ascii_case(from.bare));
-        let request = stanza.name() == "iq" && matches!(stanza.attr("type"), Some("get" | "set"));
+        let request = StanzaKind::of(&stanza).is_some_and(StanzaKind::is_request);
         if !(own && request) {
             return Flow::Pass(stanza);
         };
@@ -298,10 +298,12 @@ impl FromClientHook for ClientPresence {
         if stanza.name() != "presence" {
             return Flow::Pass(stanza);
         }
-        let ptype = stanza.attr("type").map(str::to_owned);
-        match (stanza.attr("to").is_some(), ptype.as_deref()) {
+        let ptype = PresenceType::of(&stanza);
+        let kind = ptype.and_then(crate::subscription::Kind::of);
+        use PresenceType::{Available, Unavailable};
+        match (stanza.attr("to").is_some(), ptype) {
             // Broadcast presence (RFC 6121 §4.2, §4.5).
-            (false, None | Some("unavailable")) => {
+            (false, Some(Available | Unavailable)) => {
                 let directed = self.directed(from.id);
                 crate::presence::broadcast(
                     self.server.as_ref(),
@@ -314,8 +316,8 @@ impl FromClientHook for ClientPresence {
                 )
                 .await;
             }
-            (true, Some(t)) if crate::subscription::Kind::from_type(t).is_some() => {
-                if let Some(kind) = crate::subscription::Kind::from_type(t) {
+            (true, Some(_)) if kind.is_some() => {
+                if let Some(kind) = kind {
                     crate::presence::outbound_subscription(
                         self.server.as_ref(),
                         &self.im,
@@ -328,7 +330,7 @@ impl FromClientHook for ClientPresence {
             }
             // Directed presence (§4.6): remembered so the recipient learns when the
             // resource goes unavailable.
-            (true, None | Some("unavailable")) => {
+            (true, Some(Available | Unavailable)) => {
                 if let Some(to) = stanza.attr("to") {
                     self.sessions.entry(from.id).or_default().directed_to(to);
                 }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use openspimed_module_api::jid::Jid;
-use openspimed_module_api::{Condition, Element, ServerHandle, StanzaError, ns};
+use openspimed_module_api::{Condition, Element, PresenceType, ServerHandle, StanzaError, ns};
 
 use crate::Im;
 use crate::offline::deliver_offline;
@@ -200,14 +200,15 @@ pub async fn inbound_presence(
     resource: Option<&str>,
     stanza: Element,
 ) {
-    match stanza.attr("type") {
-        Some(t) if Kind::from_type(t).is_some() => {
-            if let Some(kind) = Kind::from_type(t) {
-                inbound_subscription(server, im, bare, stanza, kind).await;
-            }
-        }
-        Some("probe") => probe(server, im, bare, &stanza).await,
-        None | Some("unavailable") => match resource {
+    let Some(t) = PresenceType::of(&stanza) else {
+        return;
+    };
+    if let Some(kind) = Kind::of(t) {
+        return inbound_subscription(server, im, bare, stanza, kind).await;
+    }
+    match t {
+        PresenceType::Probe => probe(server, im, bare, &stanza).await,
+        PresenceType::Available | PresenceType::Unavailable => match resource {
             Some(r) => {
                 server.deliver(&format!("{bare}/{r}"), stanza);
             }
@@ -262,7 +263,7 @@ pub async fn broadcast(
     mut presence: Element,
     extra: &[String],
 ) {
-    let available = presence.attr("type").is_none();
+    let available = PresenceType::of(&presence) == Some(PresenceType::Available);
     presence.remove_attr("to");
     presence.set_attr("from", full);
     let stored = available.then(|| presence.clone());

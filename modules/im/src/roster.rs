@@ -3,7 +3,7 @@
 
 use openspimed_module_api::jid::Jid;
 use openspimed_module_api::{
-    Condition, Element, Interest, ServerHandle, StanzaError, iq_result, ns,
+    Condition, Element, Interest, IqType, ServerHandle, StanzaError, iq_result, ns,
 };
 
 use crate::Im;
@@ -127,7 +127,7 @@ async fn roster_iq_inner(
     let query = iq
         .get_child("query", NS_ROSTER)
         .ok_or_else(|| StanzaError::new(Condition::BadRequest))?;
-    if iq.attr("type") == Some("get") {
+    if IqType::of(iq) == Some(IqType::Get) {
         server.set_interest(bare, session_id, Interest::Roster);
         let (version, items) = im
             .data

@@ -2,6 +2,8 @@
 //! pre-approval of §3.4), as a pure function: state and event in, new state and what to do
 //! out. Sans-IO; the tables are tested row by row.
 
+use openspimed_module_api::PresenceType;
+
 /// The subscription state of one roster item, as the user's server keeps it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct SubState {
@@ -58,13 +60,13 @@ pub enum Kind {
 }
 
 impl Kind {
-    /// From a presence `type` attribute.
-    pub fn from_type(t: &str) -> Option<Kind> {
+    /// The subscription kind of a presence type; `None` for the other types.
+    pub fn of(t: PresenceType) -> Option<Kind> {
         Some(match t {
-            "subscribe" => Kind::Subscribe,
-            "subscribed" => Kind::Subscribed,
-            "unsubscribe" => Kind::Unsubscribe,
-            "unsubscribed" => Kind::Unsubscribed,
+            PresenceType::Subscribe => Kind::Subscribe,
+            PresenceType::Subscribed => Kind::Subscribed,
+            PresenceType::Unsubscribe => Kind::Unsubscribe,
+            PresenceType::Unsubscribed => Kind::Unsubscribed,
             _ => return None,
         })
     }

@@ -1,7 +1,7 @@
 //! vCard-temp (XEP-0054): an account's vCard, stored as the client sent it and served to
 //! anyone who asks the account's bare JID.
 
-use openspimed_module_api::{Condition, Element, StanzaError, iq_result};
+use openspimed_module_api::{Condition, Element, IqType, StanzaError, iq_result};
 
 use crate::Im;
 use crate::storage_failure;
@@ -18,7 +18,7 @@ pub async fn iq(im: &Im, owner: &str, iq: &Element, own: bool) -> Element {
         let payload = iq
             .get_child("vCard", NS)
             .ok_or_else(|| StanzaError::new(Condition::BadRequest))?;
-        if iq.attr("type") == Some("get") {
+        if IqType::of(iq) == Some(IqType::Get) {
             let stored = im
                 .data
                 .vcard(owner)

@@ -13,7 +13,7 @@ pub use openspimed_module_api::Interest;
 use openspimed_module_api::jid::Jid;
 use openspimed_module_api::{
     AccountTarget, BoundSession, BoxFuture, Condition, Context, Element, Flow, Identity, IqError,
-    Outcome, Route, ServerHandle, StanzaError, StorageFailure,
+    MessageType, Outcome, Route, ServerHandle, StanzaError, StanzaKind, StorageFailure,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -395,7 +395,7 @@ impl Router {
             return self.route_to_own_account(stanza).await;
         };
         let to_str = to.to_string();
-        if stanza.name() == "iq" && matches!(stanza.attr("type"), Some("result" | "error")) {
+        if matches!(StanzaKind::of(&stanza), Some(StanzaKind::Iq(Some(t))) if t.is_answer()) {
             let key = (to_str.clone(), stanza.attr("id").unwrap_or("").to_owned());
             if let Some((_, waiter)) = self.pending.remove(&key) {
                 let _ = waiter.send(stanza);
@@ -477,7 +477,7 @@ impl Router {
         };
         // Presence without `to` was already taken by the session (availability); messages
         // to one's own account without `to` have nowhere else to go.
-        if stanza.name() == "iq" {
+        if matches!(StanzaKind::of(&stanza), Some(StanzaKind::Iq(_))) {
             // The server's own handler for the payload first (service discovery without
             // `to` is what clients ask the server for; an account's disco is asked at its
             // bare JID), else the account's (PEP publishes without `to`).
@@ -493,15 +493,11 @@ impl Router {
 
     /// Stanzas to a virtual host's own address.
     async fn to_host(&self, host: &Arc<Host>, stanza: Element) {
-        if stanza.name() != "iq" {
-            // Messages and presence to the server itself have no handler yet: ignored,
-            // as RFC 6120 §10.3.3 allows for messages to the server.
+        // Messages and presence to the server itself have no handler yet: ignored, as RFC
+        // 6120 §10.3.3 allows for messages to the server; results and errors for the
+        // server: nothing is waiting for them.
+        if !StanzaKind::of(&stanza).is_some_and(StanzaKind::is_request) {
             return;
-        }
-        match stanza.attr("type") {
-            Some("get") | Some("set") => {}
-            // Results and errors for the server: nothing is waiting for them.
-            _ => return,
         }
         let module = stanza
             .first_child()
@@ -529,15 +525,21 @@ impl Router {
             Flow::Reply(r) => return Box::pin(self.route(r)).await,
             Flow::Refuse(s, err) => return self.bounce(&s, err).await,
         };
-        let kind = stanza.name();
+        let kind = StanzaKind::of(&stanza);
         if let Some(res) = resource {
             if let Some(tx) = self.registry.full(bare, res) {
                 return self.push(&tx, stanza).await;
             }
             // RFC 6121 §8.5.3.2: no such resource.
-            return match (kind, stanza.attr("type").unwrap_or("normal")) {
-                ("message", "normal" | "chat") => self.message_to_bare(host, bare, stanza).await,
-                ("message", "groupchat") | ("iq", "get" | "set") => {
+            return match kind {
+                Some(StanzaKind::Message(MessageType::Normal | MessageType::Chat)) => {
+                    self.message_to_bare(host, bare, stanza).await
+                }
+                Some(StanzaKind::Message(MessageType::Groupchat)) => {
+                    self.bounce(&stanza, StanzaError::new(Condition::ServiceUnavailable))
+                        .await
+                }
+                Some(k) if k.is_request() => {
                     self.bounce(&stanza, StanzaError::new(Condition::ServiceUnavailable))
                         .await
                 }
@@ -546,35 +548,32 @@ impl Router {
             };
         }
         match kind {
-            "message" => self.message_to_bare(host, bare, stanza).await,
+            Some(StanzaKind::Message(_)) => self.message_to_bare(host, bare, stanza).await,
             // The server answers iqs to a bare JID on the account's behalf (RFC 6121
             // §8.5.2.1.3): the modules' account handlers (PEP) here, the hooks' (vCard)
             // above.
-            "iq" => match stanza.attr("type") {
-                Some("get") | Some("set") => {
-                    if let Some(m) = account_handler(host, &stanza) {
-                        return self.call(&m, &host.cx, stanza).await;
-                    }
-                    self.bounce(&stanza, StanzaError::new(Condition::ServiceUnavailable))
-                        .await
+            Some(k) if k.is_request() => {
+                if let Some(m) = account_handler(host, &stanza) {
+                    return self.call(&m, &host.cx, stanza).await;
                 }
-                _ => {}
-            },
+                self.bounce(&stanza, StanzaError::new(Condition::ServiceUnavailable))
+                    .await
+            }
             _ => {}
         }
     }
 
     /// RFC 6121 §8.5.2: a message to a bare JID.
     async fn message_to_bare(&self, host: &Host, bare: &str, stanza: Element) {
-        let mtype = stanza.attr("type").unwrap_or("normal");
-        if mtype == "groupchat" {
+        let mtype = MessageType::of(&stanza);
+        if mtype == MessageType::Groupchat {
             return self
                 .bounce(&stanza, StanzaError::new(Condition::ServiceUnavailable))
                 .await;
         }
         // §8.5.2.1.1: headlines to every resource with non-negative priority, the rest to
         // the highest-priority ones.
-        let targets = if mtype == "headline" {
+        let targets = if mtype == MessageType::Headline {
             self.registry.non_negative(bare)
         } else {
             self.registry.best(bare)
@@ -585,7 +584,7 @@ impl Router {
             }
             return self.push(last, stanza).await;
         }
-        if mtype == "headline" || mtype == "error" {
+        if matches!(mtype, MessageType::Headline | MessageType::Error) {
             return;
         }
         // No available resource: stored for the next login (XEP-0160), if the account
@@ -686,7 +685,7 @@ fn ask_host<T: Default + Send + 'static>(
 
 /// The module that answers this iq (get/set) on an account's behalf, by payload namespace.
 fn account_handler(host: &Host, iq: &Element) -> Option<Arc<Mounted>> {
-    if !matches!(iq.attr("type"), Some("get" | "set")) {
+    if !StanzaKind::of(iq).is_some_and(StanzaKind::is_request) {
         return None;
     }
     iq.first_child()
@@ -858,7 +857,7 @@ impl ServerHandle for RouterRef {
         let router = self.0.upgrade();
         Box::pin(async move {
             let router = router.ok_or(IqError::Gone)?;
-            if iq.name() != "iq" || !matches!(iq.attr("type"), Some("get" | "set")) {
+            if !StanzaKind::of(&iq).is_some_and(StanzaKind::is_request) {
                 return Err(IqError::Invalid("only iq get/set are requests"));
             }
             let from = iq
