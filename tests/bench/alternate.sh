@@ -12,6 +12,10 @@
 # accounts into the database before it starts the server: when the old server cannot read
 # the new schema, set OLD_BENCH to the old worktree's openspimed-bench (build it there with
 # -p openspimed-tests) and check that tests/src/bin/openspimed-bench.rs is the same in both.
+#
+# PIN=1 puts the server on CPU 0 and the load generator on CPU 1 (taskset): on the 2-core
+# VM, unpinned runs of one binary spread by ±15%; pinned they compare within a few percent
+# of each other when alternated over eight pairs.
 set -euo pipefail
 [ $# -ge 4 ] || { sed -n '2,10p' "$0"; exit 2; }
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -25,7 +29,13 @@ for _ in $(seq "$PAIRS"); do
     for which in old new; do
         bin=$OLD; bench=$OLD_BENCH
         [ "$which" = new ] && { bin=$NEW; bench=$BENCH; }
-        OPENSPIMED_BIN=$bin "$bench" "$@" > /dev/null 2>&1
+        if [ "${PIN:-0}" = 1 ]; then
+            printf '#!/bin/sh\nexec taskset -c 0 %s "$@"\n' "$bin" > "$WORK/server"
+            chmod +x "$WORK/server"
+            OPENSPIMED_BIN="$WORK/server" taskset -c 1 "$bench" "$@" > /dev/null 2>&1
+        else
+            OPENSPIMED_BIN=$bin "$bench" "$@" > /dev/null 2>&1
+        fi
         printf '%s %s\n' "$which" "$(cat "$(ls -t bench-*.json | head -1)")" | tee -a runs.txt
     done
 done

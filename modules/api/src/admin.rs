@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use crate::module::BoxFuture;
+use crate::future::BoxFuture;
 use crate::storage::ModuleStorage;
 
 /// What an admin subcommand runs against.

@@ -5,6 +5,7 @@
 //! server only through [`Context`]. Nothing here touches sockets.
 
 pub mod admin;
+pub mod future;
 pub mod hooks;
 pub mod module;
 pub mod options;
@@ -14,14 +15,15 @@ pub use async_trait::async_trait;
 // The stanza tree is its own crate (shared with the OpenSpime library and the spime
 // client); modules reach it through here as before.
 pub use admin::{AdminCommand, AdminContext};
+pub use future::BoxFuture;
 pub use hooks::{
     AccountHook, AccountTarget, ClientSession, Flow, FromClientHook, Hooks, Kinds, PreAuthHook,
     PrivacyHook, RosterHook, SessionHook, StreamFeaturesHook, ToAccountHook, ToOfflineHook,
     ToSessionHook, Unauthenticated,
 };
 pub use module::{
-    BoundSession, BoxFuture, Context, Identity, Interest, IqError, Module, ModuleError,
-    ModuleFactory, Outcome, Route, ServerHandle,
+    BoundSession, Context, Identity, Interest, IqError, Module, ModuleError, ModuleFactory,
+    Outcome, Route, ServerHandle,
 };
 pub use openspimed_stanza::{
     Condition, Element, ErrorType, IqType, MessageType, Node, Ns, ParseError, PresenceType,

@@ -6,11 +6,9 @@ use async_trait::async_trait;
 
 use crate::element::Element;
 use crate::error::StanzaError;
+use crate::future::BoxFuture;
 use crate::hooks::Hooks;
 use crate::storage::{ArchiveStore, KvStore, ModuleStorage, StorageFailure};
-
-/// A boxed future, for the object-safe parts of the API.
-pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 /// Why an iq a module sent got no usable answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -40,7 +40,8 @@ struct KeysCli {
 }
 
 /// Parses an admin subcommand's arguments: `None` when clap printed help or the version.
-fn parse<T: Parser>(name: &str, args: Vec<String>) -> Result<Option<T>, String> {
+/// (The ScopeNodes' subcommands use it too.)
+pub fn parse<T: Parser>(name: &str, args: Vec<String>) -> Result<Option<T>, String> {
     use clap::error::ErrorKind;
     match T::try_parse_from(std::iter::once(format!("openspimed {name}")).chain(args)) {
         Ok(t) => Ok(Some(t)),

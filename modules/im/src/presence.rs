@@ -9,7 +9,7 @@ use openspimed_module_api::{Condition, Element, PresenceType, ServerHandle, Stan
 
 use crate::Im;
 use crate::offline::deliver_offline;
-use crate::roster::save;
+use crate::roster::{route_subscription, save};
 use crate::storage_failure;
 use crate::store::RosterItem;
 use crate::subscription::{self, Kind, SubState};
@@ -26,20 +26,6 @@ fn presences(server: &dyn ServerHandle, bare: &str) -> Vec<(String, Arc<Element>
 /// The bare JID of an address, lower-cased as stored.
 fn bare_of(jid: &str) -> Option<String> {
     Jid::new(jid).ok().map(|j| j.to_bare().to_string())
-}
-
-/// Sends a subscription stanza from the user's bare JID to the contact.
-pub(crate) async fn route_subscription(
-    server: &dyn ServerHandle,
-    bare: &str,
-    contact: &str,
-    kind: Kind,
-) {
-    let p = Element::new("presence", ns::CLIENT)
-        .with_attr("from", bare)
-        .with_attr("to", contact)
-        .with_attr("type", kind.as_type());
-    server.route(p).await;
 }
 
 /// Sends the current presence of each of the user's available resources to `to`; `false`

@@ -7,7 +7,6 @@ use openspimed_module_api::{
 };
 
 use crate::Im;
-use crate::presence::route_subscription;
 use crate::storage_failure;
 use crate::store::RosterItem;
 use crate::subscription::Kind;
@@ -209,4 +208,18 @@ async fn roster_iq_inner(
     };
     save(server, im, bare, updated).await?;
     Ok(reply)
+}
+
+/// Sends a subscription stanza from the user's bare JID to the contact.
+pub(crate) async fn route_subscription(
+    server: &dyn ServerHandle,
+    bare: &str,
+    contact: &str,
+    kind: Kind,
+) {
+    let p = Element::new("presence", ns::CLIENT)
+        .with_attr("from", bare)
+        .with_attr("to", contact)
+        .with_attr("type", kind.as_type());
+    server.route(p).await;
 }

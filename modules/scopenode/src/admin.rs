@@ -5,6 +5,8 @@
 use clap::{Parser, Subcommand};
 use openspimed_module_api::{AdminCommand, AdminContext, BoxFuture};
 
+use openspimed_mod_certsvc::admin::parse;
+
 use crate::{NodeDef, configured_nodes};
 
 /// `openspimed scopenode`.
@@ -61,23 +63,6 @@ struct DataCli {
     /// What to do.
     #[command(subcommand)]
     action: DataAction,
-}
-
-/// Parses an admin subcommand's arguments: `None` when clap printed help or the version.
-fn parse<T: Parser>(name: &str, args: Vec<String>) -> Result<Option<T>, String> {
-    use clap::error::ErrorKind;
-    match T::try_parse_from(std::iter::once(format!("openspimed {name}")).chain(args)) {
-        Ok(t) => Ok(Some(t)),
-        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
-            print!("{e}");
-            Ok(None)
-        }
-        // clap's own message, as it prints it (the caller adds nothing to an empty error).
-        Err(e) => {
-            let _ = e.print();
-            Err(String::new())
-        }
-    }
 }
 
 /// `openspimed scopenode …`

@@ -706,6 +706,14 @@ fn shallow(stanza: &Element) -> Element {
 /// What modules hold: a weak reference, so modules never keep a stopped server alive.
 struct RouterRef(Weak<Router>);
 
+impl RouterRef {
+    /// The outbox of the bound session `full`.
+    fn outbox(&self, full: &str) -> Option<mpsc::Sender<Outgoing>> {
+        let (bare, resource) = full.split_once('/')?;
+        self.0.upgrade()?.registry.full(bare, resource)
+    }
+}
+
 impl ServerHandle for RouterRef {
     fn send(&self, stanza: Element) {
         if let Some(router) = self.0.upgrade() {
@@ -732,25 +740,13 @@ impl ServerHandle for RouterRef {
     }
 
     fn deliver(&self, full: &str, stanza: Element) -> bool {
-        let Some((bare, resource)) = full.split_once('/') else {
-            return false;
-        };
-        let tx = self
-            .0
-            .upgrade()
-            .and_then(|r| r.registry.full(bare, resource));
-        tx.is_some_and(|tx| tx.try_send(Outgoing::Stanza(Box::new(stanza))).is_ok())
+        self.outbox(full)
+            .is_some_and(|tx| tx.try_send(Outgoing::Stanza(Box::new(stanza))).is_ok())
     }
 
     fn deliver_unfiltered(&self, full: &str, stanza: Element) -> bool {
-        let Some((bare, resource)) = full.split_once('/') else {
-            return false;
-        };
-        let tx = self
-            .0
-            .upgrade()
-            .and_then(|r| r.registry.full(bare, resource));
-        tx.is_some_and(|tx| tx.try_send(Outgoing::Unfiltered(Box::new(stanza))).is_ok())
+        self.outbox(full)
+            .is_some_and(|tx| tx.try_send(Outgoing::Unfiltered(Box::new(stanza))).is_ok())
     }
 
     fn sessions(&self, bare: &str) -> Vec<BoundSession> {
