@@ -4,8 +4,6 @@
 //! - [`xml`]: sans-IO stream parsing (rxml), restricted XML and limits;
 //! - [`c2s`]: client connections: STARTTLS or direct TLS, SASL, binding, the session loop;
 //! - [`tls`]: rustls configurations, certificate per virtual host by SNI;
-//! - [`ibr`]: XEP-0077 in-band registration, password change and account removal, as
-//!   handlers on the pre-auth and from-client hooks;
 //! - [`sasl`]: SCRAM (with `tls-exporter` channel binding) and PLAIN over rsasl,
 //!   credentials as SCRAM keys only, failure throttling;
 //! - [`core`]: the routing core: [`core::router`] (where a stanza goes: modules, the
@@ -40,7 +38,6 @@ pub mod cli;
 pub mod control;
 pub mod core;
 pub mod error;
-pub mod ibr;
 pub mod s2s;
 pub mod sasl;
 pub mod server;

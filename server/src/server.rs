@@ -188,11 +188,12 @@ pub async fn start_with_modules(
     )?);
     let accounts: Arc<dyn AccountStore> = store.clone();
     let module_storage: Arc<dyn ModuleStorage> = store.clone();
-    let router = Router::new(accounts.clone());
-    crate::ibr::install(
-        &router,
-        config.auth.scram_iterations,
-        config.auth.registrations_per_ip_per_hour,
+    let router = Router::new(
+        accounts.clone(),
+        crate::core::router::AccountSettings {
+            scram_iterations: config.auth.scram_iterations,
+            registrations_per_ip_per_hour: config.auth.registrations_per_ip_per_hour,
+        },
     );
     let parts = crate::core::mount::Parts {
         factories: &factories,

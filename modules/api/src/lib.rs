@@ -22,8 +22,8 @@ pub use hooks::{
     ToSessionHook, Unauthenticated,
 };
 pub use module::{
-    BoundSession, Context, Identity, Interest, IqError, Module, ModuleError, ModuleFactory,
-    Outcome, Route, ServerHandle,
+    BoundSession, Context, Created, Identity, Interest, IqError, Module, ModuleError,
+    ModuleFactory, Outcome, Route, ServerHandle,
 };
 pub use openspimed_stanza::{
     Condition, Element, ErrorType, IqType, MessageType, Node, Ns, ParseError, PresenceType,

@@ -95,6 +95,17 @@ pub enum Interest {
     Blocklist = 2,
 }
 
+/// What creating an account came to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Created {
+    /// The account, by its bare JID (the username as stored: SASLprep'd, lower-cased).
+    Account(String),
+    /// The username is taken.
+    Taken,
+    /// The username is not a valid localpart.
+    Invalid,
+}
+
 /// One bound session of a local account, as the session registry has it.
 #[derive(Clone, Debug)]
 pub struct BoundSession {
@@ -158,6 +169,30 @@ pub trait ServerHandle: Send + Sync {
     fn set_interest(&self, bare: &str, id: u64, what: Interest);
     /// Whether `bare` is an account of a host here.
     fn account_exists(&self, bare: &str) -> BoxFuture<'static, Result<bool, StorageFailure>>;
+    /// The username as accounts store it (SASLprep'd, lower-cased), what a login with
+    /// `username` would be for; empty when it cannot be one.
+    fn account_name(&self, username: &str) -> String;
+    /// Registrations each client address may make per hour on `host` when the host allows
+    /// in-band registration (`allow_registration`; 0: no limit), `None` when it does not.
+    fn registration_limit(&self, host: &str) -> Option<u32>;
+    /// Creates `username@host` with `password` (kept as SCRAM keys only) and tells the
+    /// host's account hooks.
+    fn create_account(
+        &self,
+        username: &str,
+        host: &str,
+        password: &str,
+    ) -> BoxFuture<'static, Result<Created, StorageFailure>>;
+    /// Replaces the password of the account `bare`; `false` if there is no such account.
+    fn set_password(
+        &self,
+        bare: &str,
+        password: &str,
+    ) -> BoxFuture<'static, Result<bool, StorageFailure>>;
+    /// Deletes the account `bare` with what every module kept for it, tells the host's
+    /// account hooks, and ends every session of it with `not-authorized` (XEP-0077 §3.2);
+    /// `false` if there was no such account.
+    fn delete_account(&self, bare: &str) -> BoxFuture<'static, Result<bool, StorageFailure>>;
     /// Hands a copy of an account's initial presence to the modules of its host that
     /// asked for it ([`Route::InitialPresence`]: PEP sends the last published items).
     fn initial_presence(&self, bare: &str, presence: Element) -> BoxFuture<'static, ()>;

@@ -1,6 +1,7 @@
 //! IM as a module: the RFC 6121 roster (§2), presence subscriptions with the Appendix A
 //! state machine (§3), presence broadcast, probes and directed presence (§4), offline
-//! messages (XEP-0160), blocking (XEP-0191) and vCards (XEP-0054), written against the
+//! messages (XEP-0160), blocking (XEP-0191), vCards (XEP-0054) and in-band registration
+//! (XEP-0077), written against the
 //! module API alone. Everything is a hook handler ([`hooks`]): the server routes and
 //! delivers, this crate decides what a roster, a subscription or a block means. A host
 //! without it is a bare RFC 6120 router.
@@ -12,6 +13,7 @@ pub mod blocking;
 pub mod hooks;
 pub mod offline;
 pub mod presence;
+pub mod register;
 pub mod roster;
 pub mod store;
 pub mod subscription;
@@ -114,6 +116,7 @@ impl Module for ImModule {
     fn hooks(self: Arc<Self>, cx: &Context, hooks: &dyn Hooks) {
         let im = Im::new(cx.storage.clone(), self.options);
         hooks::install(cx.server.clone(), im, hooks);
+        register::install(cx.server.clone(), hooks);
     }
     async fn handle(&self, _cx: &Context, _stanza: Element) -> Result<Outcome, ModuleError> {
         // No routes: everything comes through the hooks.

@@ -595,7 +595,13 @@ mod tests {
         let store = Arc::new(
             crate::storage::sqlite::SqliteStore::open(&dir.path().join("s.sqlite")).unwrap(),
         );
-        let router = crate::core::router::Router::new(store.clone());
+        let router = crate::core::router::Router::new(
+            store.clone(),
+            crate::core::router::AccountSettings {
+                scram_iterations: 4096,
+                registrations_per_ip_per_hour: 0,
+            },
+        );
         let storage: Arc<dyn ModuleStorage> = store;
         let cx = Context {
             host: Arc::from("example.test"),

@@ -12,15 +12,15 @@ use dashmap::DashMap;
 pub use openspimed_module_api::Interest;
 use openspimed_module_api::jid::Jid;
 use openspimed_module_api::{
-    AccountTarget, BoundSession, BoxFuture, Condition, Context, Element, Flow, Identity, IqError,
-    MessageType, Outcome, Route, ServerHandle, StanzaError, StanzaKind, StorageFailure,
+    AccountTarget, BoundSession, BoxFuture, Condition, Context, Created, Element, Flow, Identity,
+    IqError, MessageType, Outcome, Route, ServerHandle, StanzaError, StanzaKind, StorageFailure,
 };
 use tokio::sync::{mpsc, oneshot};
 
 use crate::core::hooks::{HookLists, HookTable};
 pub use crate::core::mount::Host;
 use crate::core::mount::{Mounted, TableSlot, Tables};
-use crate::error::{StreamError, module_failure, storage_failure};
+use crate::error::{StreamError, StreamErrorCondition, module_failure, storage_failure};
 use crate::storage::AccountStore;
 
 /// What a session's writer receives.
@@ -262,6 +262,16 @@ impl Registry {
     }
 }
 
+/// How accounts made through the server ([`ServerHandle::create_account`]) are made.
+#[derive(Clone, Copy, Debug)]
+pub struct AccountSettings {
+    /// PBKDF2 iterations of new SCRAM credentials (`[auth] scram_iterations`).
+    pub scram_iterations: u32,
+    /// In-band registrations per client address and hour (`[auth]
+    /// registrations_per_ip_per_hour`; 0: no limit).
+    pub registrations_per_ip_per_hour: u32,
+}
+
 /// The routing table and session registry.
 pub struct Router {
     /// Hosts and module routes: empty until the modules are built (they need the router),
@@ -269,8 +279,11 @@ pub struct Router {
     tables: std::sync::RwLock<Arc<Tables>>,
     /// Bound sessions.
     pub registry: Registry,
-    /// To tell "no such account" from "account offline".
+    /// To tell "no such account" from "account offline", and to make, change and remove
+    /// accounts for modules (in-band registration).
     pub(crate) accounts: Arc<dyn AccountStore>,
+    /// How those accounts are made.
+    account_settings: AccountSettings,
     /// Iqs modules sent and wait on, by (requesting JID, id): their answer goes here
     /// instead of to the module's handler.
     pending: DashMap<(String, String), oneshot::Sender<Element>>,
@@ -306,8 +319,9 @@ pub enum RemoteRefusal {
 impl Router {
     /// An empty router; [`crate::core::mount::install`] puts the hosts and modules in
     /// before routing.
-    pub fn new(accounts: Arc<dyn AccountStore>) -> Arc<Router> {
+    pub fn new(accounts: Arc<dyn AccountStore>, account_settings: AccountSettings) -> Arc<Router> {
         Arc::new(Router {
+            account_settings,
             tables: Default::default(),
             registry: Registry::default(),
             accounts,
@@ -779,6 +793,98 @@ impl ServerHandle for RouterRef {
                 .account_exists(user, domain)
                 .await
                 .map_err(|e| StorageFailure(e.to_string()))
+        })
+    }
+
+    fn account_name(&self, username: &str) -> String {
+        crate::sasl::normalize_user(username)
+    }
+
+    fn registration_limit(&self, host: &str) -> Option<u32> {
+        let r = self.0.upgrade()?;
+        let allowed = r.host(host).is_some_and(|h| h.allow_registration);
+        allowed.then_some(r.account_settings.registrations_per_ip_per_hour)
+    }
+
+    fn create_account(
+        &self,
+        username: &str,
+        host: &str,
+        password: &str,
+    ) -> BoxFuture<'static, Result<Created, StorageFailure>> {
+        let router = self.0.upgrade();
+        let (node, host) = (crate::sasl::normalize_user(username), host.to_owned());
+        let password = password.to_owned();
+        Box::pin(async move {
+            let Some(r) = router else {
+                return Err(StorageFailure("the server is stopping".into()));
+            };
+            if node.is_empty() {
+                return Ok(Created::Invalid);
+            }
+            let creds =
+                crate::sasl::derive_credentials(&password, r.account_settings.scram_iterations);
+            let created = r
+                .accounts
+                .create_account(&node, &host, &creds)
+                .await
+                .map_err(|e| StorageFailure(e.to_string()))?;
+            if !created {
+                return Ok(Created::Taken);
+            }
+            let bare = format!("{node}@{host}");
+            if let Some(h) = r.host(&host) {
+                h.hooks.account_created(&bare).await;
+            }
+            Ok(Created::Account(bare))
+        })
+    }
+
+    fn set_password(
+        &self,
+        bare: &str,
+        password: &str,
+    ) -> BoxFuture<'static, Result<bool, StorageFailure>> {
+        let router = self.0.upgrade();
+        let (bare, password) = (bare.to_owned(), password.to_owned());
+        Box::pin(async move {
+            let (Some(r), Some((user, domain))) = (router, bare.split_once('@')) else {
+                return Ok(false);
+            };
+            let creds =
+                crate::sasl::derive_credentials(&password, r.account_settings.scram_iterations);
+            r.accounts
+                .set_credentials(user, domain, &creds)
+                .await
+                .map_err(|e| StorageFailure(e.to_string()))
+        })
+    }
+
+    fn delete_account(&self, bare: &str) -> BoxFuture<'static, Result<bool, StorageFailure>> {
+        let router = self.0.upgrade();
+        let bare = bare.to_owned();
+        Box::pin(async move {
+            let (Some(r), Some((user, domain))) = (router, bare.split_once('@')) else {
+                return Ok(false);
+            };
+            let deleted = r
+                .accounts
+                .delete_account(user, domain)
+                .await
+                .map_err(|e| StorageFailure(e.to_string()))?;
+            if let Some(h) = r.host(domain) {
+                h.hooks.account_deleted(&bare).await;
+            }
+            // XEP-0077 §3.2: every session of a removed account ends (the one that asked
+            // after the answer, which is queued before this).
+            let gone = StreamError::with_text(
+                StreamErrorCondition::NotAuthorized,
+                "the account was removed",
+            );
+            for tx in r.registry.sessions_of(&bare) {
+                let _ = tx.try_send(Outgoing::Kick(Box::new(gone.clone())));
+            }
+            Ok(deleted)
         })
     }
 
