@@ -862,23 +862,19 @@ async fn established(shared: Arc<Clients>, mut live: Box<Live>, fresh: bool) {
                         let mut kick = None;
                         let mut next = Some(first);
                         let mut taken = 0;
+                        // Asked once a burst: without a to-session hook (the common case)
+                        // each stanza is written as it came, with no future made.
+                        let filtering = s.host_now(&shared.router).hooks.filters_sessions();
                         while let Some(out) = next.take() {
                             match out {
                                 Outgoing::Kick(e) => { kick = Some(*e); break; }
-                                Outgoing::Stanza(el) => {
-                                    // Without a to-session hook (the common case) the
-                                    // stanza is written as it came, with no future made.
-                                    let el = if s.host_now(&shared.router).hooks.filters_sessions() {
-                                        Box::pin(to_session(&shared, s, *el)).await
-                                    } else {
-                                        Some(*el)
-                                    };
-                                    if let Some(el) = el {
+                                Outgoing::Stanza(el) if filtering => {
+                                    if let Some(el) = Box::pin(to_session(&shared, s, *el)).await {
                                         track(s, &el);
                                         conn.queue(&el);
                                     }
                                 }
-                                Outgoing::Unfiltered(el) => {
+                                Outgoing::Stanza(el) | Outgoing::Unfiltered(el) => {
                                     track(s, &el);
                                     conn.queue(&el);
                                 }
