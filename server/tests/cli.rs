@@ -431,7 +431,7 @@ fn keys_add_list_show_revoke() {
 
 #[test]
 fn scopenode_list_show_and_data_export() {
-    use openspimed_module_api::{SensorEntry, SensorStore};
+    use openspimed_mod_scopenode::store::{SensorData, SensorEntry};
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), "");
     let cfg = cfg.to_str().unwrap();
@@ -446,10 +446,12 @@ fn scopenode_list_show_and_data_export() {
         ),
     };
     rt.block_on(async {
-        let store = openspimed::storage::sqlite::SqliteStore::open(
-            &dir.path().join("data/openspimed.sqlite"),
-        )
-        .unwrap();
+        let store = SensorData::new(std::sync::Arc::new(
+            openspimed::storage::sqlite::SqliteStore::open(
+                &dir.path().join("data/openspimed.sqlite"),
+            )
+            .unwrap(),
+        ));
         store
             .append_entries(vec![entry("176.4", 1_207_155_262)])
             .await
@@ -461,10 +463,12 @@ fn scopenode_list_show_and_data_export() {
         "demo@scopenode.example.test\tco2 (1 entry)\n"
     );
     rt.block_on(async {
-        let store = openspimed::storage::sqlite::SqliteStore::open(
-            &dir.path().join("data/openspimed.sqlite"),
-        )
-        .unwrap();
+        let store = SensorData::new(std::sync::Arc::new(
+            openspimed::storage::sqlite::SqliteStore::open(
+                &dir.path().join("data/openspimed.sqlite"),
+            )
+            .unwrap(),
+        ));
         store
             .append_entries(vec![entry("180,5", 1_207_155_300)])
             .await

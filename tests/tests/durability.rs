@@ -11,7 +11,7 @@ use std::time::Duration;
 use openspimed::storage::AccountStore;
 use openspimed::storage::sqlite::SqliteStore;
 use openspimed_mod_im::store::ImData;
-use openspimed_module_api::SensorStore;
+use openspimed_mod_scopenode::store::SensorData;
 use openspimed_tests::{AS_SERVER, Raw, client_tls_config, server_command};
 
 fn main() -> ExitCode {
@@ -91,7 +91,9 @@ async fn reports_answered_before_sigkill_are_stored() {
     child.kill().unwrap();
     child.wait().unwrap();
 
-    let store = SqliteStore::open(&data.join("openspimed.sqlite")).unwrap();
+    let store = SensorData::new(std::sync::Arc::new(
+        SqliteStore::open(&data.join("openspimed.sqlite")).unwrap(),
+    ));
     let stored = store
         .entries_for_spime("demo@scopenode.localhost", &jid, 1000)
         .await

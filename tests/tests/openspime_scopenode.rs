@@ -197,9 +197,7 @@ async fn reports_and_seeks_end_to_end() {
     );
 
     // Stored decrypted, under the spime's full JID.
-    let stored = server
-        .storage()
-        .sensors()
+    let stored = openspimed_mod_scopenode::store::SensorData::new(server.storage())
         .entries_for_spime(NODE, SPIME, 10)
         .await
         .unwrap();
@@ -509,7 +507,7 @@ async fn pyopenspime_report_from_the_vectors_is_accepted_and_stored() {
         crypto::public_key_from_pem(v["keys"]["sender"]["public_pem_spki"].as_str().unwrap())
             .unwrap();
     openspimed_mod_certsvc::store_key(
-        server.storage().keys(),
+        &openspimed_mod_certsvc::Keys::new(server.storage()),
         "services@developer.openspime.com/cert",
         "dev-spime-2@developer.openspime.com/spime",
         &sender,
@@ -543,9 +541,7 @@ async fn pyopenspime_report_from_the_vectors_is_accepted_and_stored() {
     raw.send(message).await;
     let deadline = tokio::time::Instant::now() + WAIT;
     let stored = loop {
-        let stored = server
-            .storage()
-            .sensors()
+        let stored = openspimed_mod_scopenode::store::SensorData::new(server.storage())
             .entries_for_spime(
                 "dev-scopenode-2@developer.openspime.com",
                 "dev-spime-2@developer.openspime.com/spime",

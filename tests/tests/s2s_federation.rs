@@ -658,9 +658,7 @@ async fn a_spime_on_a_reports_signed_and_encrypted_to_a_scopenode_on_b() {
         .unwrap(),
         None
     );
-    let stored = b
-        .storage()
-        .sensors()
+    let stored = openspimed_mod_scopenode::store::SensorData::new(b.storage())
         .entries_for_spime("demo@scopenode.b.example", spime_jid, 10)
         .await
         .unwrap();

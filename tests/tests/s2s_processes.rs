@@ -18,7 +18,7 @@ use openspime::keyinfo::{self, KeyForm};
 use openspimed::storage::AccountStore;
 use openspimed::storage::sqlite::SqliteStore;
 use openspimed_certs::DevCa;
-use openspimed_module_api::SensorStore;
+use openspimed_mod_scopenode::store::SensorData;
 use openspimed_tests::{
     AS_SERVER, Raw, client_tls_config, server_command, spawn_server_logged, wait_for_log,
 };
@@ -225,7 +225,9 @@ async fn two_processes_federate_messages_subscriptions_and_a_report() {
     let _ = child_a.wait();
     let _ = child_b.wait();
     // The report was stored, decrypted, on b before it was answered.
-    let store = SqliteStore::open(&b.dir.path().join("data/openspimed.sqlite")).unwrap();
+    let store = SensorData::new(std::sync::Arc::new(
+        SqliteStore::open(&b.dir.path().join("data/openspimed.sqlite")).unwrap(),
+    ));
     let stored = store
         .entries_for_spime("demo@scopenode.b.example", spime, 10)
         .await

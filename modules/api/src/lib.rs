@@ -31,8 +31,6 @@ pub use openspimed_stanza::{
 };
 pub use openspimed_stanza::{iq_payload, iq_result, reply_skeleton};
 pub use storage::{
-    AffiliationRecord, ArchiveQuery, ArchiveStore, ArchivedItem, ItemRecord, KeyStore, KvStore,
-    ModuleStorage, NodeRecord, PubSubStore, SensorEntry, SensorStore, StorageFailure, StoredKey,
-    SubscriptionRecord,
+    ArchiveQuery, ArchiveStore, ArchivedItem, KvStore, ModuleStorage, StorageFailure,
 };
 pub use toml;

@@ -118,7 +118,7 @@ async fn keys(cx: AdminContext, action: KeysAction, service: Option<String>) -> 
             ));
         }
     };
-    let keys = cx.storage.keys();
+    let keys = &crate::Keys::new(cx.storage.clone());
     match action {
         KeysAction::Add { jid, pemfile } => {
             let pem = match std::fs::read_to_string(&pemfile) {
@@ -139,7 +139,7 @@ async fn keys(cx: AdminContext, action: KeysAction, service: Option<String>) -> 
                 Err(e) => Err(e.to_string()),
             }
         }
-        KeysAction::List => match keys.list_keys(Some(&service)).await {
+        KeysAction::List => match keys.list_keys(&service).await {
             Ok(list) => {
                 for k in list {
                     let status = if k.revoked_unix.is_some() {

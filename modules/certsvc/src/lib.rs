@@ -4,7 +4,7 @@
 //! domain (`services@spime.example.org/cert`). It answers `get` for any JID with the stored
 //! key (echoing the requested JID byte for byte, from exactly the JID asked), and
 //! `item-not-found` otherwise; it accepts a key published by the key's own authenticated
-//! JID and refuses anyone else with `forbidden`. Keys are stored through [`KeyStore`].
+//! JID and refuses anyone else with `forbidden`. Keys are stored through [`store::Keys`].
 //!
 //! [`KeyLookup`] is what other modules (ScopeNodes) use to get a JID's key from a named
 //! certification service: in-process when it is hosted here, by XEP-0189 otherwise.
@@ -21,6 +21,7 @@
 //! only one it reads) and everyone else in the seed's standard form.
 
 pub mod admin;
+pub mod store;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -31,12 +32,13 @@ use openspime::keyinfo::{self, KeyForm};
 use openspime::ns::PUBKEY;
 use openspimed_module_api::jid::Jid;
 use openspimed_module_api::{
-    Condition, Context, Element, KeyStore, Module, ModuleError, ModuleFactory, Outcome, Route,
-    StanzaError, async_trait, iq_result, ns, options, toml,
+    Condition, Context, Element, Module, ModuleError, ModuleFactory, Outcome, Route, StanzaError,
+    async_trait, iq_result, ns, options, toml,
 };
 use rsa::RsaPublicKey;
 use rsa::pkcs8::{DecodePublicKey, EncodePublicKey};
 use serde::{Deserialize, Serialize};
+pub use store::{Keys, StoredKey};
 
 /// One hosted certification service.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -210,7 +212,7 @@ fn normalize(jid: &str) -> Option<Jid> {
 /// The stored, unrevoked key of `jid` at `service`, falling back from a full JID to its
 /// bare JID (wire profile §4).
 pub async fn stored_key(
-    store: &dyn KeyStore,
+    store: &Keys,
     service: &str,
     jid: &str,
 ) -> Result<Option<RsaPublicKey>, ModuleError> {
@@ -246,7 +248,7 @@ pub async fn stored_key(
 
 /// Stores a key for `jid` at `service` (the operator's `keys add` and a publication).
 pub async fn store_key(
-    store: &dyn KeyStore,
+    store: &Keys,
     service: &str,
     jid: &str,
     key: &RsaPublicKey,
@@ -342,7 +344,7 @@ impl CertService {
                     .with_text("too many identical key requests"),
             ));
         }
-        match stored_key(cx.storage.keys(), &service.jid, asked).await? {
+        match stored_key(&Keys::new(cx.storage.clone()), &service.jid, asked).await? {
             // The requested JID is echoed byte for byte (pyopenspime compares strings).
             Some(key) => Ok({
                 Outcome::Reply(iq_result(stanza).with_child(keyinfo::pubkeys(
@@ -388,7 +390,7 @@ async fn publish(
                 .with_text("a key can only be published by its own JID"),
         ));
     }
-    store_key(cx.storage.keys(), &service.jid, &jid, &key).await?;
+    store_key(&Keys::new(cx.storage.clone()), &service.jid, &jid, &key).await?;
     metrics::counter!("openspimed_certsvc_publications_total", "result" => "stored").increment(1);
     Ok(Outcome::Reply(iq_result(stanza)))
 }
@@ -509,7 +511,7 @@ impl KeyLookup {
             let svc = normalize(service)
                 .map(|j| j.to_string())
                 .unwrap_or_else(|| service.to_owned());
-            stored_key(self.cx.storage.keys(), &svc, jid)
+            stored_key(&Keys::new(self.cx.storage.clone()), &svc, jid)
                 .await
                 .map_err(|e| LookupError::Internal(e.to_string()))?
                 .ok_or_else(|| LookupError::NotFound(jid.to_owned()))?

@@ -1,5 +1,6 @@
 //! Service discovery (XEP-0030) of the service and its nodes.
 
+use crate::store::PubSubData;
 use crate::{FEATURES, Request, forms, internal, pns};
 use openspimed_module_api::{Condition, Element, ModuleError, Outcome, iq_result, ns};
 
@@ -91,10 +92,7 @@ impl Request<'_> {
                     return Ok(Outcome::Error(Condition::Forbidden.into()));
                 }
                 q.set_attr("node", name);
-                let items = self
-                    .cx
-                    .storage
-                    .pubsub()
+                let items = PubSubData::new(self.cx.storage.clone())
                     .items(&self.svc.jid, name, None, None)
                     .await
                     .map_err(internal)?;

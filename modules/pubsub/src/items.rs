@@ -1,10 +1,11 @@
 //! Publisher and retrieval use cases (XEP-0060 §6.5, §7): publish, retract, items.
 
 use openspimed_module_api::jid::Jid;
-use openspimed_module_api::{Condition, Element, ItemRecord, ModuleError, Outcome};
+use openspimed_module_api::{Condition, Element, ModuleError, Outcome};
 
 use crate::config::{AccessModel, PublishModel};
 use crate::forms::Form;
+use crate::store::{ItemRecord, PubSubData};
 use crate::{Node, Request, domain_allowed, internal, pns, ps_error, publishes, random_id};
 
 impl Request<'_> {
@@ -101,9 +102,7 @@ impl Request<'_> {
                 payload: String::from_utf8_lossy(&xml).into_owned(),
             };
             // Answered only once the item is durable.
-            self.cx
-                .storage
-                .pubsub()
+            PubSubData::new(self.cx.storage.clone())
                 .publish_item(&self.svc.jid, name, &rec, node.config.max_items)
                 .await
                 .map_err(internal)?;
@@ -146,7 +145,7 @@ impl Request<'_> {
         let Some(node) = self.node(name).await else {
             return Ok(Outcome::Error(Condition::ItemNotFound.into()));
         };
-        let store = self.cx.storage.pubsub();
+        let store = PubSubData::new(self.cx.storage.clone());
         let existing = store
             .items(&self.svc.jid, name, Some(&[id.to_owned()]), None)
             .await
@@ -233,10 +232,7 @@ impl Request<'_> {
             Some(Ok(m)) => Some(m),
             Some(Err(_)) => return Ok(Outcome::Error(Condition::BadRequest.into())),
         };
-        let mut items = self
-            .cx
-            .storage
-            .pubsub()
+        let mut items = PubSubData::new(self.cx.storage.clone())
             .items(
                 &self.svc.jid,
                 name,

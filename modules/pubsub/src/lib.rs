@@ -1,5 +1,5 @@
 //! XEP-0060 Publish-Subscribe: a service per configured domain (default `pubsub.HOST`),
-//! persistent nodes, items and subscriptions through [`PubSubStore`], notifications with
+//! persistent nodes, items and subscriptions through [`store::PubSubData`], notifications with
 //! payloads routed like any stanza (so subscribers can be local sessions, hosted services
 //! or — with federation — remote JIDs), and preconfigured nodes such as OpenSpime's
 //! `spimeseek` (seed §1.2, wire profile §9). The same engine serves PEP (XEP-0163): each
@@ -32,6 +32,7 @@ mod items;
 mod owner;
 mod pep;
 mod service;
+pub mod store;
 mod subscriptions;
 
 use std::collections::HashMap;
@@ -48,6 +49,7 @@ use tokio::sync::RwLock;
 use crate::config::{AccessModel, NodeConfig, PublishModel};
 use crate::forms::Form;
 pub use crate::options::Options;
+use crate::store::PubSubData;
 use crate::suboptions::SubOptions;
 use pep::{PepNotice, pep_defaults, pep_service, send_last_items};
 use service::{Node, Service, load_nodes};
@@ -231,7 +233,7 @@ impl Module for PubSub {
     }
 
     async fn start(&self, cx: &Context) -> Result<(), ModuleError> {
-        let store = cx.storage.pubsub();
+        let store = PubSubData::new(cx.storage.clone());
         for svc in &self.services {
             for p in &self.preconfigured {
                 if p.service.as_deref().is_some_and(|s| s != svc.jid) {
@@ -512,10 +514,7 @@ impl Request<'_> {
         config: NodeConfig,
     ) -> Result<Option<Arc<Node>>, ModuleError> {
         let owner = self.bare();
-        let created = self
-            .cx
-            .storage
-            .pubsub()
+        let created = PubSubData::new(self.cx.storage.clone())
             .create_node(&self.svc.jid, name, &config.serialize(), &owner)
             .await
             .map_err(internal)?;

@@ -2,12 +2,11 @@
 //! management, subscription approval.
 
 use openspimed_module_api::jid::Jid;
-use openspimed_module_api::{
-    Condition, Element, ModuleError, Outcome, StanzaError, SubscriptionRecord, ns,
-};
+use openspimed_module_api::{Condition, Element, ModuleError, Outcome, StanzaError, ns};
 
 use crate::config::NodeConfig;
 use crate::forms::Form;
+use crate::store::{PubSubData, SubscriptionRecord};
 use crate::{
     AUTHORIZATION, Node, Request, event_message, forms, internal, pns, ps_error, random_id,
 };
@@ -34,7 +33,7 @@ impl Request<'_> {
         if !node.is_owner(&self.bare()) {
             return Ok(Outcome::Error(Condition::Forbidden.into()));
         }
-        let store = self.cx.storage.pubsub();
+        let store = PubSubData::new(self.cx.storage.clone());
         match (op.name(), get) {
             ("configure", true) => Ok(self.reply(
                 pns::OWNER,
@@ -288,9 +287,7 @@ impl Request<'_> {
             self.put_subscription(&rec).await?;
             "subscribed"
         } else {
-            self.cx
-                .storage
-                .pubsub()
+            PubSubData::new(self.cx.storage.clone())
                 .remove_subscription(&self.svc.jid, &name, &pending.jid, &pending.subid)
                 .await
                 .map_err(internal)?;

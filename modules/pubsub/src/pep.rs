@@ -9,6 +9,7 @@ use openspimed_module_api::{Context, Element, ModuleError, ns};
 use tokio::sync::RwLock;
 
 use crate::config::{AccessModel, NodeConfig, PublishModel};
+use crate::store::PubSubData;
 use crate::{PepServices, Service, caps, load_nodes, pns, random_id, send_event};
 
 /// The PEP service of a local account, loaded on first use.
@@ -85,9 +86,7 @@ pub(crate) async fn send_last_items(
             {
                 continue;
             }
-            let Ok(last) = cx
-                .storage
-                .pubsub()
+            let Ok(last) = PubSubData::new(cx.storage.clone())
                 .items(&source, &name, None, Some(1))
                 .await
             else {

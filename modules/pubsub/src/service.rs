@@ -5,11 +5,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use openspimed_module_api::jid::Jid;
-use openspimed_module_api::{Context, ModuleError, SubscriptionRecord};
+use openspimed_module_api::{Context, ModuleError};
 use tokio::sync::RwLock;
 
 use crate::config::NodeConfig;
 use crate::internal;
+use crate::store::{PubSubData, SubscriptionRecord};
 
 /// A node as the module keeps it in memory (the store has the durable copy).
 #[derive(Clone, Debug, Default)]
@@ -72,7 +73,7 @@ pub(crate) async fn load_nodes(
     cx: &Context,
     jid: &str,
 ) -> Result<HashMap<String, Arc<Node>>, ModuleError> {
-    let store = cx.storage.pubsub();
+    let store = PubSubData::new(cx.storage.clone());
     let mut nodes: HashMap<String, Node> = store
         .nodes(jid)
         .await

@@ -2,12 +2,11 @@
 //! subscriptions and affiliations.
 
 use openspimed_module_api::jid::Jid;
-use openspimed_module_api::{
-    Condition, Element, ModuleError, Outcome, SubscriptionRecord, iq_result,
-};
+use openspimed_module_api::{Condition, Element, ModuleError, Outcome, iq_result};
 
 use crate::config::AccessModel;
 use crate::forms::Form;
+use crate::store::{PubSubData, SubscriptionRecord};
 use crate::suboptions::SubOptions;
 use crate::{Request, domain_allowed, internal, pns, ps_error, random_id};
 
@@ -115,9 +114,7 @@ impl Request<'_> {
         &self,
         rec: &SubscriptionRecord,
     ) -> Result<(), ModuleError> {
-        self.cx
-            .storage
-            .pubsub()
+        PubSubData::new(self.cx.storage.clone())
             .put_subscription(&self.svc.jid, rec)
             .await
             .map_err(internal)?;
@@ -220,9 +217,7 @@ impl Request<'_> {
                 Some("not-subscribed"),
             ));
         };
-        self.cx
-            .storage
-            .pubsub()
+        PubSubData::new(self.cx.storage.clone())
             .remove_subscription(&self.svc.jid, name, &target.jid, &target.subid)
             .await
             .map_err(internal)?;

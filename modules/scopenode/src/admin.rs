@@ -7,6 +7,7 @@ use openspimed_module_api::{AdminCommand, AdminContext, BoxFuture};
 
 use openspimed_mod_certsvc::admin::parse;
 
+use crate::store::{SensorData, SensorEntry};
 use crate::{NodeDef, configured_nodes};
 
 /// `openspimed scopenode`.
@@ -88,8 +89,17 @@ fn configured_scopenodes(cx: &AdminContext) -> Result<Vec<NodeDef>, String> {
 
 async fn scopenode(cx: AdminContext, action: ScopenodeAction) -> Result<(), String> {
     let nodes = configured_scopenodes(&cx)?;
-    let store = cx.storage.sensors();
-    let counts = store.entry_counts().await.map_err(|e| e.to_string())?;
+    let store = SensorData::new(cx.storage.clone());
+    let mut counts = Vec::new();
+    for n in &nodes {
+        for (scope, c) in store
+            .entry_counts(&n.jid)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            counts.push((n.jid.clone(), scope, c));
+        }
+    }
     let count = |node: &str, scope: &str| {
         counts
             .iter()
@@ -238,14 +248,27 @@ async fn data(cx: AdminContext, action: DataAction) -> Result<(), String> {
         Ok(j) => j.to_string(),
         Err(e) => return Err(format!("{spime:?} is not a JID: {e}")),
     };
-    let rows = cx
-        .storage
-        .sensors()
-        .export_entries(node.as_deref(), Some(&spime), since)
-        .await
-        .map_err(|e| e.to_string())?;
+    let store = SensorData::new(cx.storage.clone());
+    let nodes: Vec<String> = match node {
+        Some(n) => vec![n],
+        None => configured_scopenodes(&cx)?
+            .into_iter()
+            .map(|n| n.jid)
+            .collect(),
+    };
+    let mut rows = Vec::new();
+    for n in &nodes {
+        rows.extend(
+            store
+                .export_entries(n, Some(&spime), since)
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    // Each node's oldest first; merged by time.
+    rows.sort_by_key(|r| r.at_unix);
     // Each stored entry is an OpenSpime <entry/>: read its fields back.
-    let parsed: Vec<(openspimed_module_api::SensorEntry, Vec<(String, String)>)> = rows
+    let parsed: Vec<(SensorEntry, Vec<(String, String)>)> = rows
         .into_iter()
         .map(|r| {
             let fields = openspimed_module_api::Element::parse(&format!(

@@ -34,18 +34,20 @@
 pub mod admin;
 pub mod options;
 pub mod scope;
+pub mod store;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use crate::store::{SensorData, SensorEntry};
 use openspime::keyinfo::{self, KeyForm};
 use openspime::{Container, Data, OpenSpimeError, RsaPrivateKey, SpimeSeek};
 use openspimed_mod_certsvc::{FormOption, KeyLookup};
 use openspimed_module_api::jid::Jid;
 use openspimed_module_api::{
     Condition, Context, Element, ErrorType, Module, ModuleError, ModuleFactory, Outcome, Route,
-    SensorEntry, StanzaError, async_trait, iq_result, ns, toml,
+    StanzaError, async_trait, iq_result, ns, toml,
 };
 use rand::RngCore;
 use rsa::pkcs8::{DecodePrivateKey, EncodePrivateKey};
@@ -279,7 +281,7 @@ impl ScopeNodes {
             return openspime::crypto::private_key_from_pem(&pem)
                 .map_err(|e| config_err("nodes", format!("node {}: {path}: {e}", node.jid)));
         }
-        let store = cx.storage.sensors();
+        let store = SensorData::new(cx.storage.clone());
         if let Some(der) = store.node_key(&node.jid).await.map_err(internal)? {
             return RsaPrivateKey::from_pkcs8_der(&der).map_err(internal);
         }
@@ -411,8 +413,7 @@ impl ScopeNodes {
                     .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
             });
         }
-        cx.storage
-            .sensors()
+        SensorData::new(cx.storage.clone())
             .append_entries(rows)
             .await
             .map_err(|e| ReportError::Storage(e.to_string()))?;
@@ -437,7 +438,7 @@ impl ScopeNodes {
             return;
         }
         let now = openspime::date::now();
-        let store = cx.storage.sensors();
+        let store = SensorData::new(cx.storage.clone());
         for node in &self.nodes {
             for scope in node.scopes.iter().filter(|s| s.retention_days > 0) {
                 let before = now - (scope.retention_days as i64) * 86_400;
@@ -446,7 +447,9 @@ impl ScopeNodes {
                 }
             }
         }
-        let _ = store.forget_seeks(now).await;
+        for node in &self.nodes {
+            let _ = store.forget_seeks(&node.jid, now).await;
+        }
     }
 
     /// Handles one SpimeSeek request item; returns the reason it was ignored, if it was.
@@ -465,7 +468,7 @@ impl ScopeNodes {
         if expires <= now {
             return Err("expired");
         }
-        let store = cx.storage.sensors();
+        let store = SensorData::new(cx.storage.clone());
         if store
             .seek_seen(&node.jid, &osid, &req.id)
             .await
@@ -733,11 +736,10 @@ impl Module for ScopeNodes {
                 }
             }
         }
-        let _ = cx
-            .storage
-            .sensors()
-            .forget_seeks(openspime::date::now())
-            .await;
+        let store = SensorData::new(cx.storage.clone());
+        for node in &self.nodes {
+            let _ = store.forget_seeks(&node.jid, openspime::date::now()).await;
+        }
         Ok(())
     }
 

@@ -47,8 +47,7 @@ fn reading(ppm: &str) -> Vec<Entry> {
 async fn the_key_is_found_under_the_full_jid_then_at_the_scopenode_itself() {
     let server = TestServer::start().await;
     let mut s = device(&server).await;
-    let keys = server.storage();
-    let keys = keys.keys();
+    let keys = openspimed_mod_certsvc::Keys::new(server.storage());
 
     // As published by the ScopeNode at start: the bare JID, found on the first lookup (the
     // service falls back from the full JID).
@@ -94,9 +93,7 @@ async fn the_key_is_found_under_the_full_jid_then_at_the_scopenode_itself() {
     assert!(e.contains("nobody@scopenode.localhost/co2 answered"), "{e}");
 
     // Both encrypted reports were stored.
-    let stored = server
-        .storage()
-        .sensors()
+    let stored = openspimed_mod_scopenode::store::SensorData::new(server.storage())
         .entries_for_spime(NODE, "sensor1@localhost/spime", 10)
         .await
         .unwrap();

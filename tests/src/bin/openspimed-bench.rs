@@ -27,8 +27,7 @@ use std::time::{Duration, Instant};
 
 use openspimed::storage::AccountStore;
 use openspimed::storage::sqlite::SqliteStore;
-use openspimed_module_api::SensorEntry;
-use openspimed_module_api::SensorStore;
+use openspimed_mod_scopenode::store::{SensorData, SensorEntry};
 use openspimed_module_api::{Element, ns};
 use openspimed_tests::{Got, Raw};
 use rustls::ClientConfig;
@@ -1168,6 +1167,7 @@ async fn seek_latency(total: u64, mine: u64, rounds: usize) -> serde_like::Json 
     let spime_jid = "u0@localhost/spime";
     let start_fill = Instant::now();
     let server = start_server_with(1, |store| async move {
+        let store = SensorData::new(Arc::new(store));
         let mut batch = Vec::with_capacity(20_000);
         for i in 0..total {
             let spime = if i < mine { spime_jid.to_owned() } else { format!("other{}@localhost/spime", i % 5000) };

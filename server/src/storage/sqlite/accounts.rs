@@ -137,12 +137,13 @@ impl AccountStore for SqliteStore {
             // What belonged to the account goes with it (XEP-0077 §3.2): what every
             // module keeps under the account's bare JID on its domain.
             let bare = format!("{user}@{domain}");
-            for table in ["module_kv", "module_archive"] {
-                conn.execute(
-                    &format!("DELETE FROM {table} WHERE host = ?1 AND owner = ?2"),
-                    params![domain, bare],
-                )
-                .map_err(backend)?;
+            for sql in [
+                "DELETE FROM module_kv WHERE host = ?1 AND owner = ?2",
+                "DELETE FROM archive_items WHERE owner IN
+                     (SELECT id FROM archive_owners WHERE host = ?1 AND owner = ?2)",
+                "DELETE FROM archive_owners WHERE host = ?1 AND owner = ?2",
+            ] {
+                conn.execute(sql, params![domain, bare]).map_err(backend)?;
             }
             Ok(n == 1)
         })

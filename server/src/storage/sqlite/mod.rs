@@ -1,8 +1,7 @@
 //! The SQLite backend: WAL, `synchronous=FULL` (a commit is on disk before it is
 //! acknowledged), schema migrations by `user_version`, one writer thread committing in
 //! groups. Here: the connection, the writer and the migrations, shared query helpers; one
-//! file per store it implements (`accounts`, `keys`, `pubsub`, `sensors`, and the
-//! modules' `named` stores).
+//! file per store it implements (`accounts` and the modules' `named` stores).
 
 use std::any::Any;
 use std::path::Path;
@@ -13,17 +12,12 @@ use tokio::sync::oneshot;
 
 use rusqlite::Connection;
 
-use openspimed_module_api::{
-    ArchiveStore, KeyStore, KvStore, ModuleStorage, PubSubStore, SensorStore, StorageFailure,
-};
+use openspimed_module_api::{ArchiveStore, KvStore, ModuleStorage, StorageFailure};
 
 use super::StorageError;
 
 mod accounts;
-mod keys;
 mod named;
-mod pubsub;
-mod sensors;
 
 /// Schema migrations, applied in order; index + 1 is the `user_version` after each.
 const MIGRATIONS: &[&str] = &[
@@ -171,6 +165,96 @@ const MIGRATIONS: &[&str] = &[
     DROP TABLE offline_messages;
     DROP TABLE blocklist;
     DROP TABLE vcards;",
+    // 11: archives keyed by an owner row (items and their indexes carry a number, not the
+    // host, store and owner names; an item may have no id). The certification services'
+    // keys, PubSub and the ScopeNodes move into their modules' named stores, each under the
+    // domain of its service or node — as Prosody keeps a component's data under the
+    // component's host: `certsvc::store`, `pubsub::store`, `scopenode::store` read them.
+    "CREATE TABLE archive_owners (
+        id INTEGER PRIMARY KEY,
+        host TEXT NOT NULL, store TEXT NOT NULL, owner TEXT NOT NULL,
+        UNIQUE (host, store, owner)
+    );
+    CREATE TABLE archive_items (
+        seq INTEGER PRIMARY KEY,
+        owner INTEGER NOT NULL REFERENCES archive_owners (id),
+        id TEXT,
+        at_ms INTEGER NOT NULL, with_jid TEXT NOT NULL, value BLOB NOT NULL,
+        UNIQUE (owner, id)
+    );
+    CREATE INDEX archive_items_by_time ON archive_items (owner, at_ms);
+    CREATE INDEX archive_items_by_with ON archive_items (owner, with_jid, seq);
+    INSERT INTO archive_owners (host, store, owner)
+        SELECT DISTINCT host, store, owner FROM module_archive ORDER BY host, store, owner;
+    INSERT INTO archive_items (seq, owner, id, at_ms, with_jid, value)
+        SELECT a.seq, o.id, a.id, a.at_ms, a.with_jid, a.value FROM module_archive a
+        JOIN archive_owners o ON o.host = a.host AND o.store = a.store AND o.owner = a.owner
+        ORDER BY a.seq;
+    DROP TABLE module_archive;
+    CREATE TEMP TABLE jid_domains AS
+        SELECT jid, CASE WHEN instr(bare, '@') > 0 THEN substr(bare, instr(bare, '@') + 1)
+                         ELSE bare END AS domain
+        FROM (SELECT jid, CASE WHEN instr(jid, '/') > 0 THEN substr(jid, 1, instr(jid, '/') - 1)
+                               ELSE jid END AS bare
+              FROM (SELECT service AS jid FROM cert_keys UNION SELECT service FROM pubsub_nodes
+                    UNION SELECT service FROM pubsub_affiliations
+                    UNION SELECT service FROM pubsub_subscriptions
+                    UNION SELECT service FROM pubsub_items UNION SELECT node FROM sensor_streams
+                    UNION SELECT node FROM scopenode_keys UNION SELECT node FROM seek_log));
+    INSERT INTO module_kv (host, store, owner, key, value)
+        SELECT d.domain, 'cert_keys', k.service, k.jid, CAST(json_object(
+            'spki', lower(hex(k.spki_der)), 'created', k.created_unix, 'revoked', k.revoked_unix
+        ) AS BLOB) FROM cert_keys k JOIN jid_domains d ON d.jid = k.service;
+    INSERT INTO module_kv (host, store, owner, key, value)
+        SELECT d.domain, 'pubsub_nodes', n.service, n.node, CAST(n.config AS BLOB)
+        FROM pubsub_nodes n JOIN jid_domains d ON d.jid = n.service;
+    INSERT INTO module_kv (host, store, owner, key, value)
+        SELECT d.domain, 'pubsub_affiliations', a.service, a.jid || char(10) || a.node,
+            CAST(json_object('node', a.node, 'jid', a.jid, 'affiliation', a.affiliation) AS BLOB)
+        FROM pubsub_affiliations a JOIN jid_domains d ON d.jid = a.service;
+    INSERT INTO module_kv (host, store, owner, key, value)
+        SELECT d.domain, 'pubsub_subscriptions', s.service,
+            s.jid || char(10) || s.subid || char(10) || s.node,
+            CAST(json_object('node', s.node, 'jid', s.jid, 'subid', s.subid, 'state', s.state,
+                'deliver', json(CASE WHEN s.deliver THEN 'true' ELSE 'false' END)) AS BLOB)
+        FROM pubsub_subscriptions s JOIN jid_domains d ON d.jid = s.service;
+    INSERT INTO archive_owners (host, store, owner)
+        SELECT DISTINCT d.domain, 'pubsub_items', i.service || '/' || i.node
+        FROM pubsub_items i JOIN jid_domains d ON d.jid = i.service;
+    INSERT INTO archive_items (owner, id, at_ms, with_jid, value)
+        SELECT o.id, i.id, CAST(strftime('%s', 'now') AS INTEGER) * 1000, i.publisher,
+            CAST(i.payload AS BLOB)
+        FROM pubsub_items i JOIN jid_domains d ON d.jid = i.service
+        JOIN archive_owners o ON o.host = d.domain AND o.store = 'pubsub_items'
+            AND o.owner = i.service || '/' || i.node
+        ORDER BY i.service, i.node, i.seq;
+    INSERT INTO archive_owners (host, store, owner)
+        SELECT DISTINCT d.domain, 'sensor_data', s.node || ' ' || s.spime
+        FROM sensor_streams s JOIN jid_domains d ON d.jid = s.node;
+    INSERT INTO archive_items (owner, id, at_ms, with_jid, value)
+        SELECT o.id, NULL, e.at_unix * 1000, s.node || '/' || s.scope, CAST(e.xml AS BLOB)
+        FROM sensor_data e JOIN sensor_streams s ON s.id = e.stream
+        JOIN jid_domains d ON d.jid = s.node
+        JOIN archive_owners o ON o.host = d.domain AND o.store = 'sensor_data'
+            AND o.owner = s.node || ' ' || s.spime
+        ORDER BY e.seq;
+    INSERT INTO module_kv (host, store, owner, key, value)
+        SELECT d.domain, 'scopenode_keys', k.node, '', k.pkcs8
+        FROM scopenode_keys k JOIN jid_domains d ON d.jid = k.node;
+    INSERT INTO module_kv (host, store, owner, key, value)
+        SELECT d.domain, 'seek_log', l.node, l.osid || char(10) || l.request_id,
+            CAST(CAST(l.expires_unix AS TEXT) AS BLOB)
+        FROM seek_log l JOIN jid_domains d ON d.jid = l.node;
+    DROP TABLE jid_domains;
+    DROP TABLE cert_keys;
+    DROP TABLE pubsub_nodes;
+    DROP TABLE pubsub_affiliations;
+    DROP TABLE pubsub_subscriptions;
+    DROP TABLE pubsub_items;
+    DROP TABLE sensor_data;
+    DROP TABLE sensor_streams;
+    DROP TABLE scopenode_keys;
+    DROP TABLE seek_log;",
 ];
 
 /// A write's result, type-erased while it crosses the writer thread.
@@ -441,26 +525,12 @@ impl From<StorageError> for StorageFailure {
 }
 
 impl ModuleStorage for SqliteStore {
-    fn keys(&self) -> &dyn KeyStore {
-        self
-    }
-    fn pubsub(&self) -> &dyn PubSubStore {
-        self
-    }
-    fn sensors(&self) -> &dyn SensorStore {
-        self
-    }
     fn kv(&self, host: &str, name: &str) -> Arc<dyn KvStore> {
         Arc::new(self.named_kv(host, name))
     }
     fn archive(&self, host: &str, name: &str) -> Arc<dyn ArchiveStore> {
         Arc::new(self.named_archive(host, name))
     }
-}
-
-/// Two borrowed keys as owned strings, for a closure sent to the writer thread.
-fn own(a: &str, b: &str) -> (String, String) {
-    (a.to_owned(), b.to_owned())
 }
 
 #[cfg(test)]

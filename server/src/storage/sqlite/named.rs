@@ -1,5 +1,6 @@
-//! The named stores modules open for themselves ([`KvStore`], [`ArchiveStore`]): one table
-//! each, every row under its host and store name.
+//! The named stores modules open for themselves ([`KvStore`], [`ArchiveStore`]): the
+//! key-value rows under their host and store name; the archives' items under an owner row
+//! (host, store, owner), so each item and index entry carries a number, not three names.
 
 use std::sync::Arc;
 
@@ -9,7 +10,8 @@ use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
 use openspimed_module_api::{ArchiveQuery, ArchiveStore, ArchivedItem, KvStore, StorageFailure};
 
-use super::{SqliteStore, all, backend};
+use super::{GATHER, SqliteStore, all, backend};
+use crate::storage::StorageError;
 
 /// Where a named store's rows are: its host and name.
 #[derive(Clone)]
@@ -198,11 +200,15 @@ impl KvStore for Kv {
     }
 }
 
-/// The `WHERE` clause and its parameters for `query` on the rows of one owner (the first
-/// three parameters: host, store, owner). Each condition names its own parameter `$`.
-fn selection(host: String, store: String, owner: String, q: &ArchiveQuery) -> (String, Vec<Value>) {
-    let mut sql = String::from("host = ?1 AND store = ?2 AND owner = ?3");
-    let mut args = vec![Value::Text(host), Value::Text(store), Value::Text(owner)];
+/// The owner row of the first three parameters (host, store, owner); NULL when the owner
+/// has never had an item, which every comparison with it fails.
+const OWNER: &str = "(SELECT id FROM archive_owners WHERE host = ?1 AND store = ?2 AND owner = ?3)";
+
+/// The `WHERE` clause and its parameters for `query` on the items of `owner_cond` (an SQL
+/// expression the items' `owner` is compared with, using the first parameters `args`
+/// holds). Each condition names its own parameter `$`.
+fn selection(owner_cond: &str, mut args: Vec<Value>, q: &ArchiveQuery) -> (String, Vec<Value>) {
+    let mut sql = format!("owner {owner_cond}");
     let mut push = |sql: &mut String, cond: &str, v: Value| {
         args.push(v);
         sql.push_str(&cond.replace('$', &format!("?{}", args.len())));
@@ -217,8 +223,8 @@ fn selection(host: String, store: String, owner: String, q: &ArchiveQuery) -> (S
         push(&mut sql, " AND with_jid = $", Value::Text(w.clone()));
     }
     // An id of another owner, or none, gives NULL: the comparison matches nothing.
-    let of_id = " (SELECT seq FROM module_archive AS o WHERE o.host = ?1 AND o.store = ?2
-                  AND o.owner = ?3 AND o.id = $)";
+    let of_id =
+        format!(" (SELECT seq FROM archive_items AS o WHERE o.owner {owner_cond} AND o.id = $)");
     if let Some(id) = &q.after {
         push(
             &mut sql,
@@ -246,13 +252,66 @@ fn selection(host: String, store: String, owner: String, q: &ArchiveQuery) -> (S
     (sql, args)
 }
 
+impl Scope {
+    /// [`selection`] for the items of one owner.
+    fn of_owner(&self, owner: &str, q: &ArchiveQuery) -> (String, Vec<Value>) {
+        let (host, store, owner) = self.keys(owner);
+        let args = vec![Value::Text(host), Value::Text(store), Value::Text(owner)];
+        selection(&format!("= {OWNER}"), args, q)
+    }
+}
+
 fn archived(r: &rusqlite::Row<'_>) -> rusqlite::Result<ArchivedItem> {
     Ok(ArchivedItem {
-        id: r.get(0)?,
+        id: r.get::<_, Option<String>>(0)?.unwrap_or_default(),
         at_ms: r.get(1)?,
         with: r.get(2)?,
         value: r.get(3)?,
     })
+}
+
+/// The row of `owner` in the archive `store` of `host`, created on first use (inside the
+/// caller's transaction, so a rolled-back append leaves no owner behind).
+fn owner_id(c: &Connection, host: &str, store: &str, owner: &str) -> Result<i64, StorageError> {
+    let found = c
+        .prepare_cached(
+            "SELECT id FROM archive_owners WHERE host = ?1 AND store = ?2 AND owner = ?3",
+        )
+        .and_then(|mut st| {
+            st.query_row(params![host, store, owner], |r| r.get(0))
+                .optional()
+        })
+        .map_err(backend)?;
+    if let Some(id) = found {
+        return Ok(id);
+    }
+    c.prepare_cached("INSERT INTO archive_owners (host, store, owner) VALUES (?1, ?2, ?3)")
+        .and_then(|mut st| st.execute(params![host, store, owner]))
+        .map_err(backend)?;
+    Ok(c.last_insert_rowid())
+}
+
+/// Appends `items` to the archive of the owner row `owner`; an item with an id replaces
+/// the owner's item of that id.
+fn append_items(c: &Connection, owner: i64, items: &[ArchivedItem]) -> Result<(), StorageError> {
+    let mut insert = c
+        .prepare_cached(
+            "INSERT INTO archive_items (owner, id, at_ms, with_jid, value)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .map_err(backend)?;
+    for item in items {
+        let id = (!item.id.is_empty()).then_some(item.id.as_str());
+        if let Some(id) = id {
+            c.prepare_cached("DELETE FROM archive_items WHERE owner = ?1 AND id = ?2")
+                .and_then(|mut st| st.execute(params![owner, id]))
+                .map_err(backend)?;
+        }
+        insert
+            .execute(params![owner, id, item.at_ms, item.with, item.value])
+            .map_err(backend)?;
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -263,23 +322,24 @@ impl ArchiveStore for Archive {
         self.0
             .db
             .write(move |c: &Connection| {
-                c.prepare_cached(
-                    "DELETE FROM module_archive
-                     WHERE host = ?1 AND store = ?2 AND owner = ?3 AND id = ?4",
-                )
-                .and_then(|mut st| st.execute(params![host, store, owner, item.id]))
-                .map_err(backend)?;
-                c.prepare_cached(
-                    "INSERT INTO module_archive (host, store, owner, id, at_ms, with_jid, value)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                )
-                .and_then(|mut st| {
-                    st.execute(params![
-                        host, store, owner, item.id, item.at_ms, item.with, item.value
-                    ])
-                })
-                .map_err(backend)?;
-                Ok(())
+                let owner = owner_id(c, &host, &store, &owner)?;
+                append_items(c, owner, std::slice::from_ref(&item))
+            })
+            .await
+            .map_err(Into::into)
+    }
+
+    async fn append_many(
+        &self,
+        owner: &str,
+        items: Vec<ArchivedItem>,
+    ) -> Result<(), StorageFailure> {
+        let (host, store, owner) = self.0.keys(owner);
+        self.0
+            .db
+            .write_gathering(GATHER, move |c: &Connection| {
+                let owner = owner_id(c, &host, &store, &owner)?;
+                append_items(c, owner, &items)
             })
             .await
             .map_err(Into::into)
@@ -290,11 +350,15 @@ impl ArchiveStore for Archive {
         owner: &str,
         query: &ArchiveQuery,
     ) -> Result<Vec<ArchivedItem>, StorageFailure> {
-        let (host, store, owner) = self.0.keys(owner);
-        let (cond, mut args) = selection(host, store, owner, query);
-        let order = if query.reverse { "DESC" } else { "ASC" };
+        let (cond, mut args) = self.0.of_owner(owner, query);
+        let dir = if query.reverse { "DESC" } else { "ASC" };
+        let order = if query.by_time {
+            format!("at_ms {dir}, seq {dir}")
+        } else {
+            format!("seq {dir}")
+        };
         let mut sql = format!(
-            "SELECT id, at_ms, with_jid, value FROM module_archive WHERE {cond} ORDER BY seq {order}"
+            "SELECT id, at_ms, with_jid, value FROM archive_items WHERE {cond} ORDER BY {order}"
         );
         if let Some(n) = query.limit {
             args.push(Value::Integer(i64::try_from(n).unwrap_or(i64::MAX)));
@@ -308,9 +372,8 @@ impl ArchiveStore for Archive {
     }
 
     async fn count(&self, owner: &str, query: &ArchiveQuery) -> Result<u64, StorageFailure> {
-        let (host, store, owner) = self.0.keys(owner);
-        let (cond, args) = selection(host, store, owner, query);
-        let sql = format!("SELECT COUNT(*) FROM module_archive WHERE {cond}");
+        let (cond, args) = self.0.of_owner(owner, query);
+        let sql = format!("SELECT COUNT(*) FROM archive_items WHERE {cond}");
         self.0
             .db
             .read(move |c| {
@@ -323,9 +386,36 @@ impl ArchiveStore for Archive {
     }
 
     async fn delete(&self, owner: &str, query: &ArchiveQuery) -> Result<u64, StorageFailure> {
-        let (host, store, owner) = self.0.keys(owner);
-        let (cond, args) = selection(host, store, owner, query);
-        let sql = format!("DELETE FROM module_archive WHERE {cond}");
+        let (cond, args) = self.0.of_owner(owner, query);
+        let sql = format!("DELETE FROM archive_items WHERE {cond}");
+        self.0
+            .db
+            .write(move |c: &Connection| {
+                c.execute(&sql, params_from_iter(args))
+                    .map(|n| n as u64)
+                    .map_err(backend)
+            })
+            .await
+            .map_err(Into::into)
+    }
+
+    async fn delete_everywhere(&self, query: &ArchiveQuery) -> Result<u64, StorageFailure> {
+        let only = ArchiveQuery {
+            start_ms: query.start_ms,
+            end_ms: query.end_ms,
+            with: query.with.clone(),
+            ..ArchiveQuery::default()
+        };
+        let args = vec![
+            Value::Text(self.0.host.to_string()),
+            Value::Text(self.0.name.to_string()),
+        ];
+        let (cond, args) = selection(
+            "IN (SELECT id FROM archive_owners WHERE host = ?1 AND store = ?2)",
+            args,
+            &only,
+        );
+        let sql = format!("DELETE FROM archive_items WHERE {cond}");
         self.0
             .db
             .write(move |c: &Connection| {
@@ -344,15 +434,54 @@ impl ArchiveStore for Archive {
             .db
             .write(move |c: &Connection| {
                 c.execute(
-                    "DELETE FROM module_archive
-                     WHERE host = ?1 AND store = ?2 AND owner = ?3 AND seq NOT IN (
-                         SELECT seq FROM module_archive
-                         WHERE host = ?1 AND store = ?2 AND owner = ?3
-                         ORDER BY seq DESC LIMIT ?4)",
+                    &format!(
+                        "DELETE FROM archive_items WHERE owner = {OWNER} AND seq NOT IN (
+                             SELECT seq FROM archive_items WHERE owner = {OWNER}
+                             ORDER BY seq DESC LIMIT ?4)"
+                    ),
                     params![host, store, owner, keep],
                 )
                 .map(|n| n as u64)
                 .map_err(backend)
+            })
+            .await
+            .map_err(Into::into)
+    }
+
+    async fn summary(
+        &self,
+        owner: &str,
+        query: &ArchiveQuery,
+    ) -> Result<Vec<(String, u64)>, StorageFailure> {
+        let (cond, args) = self.0.of_owner(owner, query);
+        let sql = format!(
+            "SELECT with_jid, COUNT(*) FROM archive_items WHERE {cond}
+             GROUP BY with_jid ORDER BY with_jid"
+        );
+        self.0
+            .db
+            .read(move |c| {
+                all(c, &sql, params_from_iter(args), |r| {
+                    Ok((r.get(0)?, r.get::<_, i64>(1)? as u64))
+                })
+            })
+            .await
+            .map_err(Into::into)
+    }
+
+    async fn owners(&self) -> Result<Vec<String>, StorageFailure> {
+        let (host, store) = (self.0.host.to_string(), self.0.name.to_string());
+        self.0
+            .db
+            .read(move |c| {
+                all(
+                    c,
+                    "SELECT o.owner FROM archive_owners o WHERE o.host = ?1 AND o.store = ?2
+                       AND EXISTS (SELECT 1 FROM archive_items i WHERE i.owner = o.id)
+                     ORDER BY o.owner",
+                    params![host, store],
+                    |r| r.get(0),
+                )
             })
             .await
             .map_err(Into::into)

@@ -1,6 +1,7 @@
 //! The SQLite backend against a real database file.
 
-use openspimed_module_api::{KeyStore, SensorEntry, SensorStore};
+use openspimed_mod_certsvc::Keys;
+use openspimed_mod_scopenode::store::{SensorData, SensorEntry};
 use rusqlite::{Connection, params};
 
 use super::*;
@@ -125,7 +126,7 @@ async fn sensor_entries_keep_through_the_stream_migration_and_merge_scopes() {
             .unwrap();
         }
     }
-    let s = SqliteStore::open(&path).unwrap();
+    let s = SensorData::new(Arc::new(SqliteStore::open(&path).unwrap()));
     s.append_entries(vec![
         entry("co2", "s@a", 40, "new-1"),
         entry("co2", "s@a", 5, "new-2"),
@@ -152,14 +153,14 @@ async fn sensor_entries_keep_through_the_stream_migration_and_merge_scopes() {
         ["new-3", "new-1"]
     );
     assert_eq!(
-        s.entry_counts().await.unwrap(),
-        [
-            ("n@scopenode.example".into(), "co2".into(), 4),
-            ("n@scopenode.example".into(), "temp".into(), 2)
-        ]
+        s.entry_counts("n@scopenode.example").await.unwrap(),
+        [("co2".into(), 4), ("temp".into(), 2)]
     );
     assert_eq!(
-        xml(s.export_entries(None, Some("s@a"), Some(10)).await.unwrap()),
+        xml(s
+            .export_entries("n@scopenode.example", Some("s@a"), Some(10))
+            .await
+            .unwrap()),
         ["old-1", "old-2", "new-1", "new-3"]
     );
     // Retention removes old entries of one scope only.
@@ -190,14 +191,14 @@ async fn keys_are_per_service_replaceable_and_revocable() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db.sqlite");
     {
-        let s = SqliteStore::open(&path).unwrap();
+        let s = Keys::new(Arc::new(SqliteStore::open(&path).unwrap()));
         s.put_key("cert.a", "spime@a/x", b"k1").await.unwrap();
         s.put_key("cert.b", "spime@a/x", b"k2").await.unwrap();
         assert!(s.revoke_key("cert.a", "spime@a/x").await.unwrap());
         assert!(!s.revoke_key("cert.a", "spime@a/x").await.unwrap());
         assert!(!s.revoke_key("cert.a", "nobody@a").await.unwrap());
     }
-    let s = SqliteStore::open(&path).unwrap();
+    let s = Keys::new(Arc::new(SqliteStore::open(&path).unwrap()));
     let a = s.key("cert.a", "spime@a/x").await.unwrap().unwrap();
     assert_eq!(a.spki_der, b"k1");
     assert!(a.revoked_unix.is_some());
@@ -208,8 +209,8 @@ async fn keys_are_per_service_replaceable_and_revocable() {
     s.put_key("cert.a", "spime@a/x", b"k3").await.unwrap();
     let a = s.key("cert.a", "spime@a/x").await.unwrap().unwrap();
     assert_eq!((a.spki_der.as_slice(), a.revoked_unix), (&b"k3"[..], None));
-    assert_eq!(s.list_keys(None).await.unwrap().len(), 2);
-    assert_eq!(s.list_keys(Some("cert.b")).await.unwrap().len(), 1);
+    assert_eq!(s.list_keys("cert.a").await.unwrap().len(), 1);
+    assert_eq!(s.list_keys("cert.b").await.unwrap().len(), 1);
     assert!(s.key("cert.a", "other@a").await.unwrap().is_none());
 }
 
@@ -466,4 +467,269 @@ async fn im_data_of_schema_9_moves_into_the_named_stores() {
     assert!(im.blocklist("alice@a.example").await.unwrap().is_empty());
     assert_eq!(im.vcard("alice@a.example").await.unwrap(), None);
     assert_eq!(im.offline("dave@a.example").await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn archives_order_by_time_count_per_jid_expire_everywhere_and_keep_unnamed_items() {
+    use openspimed_module_api::{ArchiveQuery, ArchivedItem};
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(&dir.path().join("db.sqlite")).unwrap();
+    let log = s.archive("a.example", "log");
+    let item = |at_ms: i64, with: &str, v: &str| ArchivedItem {
+        id: String::new(),
+        at_ms,
+        with: with.into(),
+        value: v.as_bytes().to_vec(),
+    };
+    // Unnamed items replace nothing: two equal ones are both kept.
+    log.append_many(
+        "x",
+        vec![
+            item(3_000, "a", "late"),
+            item(1_000, "b", "early"),
+            item(1_000, "b", "early"),
+        ],
+    )
+    .await
+    .unwrap();
+    log.append_many(
+        "y",
+        vec![item(500, "a", "y-old"), item(9_000, "a", "y-new")],
+    )
+    .await
+    .unwrap();
+    s.archive("a.example", "other")
+        .append("z", &item(1, "a", "elsewhere"))
+        .await
+        .unwrap();
+    let values = |items: Vec<ArchivedItem>| {
+        items
+            .into_iter()
+            .map(|i| (String::from_utf8(i.value).unwrap(), i.id))
+            .collect::<Vec<_>>()
+    };
+    let newest_by_time = ArchiveQuery {
+        reverse: true,
+        by_time: true,
+        ..ArchiveQuery::default()
+    };
+    assert_eq!(
+        values(log.find("x", &newest_by_time).await.unwrap()),
+        [
+            ("late".into(), String::new()),
+            ("early".into(), String::new()),
+            ("early".into(), String::new())
+        ]
+    );
+    // Append order alone puts the late reading first.
+    assert_eq!(
+        values(log.find("x", &ArchiveQuery::default()).await.unwrap())[0].0,
+        "late"
+    );
+    assert_eq!(
+        log.summary("x", &ArchiveQuery::default()).await.unwrap(),
+        [("a".into(), 1), ("b".into(), 2)]
+    );
+    assert_eq!(log.owners().await.unwrap(), ["x", "y"]);
+    // Retention across owners, of one JID, before a time; the other store keeps its own.
+    let old_a = ArchiveQuery {
+        with: Some("a".into()),
+        end_ms: Some(4_000),
+        ..ArchiveQuery::default()
+    };
+    assert_eq!(log.delete_everywhere(&old_a).await.unwrap(), 2);
+    assert_eq!(log.count("x", &ArchiveQuery::default()).await.unwrap(), 2);
+    assert_eq!(
+        values(log.find("y", &ArchiveQuery::default()).await.unwrap()),
+        [("y-new".into(), String::new())]
+    );
+    assert_eq!(
+        s.archive("a.example", "other")
+            .count("z", &ArchiveQuery::default())
+            .await
+            .unwrap(),
+        1
+    );
+    // An owner whose items all went is no longer listed.
+    log.delete("x", &ArchiveQuery::default()).await.unwrap();
+    assert_eq!(log.owners().await.unwrap(), ["y"]);
+}
+
+#[tokio::test]
+async fn module_data_of_schema_10_moves_into_the_named_stores() {
+    use openspimed_mod_im::store::ImData;
+    use openspimed_mod_pubsub::store::{ItemRecord, PubSubData};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.sqlite");
+    {
+        // A database as the current release leaves it (schema 10), with what the
+        // certification services, PubSub and the ScopeNodes kept in their own tables, and
+        // an offline message already in the named archive.
+        let c = Connection::open(&path).unwrap();
+        for (i, sql) in MIGRATIONS.iter().take(10).enumerate() {
+            c.execute_batch(&format!("{sql} PRAGMA user_version = {};", i + 1))
+                .unwrap();
+        }
+        c.execute_batch(
+            "INSERT INTO cert_keys VALUES ('cert.a.example', 'spime@a.example/x', X'0102ab', 100, NULL);
+             INSERT INTO cert_keys VALUES ('svc@b.example/cert', 'old@b.example', X'ff', 50, 60);
+             INSERT INTO pubsub_nodes VALUES ('pubsub.a.example', 'news', 'max_items=2');
+             INSERT INTO pubsub_nodes VALUES ('alice@a.example', 'urn:xmpp:avatar:data', 'pep');
+             INSERT INTO pubsub_affiliations VALUES ('pubsub.a.example', 'news', 'alice@a.example', 'owner');
+             INSERT INTO pubsub_subscriptions VALUES ('pubsub.a.example', 'news', 'bob@b.example/phone', 's1', 'subscribed', 0);
+             INSERT INTO pubsub_items VALUES ('pubsub.a.example', 'news', 'i1', 'alice@a.example/pc', '<p>1</p>', 1);
+             INSERT INTO pubsub_items VALUES ('pubsub.a.example', 'news', 'i2', 'alice@a.example/pc', '<p>2</p>', 2);
+             INSERT INTO pubsub_items VALUES ('alice@a.example', 'urn:xmpp:avatar:data', 'h', 'alice@a.example/pc', '<data/>', 1);
+             INSERT INTO sensor_streams (id, node, spime, scope) VALUES
+                 (1, 'n@scopenode.a.example', 's@a.example/spime', 'co2'),
+                 (2, 'n@scopenode.a.example', 's@a.example/spime', 'temp');
+             INSERT INTO sensor_data (seq, stream, at_unix, xml) VALUES
+                 (1, 1, 20, 'co2-20'), (2, 2, 10, 'temp-10'), (3, 1, 30, 'co2-30');
+             INSERT INTO scopenode_keys VALUES ('n@scopenode.a.example', X'3082');
+             INSERT INTO seek_log VALUES ('n@scopenode.a.example', 'o@a.example', 'r1', 4000000000);
+             INSERT INTO module_archive (host, store, owner, id, at_ms, with_jid, value)
+                 VALUES ('a.example', 'offline', 'alice@a.example', 'm1', 5, '', CAST('<message/>' AS BLOB));",
+        )
+        .unwrap();
+    }
+    let store = Arc::new(SqliteStore::open(&path).unwrap());
+    let storage: Arc<dyn ModuleStorage> = store.clone();
+
+    let keys = Keys::new(storage.clone());
+    let k = keys
+        .key("cert.a.example", "spime@a.example/x")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (k.spki_der.as_slice(), k.created_unix, k.revoked_unix),
+        (&[1u8, 2, 0xab][..], 100, None)
+    );
+    let old = keys.list_keys("svc@b.example/cert").await.unwrap();
+    assert_eq!(old.len(), 1);
+    assert_eq!(
+        (old[0].jid.as_str(), old[0].revoked_unix),
+        ("old@b.example", Some(60))
+    );
+
+    let ps = PubSubData::new(storage.clone());
+    let nodes = ps.nodes("pubsub.a.example").await.unwrap();
+    assert_eq!(nodes.len(), 1);
+    assert_eq!(
+        (nodes[0].node.as_str(), nodes[0].config.as_str()),
+        ("news", "max_items=2")
+    );
+    let affs = ps.affiliations("pubsub.a.example").await.unwrap();
+    assert_eq!(
+        (affs[0].jid.as_str(), affs[0].affiliation.as_str()),
+        ("alice@a.example", "owner")
+    );
+    let subs = ps.subscriptions("pubsub.a.example").await.unwrap();
+    assert_eq!(subs.len(), 1);
+    assert_eq!(
+        (
+            subs[0].jid.as_str(),
+            subs[0].subid.as_str(),
+            subs[0].state.as_str(),
+            subs[0].deliver
+        ),
+        ("bob@b.example/phone", "s1", "subscribed", false)
+    );
+    let ids = |items: Vec<ItemRecord>| items.into_iter().map(|i| i.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(ps
+            .items("pubsub.a.example", "news", None, None)
+            .await
+            .unwrap()),
+        ["i2", "i1"]
+    );
+    let avatar = ps
+        .items("alice@a.example", "urn:xmpp:avatar:data", None, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (avatar[0].payload.as_str(), avatar[0].publisher.as_str()),
+        ("<data/>", "alice@a.example/pc")
+    );
+    // And goes on: a new item comes first, the oldest goes past max_items.
+    let item = ItemRecord {
+        id: "i3".into(),
+        publisher: "alice@a.example/pc".into(),
+        payload: "<p>3</p>".into(),
+    };
+    ps.publish_item("pubsub.a.example", "news", &item, Some(2))
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(ps
+            .items("pubsub.a.example", "news", None, None)
+            .await
+            .unwrap()),
+        ["i3", "i2"]
+    );
+    assert!(ps.delete_node("pubsub.a.example", "news").await.unwrap());
+    assert!(ps.nodes("pubsub.a.example").await.unwrap().is_empty());
+    assert!(
+        ps.affiliations("pubsub.a.example")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        ps.subscriptions("pubsub.a.example")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        ps.items("pubsub.a.example", "news", None, None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let sensors = SensorData::new(storage.clone());
+    let node = "n@scopenode.a.example";
+    let xml = |v: Vec<SensorEntry>| v.into_iter().map(|e| e.xml).collect::<Vec<_>>();
+    assert_eq!(
+        xml(sensors
+            .entries_for_spime(node, "s@a.example/spime", 10)
+            .await
+            .unwrap()),
+        ["co2-30", "co2-20", "temp-10"]
+    );
+    let first = sensors
+        .export_entries(node, None, None)
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(
+        (first.scope.as_str(), first.spime.as_str(), first.at_unix),
+        ("temp", "s@a.example/spime", 10)
+    );
+    assert_eq!(
+        sensors.entry_counts(node).await.unwrap(),
+        [("co2".into(), 2), ("temp".into(), 1)]
+    );
+    assert_eq!(
+        sensors.node_key(node).await.unwrap().as_deref(),
+        Some(&[0x30u8, 0x82][..])
+    );
+    assert!(sensors.seek_seen(node, "o@a.example", "r1").await.unwrap());
+    assert!(
+        !sensors
+            .remember_seek(node, "o@a.example", "r1", 4_000_000_000)
+            .await
+            .unwrap()
+    );
+    sensors.forget_seeks(node, 4_000_000_001).await.unwrap();
+    assert!(!sensors.seek_seen(node, "o@a.example", "r1").await.unwrap());
+
+    // The archive that moved under owner rows still answers.
+    let offline = ImData::new(storage.clone())
+        .offline("alice@a.example")
+        .await
+        .unwrap();
+    assert_eq!(offline.len(), 1);
+    assert_eq!(offline[0].stanza, "<message/>");
 }
