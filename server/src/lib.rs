@@ -15,8 +15,9 @@
 //!   root (IM is the module `openspimed-mod-im`, on every host unless a host disables
 //!   it);
 //! - [`s2s`]: server-to-server streams, SASL EXTERNAL and dialback, the outgoing links;
-//! - [`storage`]: narrow storage traits and their SQLite implementation, with the named
-//!   key-value stores and archives modules open for themselves;
+//! - [`storage`]: the accounts' store and the named key-value stores and archives modules
+//!   open for themselves (each module keeps its own data in them: IM's rosters, the
+//!   certification keys, PubSub, sensor readings), implemented for SQLite;
 //! - [`error`]: the one place internal failures become stream or stanza errors;
 //! - [`telemetry`]: Prometheus metrics and the `/metrics` endpoint;
 //! - [`server`]: start-up (storage, certificates, modules, listeners) and shutdown;

@@ -183,6 +183,7 @@ impl Factory {
             lookup: OnceLock::new(),
             stats: Mutex::new(BTreeMap::new()),
             last_expiry: Mutex::new(None),
+            data: OnceLock::new(),
         })
     }
 }
@@ -215,6 +216,8 @@ pub struct ScopeNodes {
     stats: Mutex<BTreeMap<String, u64>>,
     /// When retention was last enforced (it runs at most hourly, on the report path).
     last_expiry: Mutex<Option<std::time::Instant>>,
+    /// The nodes' stored data (made at start, it needs the context's storage).
+    data: OnceLock<SensorData>,
 }
 
 /// Why a report was refused: an OpenSpime error or a storage failure.
@@ -261,6 +264,12 @@ impl ScopeNodes {
         metrics::counter!(name, "result" => result, "reason" => reason.to_owned()).increment(1);
     }
 
+    /// The nodes' stored data.
+    fn data(&self, cx: &Context) -> &SensorData {
+        self.data
+            .get_or_init(|| SensorData::new(cx.storage.clone()))
+    }
+
     fn key(&self, node: &str) -> Option<Arc<RsaPrivateKey>> {
         self.keys.lock().ok().and_then(|k| k.get(node).cloned())
     }
@@ -281,7 +290,7 @@ impl ScopeNodes {
             return openspime::crypto::private_key_from_pem(&pem)
                 .map_err(|e| config_err("nodes", format!("node {}: {path}: {e}", node.jid)));
         }
-        let store = SensorData::new(cx.storage.clone());
+        let store = self.data(cx);
         if let Some(der) = store.node_key(&node.jid).await.map_err(internal)? {
             return RsaPrivateKey::from_pkcs8_der(&der).map_err(internal);
         }
@@ -413,7 +422,7 @@ impl ScopeNodes {
                     .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
             });
         }
-        SensorData::new(cx.storage.clone())
+        self.data(cx)
             .append_entries(rows)
             .await
             .map_err(|e| ReportError::Storage(e.to_string()))?;
@@ -438,7 +447,7 @@ impl ScopeNodes {
             return;
         }
         let now = openspime::date::now();
-        let store = SensorData::new(cx.storage.clone());
+        let store = self.data(cx);
         for node in &self.nodes {
             for scope in node.scopes.iter().filter(|s| s.retention_days > 0) {
                 let before = now - (scope.retention_days as i64) * 86_400;
@@ -468,7 +477,7 @@ impl ScopeNodes {
         if expires <= now {
             return Err("expired");
         }
-        let store = SensorData::new(cx.storage.clone());
+        let store = self.data(cx);
         if store
             .seek_seen(&node.jid, &osid, &req.id)
             .await
@@ -736,7 +745,7 @@ impl Module for ScopeNodes {
                 }
             }
         }
-        let store = SensorData::new(cx.storage.clone());
+        let store = self.data(cx);
         for node in &self.nodes {
             let _ = store.forget_seeks(&node.jid, openspime::date::now()).await;
         }

@@ -1,12 +1,14 @@
 //! What a ScopeNode keeps, in the module's named stores of the node's domain (as Prosody
 //! keeps a component's data under the component's host):
-//! - the archive `sensor_data`: the entries, owner = `NODE SPIME` (a bare JID holds no
-//!   space), with = the scope's full JID `NODE/SCOPE`, at = when measured;
+//! - the archive `sensor_data NODE` (one per ScopeNode, so retention and counts of one
+//!   node touch no other's): the entries, owner = the spime's full JID, with = the scope,
+//!   at = when measured;
 //! - the key-value store `scopenode_keys`: the node's private key (owner = node, key `""`);
 //! - the key-value store `seek_log`: SpimeSeek requests handled (owner = node, key =
 //!   `OSID\nREQUEST-ID`, value = when the record expires, seconds since the epoch).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use openspimed_module_api::jid::Jid;
 use openspimed_module_api::{
@@ -40,31 +42,20 @@ const SEEKS: &str = "seek_log";
 pub struct SensorData {
     /// Where the stores are opened: those of each node's domain.
     storage: Arc<dyn ModuleStorage>,
-}
-
-fn owner(node: &str, spime: &str) -> String {
-    format!("{node} {spime}")
+    /// Each node's entries archive once opened: a report then finds it without parsing
+    /// the node's JID and naming its store again (measured on the report path).
+    archives: Arc<Mutex<HashMap<String, Arc<dyn ArchiveStore>>>>,
 }
 
 fn seek_key(osid: &str, request_id: &str) -> String {
     format!("{osid}\n{request_id}")
 }
 
-fn entry(node: &str, owner: &str, item: ArchivedItem) -> SensorEntry {
-    let scope = item
-        .with
-        .strip_prefix(node)
-        .and_then(|s| s.strip_prefix('/'))
-        .unwrap_or(&item.with)
-        .to_owned();
-    let spime = owner
-        .split_once(' ')
-        .map_or(owner, |(_, spime)| spime)
-        .to_owned();
+fn entry(node: &str, spime: &str, item: ArchivedItem) -> SensorEntry {
     SensorEntry {
         node: node.to_owned(),
-        scope,
-        spime,
+        scope: item.with,
+        spime: spime.to_owned(),
         at_unix: item.at_ms.div_euclid(1000),
         // Written from `String`s: always UTF-8.
         xml: String::from_utf8(item.value)
@@ -72,10 +63,23 @@ fn entry(node: &str, owner: &str, item: ArchivedItem) -> SensorEntry {
     }
 }
 
+/// An entry as its archive keeps it (moved, not copied: this is the report path).
+fn item(e: SensorEntry) -> ArchivedItem {
+    ArchivedItem {
+        id: String::new(),
+        at_ms: e.at_unix.saturating_mul(1000),
+        with: e.scope,
+        value: e.xml.into_bytes(),
+    }
+}
+
 impl SensorData {
     /// The ScopeNodes' data in `storage`.
     pub fn new(storage: Arc<dyn ModuleStorage>) -> SensorData {
-        SensorData { storage }
+        SensorData {
+            storage,
+            archives: Arc::default(),
+        }
     }
 
     fn domain(node: &str) -> String {
@@ -85,44 +89,36 @@ impl SensorData {
     }
 
     fn entries(&self, node: &str) -> Arc<dyn ArchiveStore> {
-        self.storage.archive(&Self::domain(node), ENTRIES)
+        let open = || {
+            self.storage
+                .archive(&Self::domain(node), &format!("{ENTRIES} {node}"))
+        };
+        let Ok(mut archives) = self.archives.lock() else {
+            return open();
+        };
+        if let Some(a) = archives.get(node) {
+            return a.clone();
+        }
+        let a = open();
+        archives.insert(node.to_owned(), a.clone());
+        a
     }
 
     fn kv(&self, node: &str, name: &str) -> Arc<dyn KvStore> {
         self.storage.kv(&Self::domain(node), name)
     }
 
-    /// The owners (`NODE SPIME`) of `node`'s entries.
-    async fn owners(&self, node: &str) -> Result<Vec<String>, StorageFailure> {
-        let prefix = format!("{node} ");
-        let mut all = self.entries(node).owners().await?;
-        all.retain(|o| o.starts_with(&prefix));
-        Ok(all)
-    }
-
     /// Stores entries, each report's (one node and spime) in one transaction that shares
     /// its commit with other reports; returns once durable.
     pub async fn append_entries(&self, entries: Vec<SensorEntry>) -> Result<(), StorageFailure> {
-        let mut rest = entries.as_slice();
-        while let Some(first) = rest.first() {
-            let n = rest
-                .iter()
-                .take_while(|e| e.node == first.node && e.spime == first.spime)
-                .count();
-            let (group, tail) = rest.split_at(n);
-            let items = group
-                .iter()
-                .map(|e| ArchivedItem {
-                    id: String::new(),
-                    at_ms: e.at_unix.saturating_mul(1000),
-                    with: format!("{}/{}", e.node, e.scope),
-                    value: e.xml.clone().into_bytes(),
-                })
-                .collect();
-            self.entries(&first.node)
-                .append_many(&owner(&first.node, &first.spime), items)
-                .await?;
-            rest = tail;
+        let mut entries = entries.into_iter().peekable();
+        while let Some(first) = entries.next() {
+            let (node, spime) = (first.node.clone(), first.spime.clone());
+            let mut items = vec![item(first)];
+            while let Some(e) = entries.next_if(|e| e.node == node && e.spime == spime) {
+                items.push(item(e));
+            }
+            self.entries(&node).append_many(&spime, items).await?;
         }
         Ok(())
     }
@@ -135,7 +131,6 @@ impl SensorData {
         spime: &str,
         limit: u64,
     ) -> Result<Vec<SensorEntry>, StorageFailure> {
-        let owner = owner(node, spime);
         let q = ArchiveQuery {
             limit: Some(limit),
             reverse: true,
@@ -144,10 +139,10 @@ impl SensorData {
         };
         Ok(self
             .entries(node)
-            .find(&owner, &q)
+            .find(spime, &q)
             .await?
             .into_iter()
-            .map(|i| entry(node, &owner, i))
+            .map(|i| entry(node, spime, i))
             .collect())
     }
 
@@ -158,18 +153,18 @@ impl SensorData {
         spime: Option<&str>,
         since_unix: Option<i64>,
     ) -> Result<Vec<SensorEntry>, StorageFailure> {
-        let owners = match spime {
-            Some(s) => vec![owner(node, s)],
-            None => self.owners(node).await?,
+        let archive = self.entries(node);
+        let spimes = match spime {
+            Some(s) => vec![s.to_owned()],
+            None => archive.owners().await?,
         };
         let q = ArchiveQuery {
             start_ms: since_unix.map(|t| t.saturating_mul(1000)),
             by_time: true,
             ..ArchiveQuery::default()
         };
-        let archive = self.entries(node);
         let mut out = Vec::new();
-        for o in owners {
+        for o in spimes {
             out.extend(
                 archive
                     .find(&o, &q)
@@ -187,13 +182,9 @@ impl SensorData {
     pub async fn entry_counts(&self, node: &str) -> Result<Vec<(String, u64)>, StorageFailure> {
         let archive = self.entries(node);
         let mut counts: std::collections::BTreeMap<String, u64> = Default::default();
-        for o in self.owners(node).await? {
-            for (with, n) in archive.summary(&o, &ArchiveQuery::default()).await? {
-                let scope = with
-                    .strip_prefix(node)
-                    .and_then(|s| s.strip_prefix('/'))
-                    .unwrap_or(&with);
-                *counts.entry(scope.to_owned()).or_default() += n;
+        for spime in archive.owners().await? {
+            for (scope, n) in archive.summary(&spime, &ArchiveQuery::default()).await? {
+                *counts.entry(scope).or_default() += n;
             }
         }
         Ok(counts.into_iter().collect())
@@ -207,7 +198,7 @@ impl SensorData {
         before_unix: i64,
     ) -> Result<u64, StorageFailure> {
         let q = ArchiveQuery {
-            with: Some(format!("{node}/{scope}")),
+            with: Some(scope.to_owned()),
             end_ms: Some(before_unix.saturating_mul(1000).saturating_sub(1)),
             ..ArchiveQuery::default()
         };

@@ -253,6 +253,19 @@ fn selection(owner_cond: &str, mut args: Vec<Value>, q: &ArchiveQuery) -> (Strin
 }
 
 impl Scope {
+    /// Deletes the items a [`selection`] takes; returns how many.
+    async fn delete_where(&self, cond: String, args: Vec<Value>) -> Result<u64, StorageFailure> {
+        let sql = format!("DELETE FROM archive_items WHERE {cond}");
+        self.db
+            .write(move |c: &Connection| {
+                c.execute(&sql, params_from_iter(args))
+                    .map(|n| n as u64)
+                    .map_err(backend)
+            })
+            .await
+            .map_err(Into::into)
+    }
+
     /// [`selection`] for the items of one owner.
     fn of_owner(&self, owner: &str, q: &ArchiveQuery) -> (String, Vec<Value>) {
         let (host, store, owner) = self.keys(owner);
@@ -387,16 +400,7 @@ impl ArchiveStore for Archive {
 
     async fn delete(&self, owner: &str, query: &ArchiveQuery) -> Result<u64, StorageFailure> {
         let (cond, args) = self.0.of_owner(owner, query);
-        let sql = format!("DELETE FROM archive_items WHERE {cond}");
-        self.0
-            .db
-            .write(move |c: &Connection| {
-                c.execute(&sql, params_from_iter(args))
-                    .map(|n| n as u64)
-                    .map_err(backend)
-            })
-            .await
-            .map_err(Into::into)
+        self.0.delete_where(cond, args).await
     }
 
     async fn delete_everywhere(&self, query: &ArchiveQuery) -> Result<u64, StorageFailure> {
@@ -415,16 +419,7 @@ impl ArchiveStore for Archive {
             args,
             &only,
         );
-        let sql = format!("DELETE FROM archive_items WHERE {cond}");
-        self.0
-            .db
-            .write(move |c: &Connection| {
-                c.execute(&sql, params_from_iter(args))
-                    .map(|n| n as u64)
-                    .map_err(backend)
-            })
-            .await
-            .map_err(Into::into)
+        self.0.delete_where(cond, args).await
     }
 
     async fn truncate(&self, owner: &str, keep: u64) -> Result<u64, StorageFailure> {
