@@ -139,9 +139,9 @@ impl AccountStore for SqliteStore {
             let bare = format!("{user}@{domain}");
             for sql in [
                 "DELETE FROM module_kv WHERE host = ?1 AND owner = ?2",
+                // The owner rows stay (archive handles keep their ids; see `named.rs`).
                 "DELETE FROM archive_items WHERE owner IN
                      (SELECT id FROM archive_owners WHERE host = ?1 AND owner = ?2)",
-                "DELETE FROM archive_owners WHERE host = ?1 AND owner = ?2",
             ] {
                 conn.execute(sql, params![domain, bare]).map_err(backend)?;
             }

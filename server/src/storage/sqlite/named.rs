@@ -27,8 +27,14 @@ struct Scope {
 /// A key-value store of one host and name.
 pub(super) struct Kv(Scope);
 
-/// An archive of one host and name.
-pub(super) struct Archive(Scope);
+/// An archive of one host and name, with the owner rows it has written to: owner rows are
+/// never deleted (an account's deletion removes its items, not its row), so a row once
+/// committed stays valid for the handle's life. A module holding its handle (the
+/// ScopeNodes, per node) then appends without looking its owner up by three names.
+pub(super) struct Archive(
+    Scope,
+    std::sync::Mutex<std::collections::HashMap<String, i64>>,
+);
 
 impl SqliteStore {
     /// The key-value store `name` of `host`.
@@ -38,7 +44,7 @@ impl SqliteStore {
 
     /// The archive `name` of `host`.
     pub(super) fn named_archive(&self, host: &str, name: &str) -> Archive {
-        Archive(self.scope(host, name))
+        Archive(self.scope(host, name), Default::default())
     }
 
     fn scope(&self, host: &str, name: &str) -> Scope {
@@ -347,15 +353,28 @@ impl ArchiveStore for Archive {
         owner: &str,
         items: Vec<ArchivedItem>,
     ) -> Result<(), StorageFailure> {
-        let (host, store, owner) = self.0.keys(owner);
-        self.0
+        let known = self.1.lock().ok().and_then(|m| m.get(owner).copied());
+        let names = known.is_none().then(|| self.0.keys(owner));
+        let row = self
+            .0
             .db
             .write_gathering(GATHER, move |c: &Connection| {
-                let owner = owner_id(c, &host, &store, &owner)?;
-                append_items(c, owner, &items)
+                let row = match (known, names) {
+                    (Some(row), _) => row,
+                    (None, Some((host, store, owner))) => owner_id(c, &host, &store, &owner)?,
+                    (None, None) => return Err(StorageError::Backend("no owner".into())),
+                };
+                append_items(c, row, &items)?;
+                Ok(row)
             })
-            .await
-            .map_err(Into::into)
+            .await?;
+        // Remembered only once committed: a rolled-back row would not exist.
+        if known.is_none()
+            && let Ok(mut rows) = self.1.lock()
+        {
+            rows.insert(owner.to_owned(), row);
+        }
+        Ok(())
     }
 
     async fn find(
