@@ -18,7 +18,7 @@ use sha1::{Digest, Sha1};
 pub const CAPS: &str = "http://jabber.org/protocol/caps";
 
 /// `jabber:x:data`
-const DATA: &str = "jabber:x:data";
+use openspimed_module_api::ns::DATA;
 
 /// Most `ver` values kept; the cache starts over when full (clients share few versions).
 const MAX_ENTRIES: usize = 10_000;

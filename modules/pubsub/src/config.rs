@@ -3,7 +3,7 @@
 
 use openspimed_module_api::Element;
 
-use crate::forms::{self, Form};
+use openspimed_module_api::form::{self as forms, Form};
 
 /// Who may subscribe and retrieve items (XEP-0060 §4.5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]

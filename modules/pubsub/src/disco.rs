@@ -1,7 +1,8 @@
 //! Service discovery (XEP-0030) of the service and its nodes.
 
 use crate::store::PubSubData;
-use crate::{FEATURES, Request, forms, internal, pns};
+use crate::{FEATURES, Request, internal, pns};
+use openspimed_module_api::form as forms;
 use openspimed_module_api::{Condition, Element, ModuleError, Outcome, iq_result, ns};
 
 impl Request<'_> {
@@ -39,6 +40,12 @@ impl Request<'_> {
                         Element::new("feature", ns::DISCO_INFO)
                             .with_attr("var", format!("{}#{f}", pns::PUBSUB)),
                     );
+                }
+                if self.svc.pep {
+                    // What other modules serve at the account's bare JID (MAM, XEP-0313 §7).
+                    for f in self.cx.server.bare_jid_features(self.host) {
+                        q.push_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", f));
+                    }
                 }
             }
             Some(name) => {

@@ -4,9 +4,9 @@ use openspimed_module_api::jid::Jid;
 use openspimed_module_api::{Condition, Element, ModuleError, Outcome};
 
 use crate::config::{AccessModel, PublishModel};
-use crate::forms::Form;
 use crate::store::{ItemRecord, PubSubData};
 use crate::{Node, Request, domain_allowed, internal, pns, ps_error, publishes, random_id};
+use openspimed_module_api::form::Form;
 
 impl Request<'_> {
     pub(crate) fn may_publish(&self, node: &Node) -> bool {

@@ -23,7 +23,6 @@
 
 pub mod caps;
 pub mod config;
-pub mod forms;
 pub mod options;
 pub mod suboptions;
 
@@ -47,10 +46,10 @@ use rand::RngCore;
 use tokio::sync::RwLock;
 
 use crate::config::{AccessModel, NodeConfig, PublishModel};
-use crate::forms::Form;
 pub use crate::options::Options;
 use crate::store::PubSubData;
 use crate::suboptions::SubOptions;
+use openspimed_module_api::form::Form;
 use pep::{PepNotice, pep_defaults, pep_service, send_last_items};
 use service::{Node, Service, load_nodes};
 
@@ -273,7 +272,7 @@ impl Module for PubSub {
         }
         let approval = stanza.name() == "message"
             && stanza.attr("type") != Some("error")
-            && stanza.get_child("x", forms::DATA).is_some();
+            && stanza.get_child("x", ns::DATA).is_some();
         let request = stanza.name() == "iq" && matches!(stanza.attr("type"), Some("get" | "set"));
         if !request && !approval {
             return Ok(Outcome::Handled);

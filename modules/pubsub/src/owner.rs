@@ -5,11 +5,9 @@ use openspimed_module_api::jid::Jid;
 use openspimed_module_api::{Condition, Element, ModuleError, Outcome, StanzaError, ns};
 
 use crate::config::NodeConfig;
-use crate::forms::Form;
 use crate::store::{PubSubData, SubscriptionRecord};
-use crate::{
-    AUTHORIZATION, Node, Request, event_message, forms, internal, pns, ps_error, random_id,
-};
+use crate::{AUTHORIZATION, Node, Request, event_message, internal, pns, ps_error, random_id};
+use openspimed_module_api::form::{self as forms, Form};
 
 impl Request<'_> {
     pub(crate) async fn owner(&self, payload: &Element, get: bool) -> Result<Outcome, ModuleError> {
@@ -232,7 +230,7 @@ impl Request<'_> {
     /// the pending subscription `subscribed`, false removes it; either way the subscriber
     /// is told (§12.6). A cancelled form leaves it pending.
     pub(crate) async fn approval(&self) -> Result<Outcome, ModuleError> {
-        let Some(x) = self.stanza.get_child("x", forms::DATA) else {
+        let Some(x) = self.stanza.get_child("x", openspimed_module_api::ns::DATA) else {
             return Ok(Outcome::Handled);
         };
         let Some(form) = Form::find(self.stanza) else {

@@ -9,7 +9,7 @@
 
 use openspimed_module_api::Element;
 
-use crate::forms::{Form, field, form};
+use openspimed_module_api::form::{Form, field, form};
 
 /// The options form's FORM_TYPE.
 pub const FORM_TYPE: &str = "http://jabber.org/protocol/pubsub#subscribe_options";
@@ -82,6 +82,7 @@ mod tests {
     fn submitted(fields: &[(&str, &[&str])]) -> Form {
         Form {
             form_type: Some(FORM_TYPE.into()),
+            kind: "submit".into(),
             fields: fields
                 .iter()
                 .map(|(v, vals)| {
@@ -117,6 +118,7 @@ mod tests {
             submitted(&[("pubsub#deliver", &[])]),
             Form {
                 form_type: Some("urn:other".into()),
+                kind: "submit".into(),
                 fields: Vec::new(),
             },
         ] {

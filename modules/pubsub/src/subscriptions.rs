@@ -5,10 +5,10 @@ use openspimed_module_api::jid::Jid;
 use openspimed_module_api::{Condition, Element, ModuleError, Outcome, iq_result};
 
 use crate::config::AccessModel;
-use crate::forms::Form;
 use crate::store::{PubSubData, SubscriptionRecord};
 use crate::suboptions::SubOptions;
 use crate::{Request, domain_allowed, internal, pns, ps_error, random_id};
+use openspimed_module_api::form::Form;
 
 impl Request<'_> {
     pub(crate) async fn subscribe(

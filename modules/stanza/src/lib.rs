@@ -9,8 +9,10 @@
 pub mod datetime;
 pub mod element;
 pub mod error;
+pub mod form;
 pub mod kind;
 pub mod ns;
+pub mod rsm;
 pub mod stanza;
 
 pub use element::{Element, Node, Ns, ParseError, TreeBuilder};

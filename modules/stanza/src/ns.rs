@@ -30,3 +30,15 @@ pub const VERSION: &str = "jabber:iq:version";
 pub const SASL_CB: &str = "urn:xmpp:sasl-cb:0";
 /// The XML namespace bound to the `xml` prefix (XML Namespaces §3).
 pub const XML: &str = "http://www.w3.org/XML/1998/namespace";
+/// XEP-0004: data forms.
+pub const DATA: &str = "jabber:x:data";
+/// XEP-0059: result set management.
+pub const RSM: &str = "http://jabber.org/protocol/rsm";
+/// XEP-0203: delayed delivery.
+pub const DELAY: &str = "urn:xmpp:delay";
+/// XEP-0297: stanza forwarding.
+pub const FORWARD: &str = "urn:xmpp:forward:0";
+/// XEP-0359: unique and stable stanza ids.
+pub const SID: &str = "urn:xmpp:sid:0";
+/// XEP-0334: message processing hints.
+pub const HINTS: &str = "urn:xmpp:hints";
