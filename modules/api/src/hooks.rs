@@ -120,6 +120,9 @@ pub trait RosterHook: Send + Sync {
     async fn subscribers(&self, owner: &str) -> Vec<String>;
     /// Bare JIDs whose presence `owner` receives (subscription `to` or `both`).
     async fn sources(&self, owner: &str) -> Vec<String>;
+    /// Whether `contact` is in the roster of `owner` at all, whatever the subscription:
+    /// the `roster` archiving default of XEP-0313 §6.1 asks it.
+    async fn contains(&self, owner: &str, contact: &str) -> bool;
 }
 
 /// The client session a stanza comes from, or that was bound or closed.
@@ -242,4 +245,8 @@ pub trait Hooks: Send + Sync {
     /// the server (`urn:xmpp:blocking`, `vcard-temp`, `msgoffline`…), listed in the
     /// server's disco#info beside the modules' features.
     fn add_account_features(&self, features: &[&str]);
+    /// Features an account's bare JID lists in its own disco#info (XEP-0030 §3 of an
+    /// account, what PEP answers): `urn:xmpp:mam:2` is discovered there (XEP-0313 §7),
+    /// as Prosody's `account-disco-info` event adds it.
+    fn add_bare_jid_features(&self, features: &[&str]);
 }

@@ -224,6 +224,12 @@ pub trait ServerHandle: Send + Sync {
     /// Bare JIDs whose presence `user`, a local account, receives: its roster items with a
     /// subscription of `to` or `both`.
     fn presence_sources(&self, user: &str) -> BoxFuture<'static, Vec<String>>;
+    /// Whether `contact` (a bare JID) is in the roster of the local account `owner`,
+    /// whatever the subscription; `false` when the roster cannot be read.
+    fn roster_contains(&self, owner: &str, contact: &str) -> BoxFuture<'static, bool>;
+    /// Features the bare JIDs of `host`'s accounts list in their own disco#info
+    /// ([`crate::hooks::Hooks::add_bare_jid_features`]).
+    fn bare_jid_features(&self, host: &str) -> Vec<String>;
     /// Whether the local account `user` blocks `other` (XEP-0191): a module sending on the
     /// account's behalf (PEP) must not reach it.
     fn blocks(&self, user: &str, other: &str) -> BoxFuture<'static, bool>;

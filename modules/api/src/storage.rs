@@ -81,6 +81,10 @@ pub struct ArchiveQuery {
     /// whose time is when they happened, not when they arrived (a sensor reading measured
     /// offline and reported later). `after` and `before` still compare append order.
     pub by_time: bool,
+    /// Only items with an id. A message archive's items all have one; saying so lets a
+    /// store use the indexes it keeps over named items only (by JID, by append order),
+    /// which leave unnamed items (readings, written at a high rate) out.
+    pub named_only: bool,
 }
 
 /// A module's ordered archive: items per owner in the order they were appended, with

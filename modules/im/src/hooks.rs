@@ -110,6 +110,12 @@ impl RosterHook for Roster {
     async fn sources(&self, owner: &str) -> Vec<String> {
         self.jids(owner, |s| s.to).await
     }
+    async fn contains(&self, owner: &str, contact: &str) -> bool {
+        self.jids(owner, |_| true)
+            .await
+            .iter()
+            .any(|j| j.eq_ignore_ascii_case(contact))
+    }
 }
 
 /// XEP-0191 §3.4: nothing from a blocked JID arrives.

@@ -57,6 +57,8 @@ pub struct HookLists {
     account: Vec<Entry<dyn AccountHook>>,
     /// Disco features the handlers implement for accounts, each once, in the order added.
     account_features: Vec<String>,
+    /// Disco features of the accounts' bare JIDs, each once, in the order added.
+    bare_jid_features: Vec<String>,
 }
 
 /// Where handlers register ([`Hooks`]): the server's own at start, and each module
@@ -96,9 +98,10 @@ impl HookLists {
         merge(&mut out.stream_features, &more.stream_features);
         merge(&mut out.account, &more.account);
         for f in &more.account_features {
-            if !out.account_features.contains(f) {
-                out.account_features.push(f.clone());
-            }
+            add_once(&mut out.account_features, f);
+        }
+        for f in &more.bare_jid_features {
+            add_once(&mut out.bare_jid_features, f);
         }
         out
     }
@@ -242,9 +245,29 @@ impl HookLists {
         }
     }
 
+    /// Whether `contact` is in the roster of `owner` (the first [`RosterHook`]'s answer).
+    pub async fn roster_contains(&self, owner: &str, contact: &str) -> bool {
+        match self.roster.first() {
+            Some((_, _, h)) => h.contains(owner, contact).await,
+            None => false,
+        }
+    }
+
     /// The features added with [`Hooks::add_account_features`], in the order added.
     pub fn account_features(&self) -> &[String] {
         &self.account_features
+    }
+
+    /// The features added with [`Hooks::add_bare_jid_features`], in the order added.
+    pub fn bare_jid_features(&self) -> &[String] {
+        &self.bare_jid_features
+    }
+}
+
+/// Adds `feature` to `list` unless it is there.
+fn add_once(list: &mut Vec<String>, feature: &str) {
+    if !list.iter().any(|have| have == feature) {
+        list.push(feature.to_owned());
     }
 }
 
@@ -293,9 +316,15 @@ impl Hooks for HookTable {
     fn add_account_features(&self, features: &[&str]) {
         self.with(|l| {
             for f in features {
-                if !l.account_features.iter().any(|have| have == f) {
-                    l.account_features.push((*f).to_owned());
-                }
+                add_once(&mut l.account_features, f);
+            }
+        });
+    }
+
+    fn add_bare_jid_features(&self, features: &[&str]) {
+        self.with(|l| {
+            for f in features {
+                add_once(&mut l.bare_jid_features, f);
             }
         });
     }

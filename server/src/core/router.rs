@@ -577,6 +577,17 @@ impl Router {
         }
     }
 
+    /// A message a session of `bare` accepted and never delivered (it ended without
+    /// acknowledging it, XEP-0198 §5), routed again to the account's other resources or
+    /// to offline storage. The to-account hooks saw it once already (blocking, archiving,
+    /// carbons) and are not asked again: the archive holds it once.
+    pub async fn redeliver(&self, bare: &str, stanza: Element) {
+        let domain = bare.rsplit_once('@').map_or("", |(_, d)| d);
+        if let Some(host) = self.host(domain) {
+            self.message_to_bare(&host, bare, stanza).await;
+        }
+    }
+
     /// RFC 6121 §8.5.2: a message to a bare JID.
     async fn message_to_bare(&self, host: &Host, bare: &str, stanza: Element) {
         let mtype = MessageType::of(&stanza);
@@ -999,6 +1010,24 @@ impl ServerHandle for RouterRef {
         ask_host(self.0.upgrade(), user.to_owned(), |h, u| {
             Box::pin(h.presence_sources(u))
         })
+    }
+
+    fn roster_contains(&self, owner: &str, contact: &str) -> BoxFuture<'static, bool> {
+        let router = self.0.upgrade();
+        let (owner, contact) = (owner.to_owned(), contact.to_owned());
+        Box::pin(async move {
+            match router.and_then(|r| r.host(owner.rsplit_once('@').map_or("", |(_, d)| d))) {
+                Some(h) => h.hooks.roster_contains(&owner, &contact).await,
+                None => false,
+            }
+        })
+    }
+
+    fn bare_jid_features(&self, host: &str) -> Vec<String> {
+        match self.0.upgrade().and_then(|r| r.host(host)) {
+            Some(h) => h.hooks.bare_jid_features().to_vec(),
+            None => Vec::new(),
+        }
     }
 
     fn blocks(&self, user: &str, other: &str) -> BoxFuture<'static, bool> {

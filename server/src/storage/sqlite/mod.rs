@@ -261,6 +261,10 @@ const MIGRATIONS: &[&str] = &[
     DROP TABLE sensor_streams;
     DROP TABLE scopenode_keys;
     DROP TABLE seek_log;",
+    // 12: named items (messages, PubSub items) in append order per owner, without the
+    // unnamed ones (sensor readings, which keep their index by time only): what a message
+    // archive's newest page is read from (XEP-0313) when it names no JID.
+    "CREATE INDEX archive_items_named ON archive_items (owner, seq) WHERE id IS NOT NULL;",
 ];
 
 /// A write's result, type-erased while it crosses the writer thread.

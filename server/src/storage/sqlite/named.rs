@@ -228,6 +228,11 @@ fn selection(owner_cond: &str, mut args: Vec<Value>, q: &ArchiveQuery) -> (Strin
     if let Some(w) = &q.with {
         push(&mut sql, " AND with_jid = $", Value::Text(w.clone()));
     }
+    if q.named_only {
+        // Lets SQLite use the partial indexes `archive_items_by_with` and
+        // `archive_items_named` (it cannot infer that the items are named).
+        sql.push_str(" AND id IS NOT NULL");
+    }
     // An id of another owner, or none, gives NULL: the comparison matches nothing.
     let of_id =
         format!(" (SELECT seq FROM archive_items AS o WHERE o.owner {owner_cond} AND o.id = $)");
