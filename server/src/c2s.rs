@@ -1035,14 +1035,21 @@ async fn finish(shared: &Arc<Clients>, mut s: Session) {
         }
     }
     for el in undelivered.into_iter() {
-        // Stamped by us on the way out; the router takes it as new. Errors are not sent
-        // again.
+        // Errors are not sent again, nor what the server made for this session on the
+        // account's behalf, from its bare JID (carbons, archive results: the client reads
+        // them from the archive).
         let mut el = el;
         if !matches!(StanzaKind::of(&el), Some(StanzaKind::Message(t)) if t != MessageType::Error) {
             continue;
         }
+        if el
+            .attr("from")
+            .is_some_and(|f| f.eq_ignore_ascii_case(&s.bare))
+        {
+            continue;
+        }
         el.set_attr("to", s.bare.clone());
-        shared.router.route(el).await;
+        shared.router.redeliver(&s.bare, el).await;
     }
     tracing::debug!(jid = %s.full, "session ended");
 }
