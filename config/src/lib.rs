@@ -361,6 +361,8 @@ impl Default for HostConfig {
                 "disco".into(),
                 "ping".into(),
                 "version".into(),
+                "mam".into(),
+                "carbons".into(),
                 "certsvc".into(),
                 "pubsub".into(),
                 "scopenode".into(),

@@ -29,6 +29,8 @@ pub fn builtin_modules() -> Vec<Box<dyn ModuleFactory>> {
         Box::new(openspimed_mod_disco::Factory),
         Box::new(openspimed_mod_ping::Factory),
         Box::new(openspimed_mod_version::Factory),
+        Box::new(openspimed_mod_mam::Factory),
+        Box::new(openspimed_mod_carbons::Factory),
         Box::new(openspimed_mod_certsvc::Factory),
         Box::new(openspimed_mod_pubsub::Factory),
         Box::new(openspimed_mod_scopenode::Factory),

@@ -235,3 +235,77 @@ pub fn co2_report(ppm: &str) -> openspimed_module_api::Element {
     }
     .to_element()
 }
+
+/// Runs a XEP-0313 query at `to` (`None`: the user's own archive) and returns the results
+/// that came before the answer, parsed by xmpp-parsers (strict about their shape), and the
+/// `<fin/>` or the error.
+pub async fn mam_query(
+    client: &mut Client,
+    to: Option<&str>,
+    query: tokio_xmpp::parsers::mam::Query,
+) -> (
+    Vec<tokio_xmpp::parsers::mam::Result_>,
+    Result<tokio_xmpp::parsers::mam::Fin, tokio_xmpp::parsers::stanza_error::StanzaError>,
+) {
+    use tokio_xmpp::parsers::mam;
+    let to = to.map(|t| Jid::new(t).unwrap());
+    let token = client.send_iq(to, IqRequest::Set(query.into())).await;
+    let answer = tokio::time::timeout(WAIT, token)
+        .await
+        .expect("answer in time")
+        .expect("iq answered");
+    let fin = match answer {
+        IqResponse::Result(Some(el)) => Ok(mam::Fin::try_from(el).expect("a <fin/>")),
+        IqResponse::Result(None) => panic!("a query's answer holds a <fin/>"),
+        IqResponse::Error(e) => Err(e),
+    };
+    // The results were written before the answer: they are in the client's queue now.
+    let mut results = Vec::new();
+    while let Ok(Some(ev)) =
+        tokio::time::timeout(std::time::Duration::from_millis(300), client.next()).await
+    {
+        if let Event::Stanza(Stanza::Message(m)) = ev {
+            for p in m.payloads {
+                if p.is("result", tokio_xmpp::parsers::ns::MAM) {
+                    results.push(mam::Result_::try_from(p).expect("a well-formed <result/>"));
+                }
+            }
+        }
+    }
+    (results, fin)
+}
+
+/// A XEP-0313 query with these form fields (`(var, values)`) and paging.
+pub fn mam_form(
+    queryid: &str,
+    fields: &[(&str, &[&str])],
+    set: Option<tokio_xmpp::parsers::rsm::SetQuery>,
+) -> tokio_xmpp::parsers::mam::Query {
+    use tokio_xmpp::parsers::data_forms::{DataForm, DataFormType, Field};
+    let form = (!fields.is_empty()).then(|| {
+        let mut f = DataForm::new(
+            DataFormType::Submit,
+            tokio_xmpp::parsers::ns::MAM,
+            Vec::new(),
+        );
+        for (var, values) in fields {
+            use tokio_xmpp::parsers::data_forms::FieldType;
+            let kind = match *var {
+                "ids" => FieldType::TextMulti,
+                "with" => FieldType::JidSingle,
+                _ => FieldType::TextSingle,
+            };
+            let mut field = Field::new(var, kind);
+            field.values = values.iter().map(|v| (*v).to_owned()).collect();
+            f.fields.push(field);
+        }
+        f
+    });
+    tokio_xmpp::parsers::mam::Query {
+        queryid: Some(tokio_xmpp::parsers::mam::QueryId(queryid.to_owned())),
+        node: None,
+        form,
+        set,
+        flip_page: false,
+    }
+}

@@ -1,0 +1,156 @@
+//! The message archive's stores: items in the archive `archive` (Prosody's store name)
+//! under each account's bare JID, `with` the peer's bare JID, named by their stanza ids;
+//! preferences in the key-value store `archive_prefs`.
+
+use std::sync::Arc;
+
+use openspimed_module_api::{
+    ArchiveQuery, ArchiveStore, ArchivedItem, Element, KvStore, StorageFailure,
+};
+
+use crate::prefs::{self, Prefs};
+use crate::query::Query;
+
+/// The archive's name in the module storage.
+pub const ARCHIVE: &str = "archive";
+/// The preferences' store.
+pub const PREFS: &str = "archive_prefs";
+
+/// One page of an answer.
+#[derive(Debug, Default)]
+pub struct Page {
+    /// The page's items, oldest first.
+    pub items: Vec<ArchivedItem>,
+    /// Whether no item matching the query lies beyond the page, in the direction paged.
+    pub complete: bool,
+    /// How many items the query matches in all, when counted.
+    pub count: Option<u64>,
+}
+
+/// Why a query found no page.
+#[derive(Debug)]
+pub enum PageError {
+    /// An id it names (`after`, `before`) is not in the archive (XEP-0313 §4.3.1).
+    UnknownId,
+    /// The store failed.
+    Storage(StorageFailure),
+}
+
+impl From<StorageFailure> for PageError {
+    fn from(e: StorageFailure) -> PageError {
+        PageError::Storage(e)
+    }
+}
+
+/// Runs `query` on the items of `owner` in `archive`; `count` asks for the total too.
+/// What a user's archive and a room's archive both answer with.
+pub async fn page(
+    archive: &dyn ArchiveStore,
+    owner: &str,
+    query: &Query,
+    count: bool,
+) -> Result<Page, PageError> {
+    let mut items = if query.max == 0 {
+        Vec::new()
+    } else {
+        archive.find(owner, &query.page_query()).await?
+    };
+    if items.is_empty() && !query.named_ids().is_empty() {
+        let ids = query.named_ids().into_iter().map(str::to_owned).collect();
+        let known = ArchiveQuery {
+            ids: Some(ids),
+            named_only: true,
+            ..ArchiveQuery::default()
+        };
+        if archive.count(owner, &known).await? < query.named_ids().len() as u64 {
+            return Err(PageError::UnknownId);
+        }
+    }
+    let complete = items.len() as u64 <= query.max;
+    items.truncate(query.max as usize);
+    if query.backwards {
+        items.reverse();
+    }
+    let count = if count || query.max == 0 {
+        Some(archive.count(owner, &query.filter).await?)
+    } else {
+        None
+    };
+    Ok(Page {
+        items,
+        complete,
+        count,
+    })
+}
+
+/// The stores of one host's message archives.
+#[derive(Clone)]
+pub struct MessageArchive {
+    /// The messages.
+    items: Arc<dyn ArchiveStore>,
+    /// The preferences.
+    prefs: Arc<dyn KvStore>,
+    /// The preference of an account that set none (`[modules.mam] default`).
+    default: prefs::Default,
+}
+
+impl MessageArchive {
+    /// The stores `items` and `prefs`, with `default` for accounts without preferences.
+    pub fn new(
+        items: Arc<dyn ArchiveStore>,
+        prefs: Arc<dyn KvStore>,
+        default: prefs::Default,
+    ) -> MessageArchive {
+        MessageArchive {
+            items,
+            prefs,
+            default,
+        }
+    }
+
+    /// The archive itself.
+    pub fn items(&self) -> &dyn ArchiveStore {
+        self.items.as_ref()
+    }
+
+    /// Archives `message` for `owner`, with `with`, and returns its new id.
+    pub async fn append(
+        &self,
+        owner: &str,
+        with: &str,
+        message: &Element,
+    ) -> Result<String, StorageFailure> {
+        let id = crate::archivable::new_id();
+        let item = ArchivedItem {
+            id: id.clone(),
+            at_ms: openspimed_module_api::datetime::now_ms(),
+            with: with.to_owned(),
+            value: crate::archivable::for_storage(message).to_bytes(),
+        };
+        self.items.append(owner, &item).await?;
+        Ok(id)
+    }
+
+    /// The preferences of `owner`.
+    pub async fn prefs(&self, owner: &str) -> Result<Prefs, StorageFailure> {
+        let stored = self.prefs.get(owner, "").await?;
+        Ok(stored
+            .and_then(|v| serde_json::from_slice(&v).ok())
+            .unwrap_or_else(|| Prefs::with_default(self.default)))
+    }
+
+    /// Replaces the preferences of `owner`.
+    pub async fn set_prefs(&self, owner: &str, prefs: &Prefs) -> Result<(), StorageFailure> {
+        let json = serde_json::to_vec(prefs).map_err(|e| StorageFailure(e.to_string()))?;
+        self.prefs.set(owner, "", &json).await
+    }
+
+    /// Deletes every account's messages archived before `before_ms`; returns how many.
+    pub async fn expire(&self, before_ms: i64) -> Result<u64, StorageFailure> {
+        let q = ArchiveQuery {
+            end_ms: Some(before_ms - 1),
+            ..ArchiveQuery::default()
+        };
+        self.items.delete_everywhere(&q).await
+    }
+}
