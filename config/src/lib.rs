@@ -233,9 +233,10 @@ pub struct HostConfig {
     /// Modules enabled on this host (like Prosody's `modules_enabled`), besides those of
     /// [`AUTOLOAD`].
     pub modules: Vec<String>,
-    /// Modules of [`AUTOLOAD`] this host goes without (like Prosody's
-    /// `modules_disabled`): `["im"]` makes it a bare RFC 6120 router. Left out of a
-    /// written configuration when empty.
+    /// Modules this host goes without, whether [`AUTOLOAD`] or `modules` names them (like
+    /// Prosody's `modules_disabled`): `["im"]` makes it a bare RFC 6120 router, `["mam"]`
+    /// turns the default host's archives off. Left out of a written configuration when
+    /// empty.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub modules_disabled: Vec<String>,
     /// SASL mechanisms offered, strongest first. PLAIN is only ever offered over TLS.
@@ -326,8 +327,8 @@ impl Default for AuthConfig {
 pub const AUTOLOAD: &[&str] = &["im"];
 
 impl HostConfig {
-    /// The modules this host runs, in order: those of [`AUTOLOAD`] it does not disable,
-    /// then `modules`.
+    /// The modules this host runs, in order: those of [`AUTOLOAD`], then `modules`, less
+    /// those it disables.
     pub fn enabled_modules(&self) -> Vec<&str> {
         let mut out: Vec<&str> = AUTOLOAD
             .iter()
@@ -335,7 +336,7 @@ impl HostConfig {
             .filter(|m| !self.modules_disabled.iter().any(|d| d == m))
             .collect();
         for m in &self.modules {
-            if !out.contains(&m.as_str()) {
+            if !out.contains(&m.as_str()) && !self.modules_disabled.contains(m) {
                 out.push(m);
             }
         }

@@ -79,7 +79,7 @@ pub struct ArchiveQuery {
     pub reverse: bool,
     /// Ordered by `at_ms` (then append order) rather than append order alone: for items
     /// whose time is when they happened, not when they arrived (a sensor reading measured
-    /// offline and reported later). `after` and `before` still compare append order.
+    /// offline and reported later); `after` and `before` are then positions in that order.
     pub by_time: bool,
     /// Only items with an id. A message archive's items all have one; saying so lets a
     /// store use the indexes it keeps over named items only (by JID, by append order),
@@ -114,6 +114,15 @@ pub trait ArchiveStore: Send + Sync {
     /// How many items of `owner` `query` takes (without its `limit`): the count of a
     /// XEP-0059 result set.
     async fn count(&self, owner: &str, query: &ArchiveQuery) -> Result<u64, StorageFailure>;
+    /// How many items of `owner` `query` takes when they are at most `cap`, `None` when
+    /// there are more: a count that costs no more than `cap` items whatever the archive
+    /// holds (a XEP-0059 `<count/>` over a large archive).
+    async fn count_at_most(
+        &self,
+        owner: &str,
+        query: &ArchiveQuery,
+        cap: u64,
+    ) -> Result<Option<u64>, StorageFailure>;
     /// Deletes the items of `owner` that `query` takes (`limit` and `reverse` ignored);
     /// returns how many.
     async fn delete(&self, owner: &str, query: &ArchiveQuery) -> Result<u64, StorageFailure>;

@@ -222,7 +222,7 @@ async fn answer_query(mam: &Mam, from: ClientSession<'_>, iq: &Element, payload:
         Ok(q) => q,
         Err(e) => return reply(Err(e), iq),
     };
-    let found = page(mam.archive.items(), from.bare, &query, opts.include_total).await;
+    let found = page(mam.archive.items(), from.bare, &query, opts.count_up_to).await;
     let found = match found {
         Ok(p) => p,
         Err(PageError::UnknownId) => {

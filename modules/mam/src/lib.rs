@@ -44,9 +44,11 @@ pub struct Options {
     pub max_page: u64,
     /// The page size when a client asks none (Prosody's 20).
     pub default_page: u64,
-    /// Whether an answer says how many messages the query matches in all (XEP-0059
-    /// `<count/>`; Prosody's `mam_include_total`). Counting costs a scan of the matches.
-    pub include_total: bool,
+    /// Answers say how many messages the query matches in all (XEP-0059 `<count/>`,
+    /// Prosody's `mam_include_total`) when they are at most this many; counting more
+    /// would cost a scan of them all on every page, so a larger set goes without. 0: no
+    /// count.
+    pub count_up_to: u64,
 }
 
 impl Default for Options {
@@ -56,7 +58,7 @@ impl Default for Options {
             default: prefs::Default::Always,
             max_page: 50,
             default_page: 20,
-            include_total: true,
+            count_up_to: 10_000,
         }
     }
 }

@@ -25,8 +25,12 @@ pub const FIELDS: &[(&str, &str)] = &[
 pub struct Query {
     /// The client's `queryid`, echoed in every result and in `<fin/>`.
     pub queryid: Option<String>,
-    /// What the archive is asked for, without the page size.
+    /// What the form asks the archive for: the result set a `<count/>` counts.
     pub filter: ArchiveQuery,
+    /// The XEP-0059 `<after/>`: where the page starts in that set.
+    pub page_after: Option<String>,
+    /// The XEP-0059 `<before/>` id: where the page ends in that set.
+    pub page_before: Option<String>,
     /// The page size: the client's `<max/>` bounded by the server's.
     pub max: u64,
     /// Whether the client pages backwards (`<before/>`): the page is the newest items
@@ -80,6 +84,10 @@ impl Query {
             };
             filter.start_ms = time("start")?;
             filter.end_ms = time("end")?;
+            // A query by time is read in time order: the store enters its index by time
+            // at `start` instead of sorting everything after it. Items are appended as
+            // they arrive, so the two orders differ only if the clock went back.
+            filter.by_time = filter.start_ms.is_some() || filter.end_ms.is_some();
             filter.before = f
                 .value("before-id")
                 .filter(|v| !v.is_empty())
@@ -100,6 +108,7 @@ impl Query {
         }
         let set = rsm::Request::find(query).map_err(|e| bad(e.to_string()))?;
         let mut backwards = false;
+        let (mut page_after, mut page_before) = (None, None);
         let max = set
             .as_ref()
             .and_then(|s| s.max)
@@ -110,11 +119,13 @@ impl Query {
                 return Err(StanzaError::new(Condition::FeatureNotImplemented)
                     .with_text("paging by index is not supported; use before and after"));
             }
+            // One archive query takes one bound each way: the form's and the page's
+            // together would need a comparison of two ids first.
             if let Some(after) = set.after {
                 if filter.after.is_some() {
                     return Err(bad("after-id and an RSM after cannot both be given".into()));
                 }
-                filter.after = Some(after);
+                page_after = Some(after);
             }
             match set.before {
                 None => {}
@@ -125,7 +136,7 @@ impl Query {
                             "before-id and an RSM before cannot both be given".into()
                         ));
                     }
-                    filter.before = Some(id);
+                    page_before = Some(id);
                     backwards = true;
                 }
             }
@@ -133,6 +144,8 @@ impl Query {
         Ok(Query {
             queryid: query.attr("queryid").map(str::to_owned),
             filter,
+            page_after,
+            page_before,
             max,
             backwards,
         })
@@ -141,21 +154,33 @@ impl Query {
     /// The archive query for one page: one item more than the page, which tells whether
     /// the page is the last one (Prosody asks the same way).
     pub fn page_query(&self) -> ArchiveQuery {
-        ArchiveQuery {
+        let mut q = ArchiveQuery {
             limit: Some(self.max + 1),
             reverse: self.backwards,
             ..self.filter.clone()
+        };
+        if self.page_after.is_some() {
+            q.after.clone_from(&self.page_after);
         }
+        if self.page_before.is_some() {
+            q.before.clone_from(&self.page_before);
+        }
+        q
     }
 
     /// The ids the query names that must exist (XEP-0313 §4.3.1: an unknown one is
     /// `item-not-found`).
     pub fn named_ids(&self) -> Vec<&str> {
-        [&self.filter.after, &self.filter.before]
-            .into_iter()
-            .flatten()
-            .map(String::as_str)
-            .collect()
+        [
+            &self.filter.after,
+            &self.filter.before,
+            &self.page_after,
+            &self.page_before,
+        ]
+        .into_iter()
+        .flatten()
+        .map(String::as_str)
+        .collect()
     }
 }
 

@@ -42,13 +42,14 @@ impl From<StorageFailure> for PageError {
     }
 }
 
-/// Runs `query` on the items of `owner` in `archive`; `count` asks for the total too.
-/// What a user's archive and a room's archive both answer with.
+/// Runs `query` on the items of `owner` in `archive`, counting the whole result set when
+/// it holds at most `count_up_to` items (0: never). What a user's archive and a room's
+/// archive both answer with.
 pub async fn page(
     archive: &dyn ArchiveStore,
     owner: &str,
     query: &Query,
-    count: bool,
+    count_up_to: u64,
 ) -> Result<Page, PageError> {
     let mut items = if query.max == 0 {
         Vec::new()
@@ -71,8 +72,10 @@ pub async fn page(
     if query.backwards {
         items.reverse();
     }
-    let count = if count || query.max == 0 {
-        Some(archive.count(owner, &query.filter).await?)
+    let count = if count_up_to > 0 {
+        archive
+            .count_at_most(owner, &query.filter, count_up_to)
+            .await?
     } else {
         None
     };

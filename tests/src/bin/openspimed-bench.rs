@@ -79,6 +79,9 @@ struct External {
 static EXTERNAL: std::sync::OnceLock<Option<External>> = std::sync::OnceLock::new();
 /// The SASL mechanism logins use.
 static MECH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+/// `--disable m1,m2`: modules the started server's host goes without (`modules_disabled`),
+/// to measure what one costs (`--disable mam`: messages without archiving).
+static DISABLED: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
 
 fn external() -> Option<&'static External> {
     EXTERNAL.get().and_then(|e| e.as_ref())
@@ -203,8 +206,12 @@ where
             "data_dir = \"{}\"\n[log]\nlevel = \"warn,openspimed::server=info\"\n[metrics]\nenabled = false\n\
              [listeners]\nc2s = [\"127.0.0.1:0\"]\nc2s_direct_tls = []\n\
              [limits]\nmax_connections = 1000000\n\
-             [hosts.localhost]\ncertificate = \"c.pem\"\nkey = \"k.pem\"\n",
-            data.display()
+             [hosts.localhost]\ncertificate = \"c.pem\"\nkey = \"k.pem\"\nmodules_disabled = [{}]\n",
+            data.display(),
+            DISABLED
+                .get()
+                .map(|d| d.iter().map(|m| format!("\"{m}\"")).collect::<Vec<_>>().join(", "))
+                .unwrap_or_default()
         ),
     )
     .unwrap();
@@ -1241,6 +1248,114 @@ async fn seek_latency(total: u64, mine: u64, rounds: usize) -> serde_like::Json 
     ])
 }
 
+/// XEP-0313 first-page latency: `total` messages of one account's archive (with
+/// `contacts` peers, round-robin) written into the store before the server starts, then
+/// the queries clients start with, timed from the iq sent to its `<fin/>` received: the
+/// newest page (`<before/>`, what Conversations and Gajim ask first), the newest page with
+/// one contact, the page after a known id in the middle and the first page since a time
+/// in the middle (the two ways clients catch up).
+async fn mam_latency(total: u64, contacts: usize, rounds: usize) -> serde_like::Json {
+    use openspimed_module_api::{ArchivedItem, ModuleStorage};
+    let contacts = contacts.max(1);
+    let start_fill = Instant::now();
+    let middle = format!("m{:012}", total / 2);
+    let server = start_server_with(1, |store| async move {
+        let archive = store.archive("localhost", "archive");
+        // Recent enough for the default expiry (a week): the last one a second ago.
+        let now = openspimed_module_api::datetime::now_ms() - 1000;
+        let mut batch = Vec::with_capacity(20_000);
+        for i in 0..total {
+            let with = format!("c{}@example.net", i as usize % contacts);
+            let xml = format!(
+                "<message xmlns='jabber:client' from='{with}/phone' to='u0@localhost/bench' type='chat' id='x{i}'>\
+                 <body>archived message number {i} of the benchmark, some sixty bytes</body></message>"
+            );
+            batch.push(ArchivedItem {
+                id: format!("m{i:012}"),
+                at_ms: now - (total - i) as i64,
+                with,
+                value: xml.into_bytes(),
+            });
+            if batch.len() == 20_000 {
+                archive.append_many("u0@localhost", std::mem::take(&mut batch)).await.unwrap();
+            }
+        }
+        archive.append_many("u0@localhost", batch).await.unwrap();
+    })
+    .await;
+    println!(
+        "stored {total} messages of one account in {:.1?}",
+        start_fill.elapsed()
+    );
+    let mut s = login(&server, "u0", "bench").await;
+    let set = |inner: &str| {
+        format!("<set xmlns='http://jabber.org/protocol/rsm'><max>50</max>{inner}</set>")
+    };
+    let with = |jid: &str| {
+        format!(
+            "<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'><value>urn:xmpp:mam:2</value></field>\
+             <field var='with'><value>{jid}</value></field></x>"
+        )
+    };
+    // About the middle of the archive by time (the items are a millisecond apart).
+    let middle_time = openspimed_module_api::datetime::format_utc_ms(
+        openspimed_module_api::datetime::now_ms() - 1000 - (total / 2) as i64,
+    );
+    let since = format!(
+        "<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'><value>urn:xmpp:mam:2</value></field>\
+         <field var='start'><value>{middle_time}</value></field></x>{}",
+        set("")
+    );
+    let queries = [
+        ("newest", set("<before/>")),
+        ("since_middle_time", since),
+        (
+            "newest_with",
+            format!("{}{}", with("c1@example.net"), set("<before/>")),
+        ),
+        ("after_middle", set(&format!("<after>{middle}</after>"))),
+    ];
+    let mut out = vec![
+        ("scenario", "\"mam\"".to_owned()),
+        ("messages", total.to_string()),
+        ("contacts", contacts.to_string()),
+    ];
+    let mut keys = Vec::new();
+    for (name, inner) in &queries {
+        let mut times = Vec::new();
+        for r in 0..rounds {
+            let iq = format!(
+                "<iq type='set' id='q{r}'><query xmlns='urn:xmpp:mam:2' queryid='b{r}'>{inner}</query></iq>"
+            );
+            let start = Instant::now();
+            s.send(&iq).await;
+            let mut results = 0;
+            let fin = loop {
+                let el = s.element().await;
+                if el.name() == "message" {
+                    results += 1;
+                } else if el.name() == "iq" {
+                    break el;
+                }
+            };
+            times.push(start.elapsed().as_secs_f64() * 1000.0);
+            assert_eq!(fin.attr("type"), Some("result"), "{fin}");
+            assert_eq!(results, 50, "a full first page");
+        }
+        times.sort_by(f64::total_cmp);
+        let (p50, max) = (percentile(&times, 0.5), percentile(&times, 1.0));
+        println!(
+            "{name}: first page of 50 (iq sent → <fin/> received): p50 {p50:.1} ms, max {max:.1} ms"
+        );
+        keys.push((format!("{name}_p50_ms"), format!("{p50:.2}")));
+        keys.push((format!("{name}_max_ms"), format!("{max:.2}")));
+    }
+    for (k, v) in &keys {
+        out.push((k.as_str(), v.clone()));
+    }
+    serde_like::Json::obj(&out)
+}
+
 /// Just enough JSON output without a serializer dependency.
 mod serde_like {
     pub struct Json(pub String);
@@ -1273,6 +1388,16 @@ fn main() {
             .cloned()
     };
     let _ = MECH.set(opt("--mech").unwrap_or_else(|| "SCRAM-SHA-1".into()));
+    let _ = DISABLED.set(
+        opt("--disable")
+            .map(|d| {
+                d.split(',')
+                    .filter(|m| !m.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default(),
+    );
     let _ = PER_LOCAL_ADDRESS.set(arg(&args, "--per-address", 20_000));
     let _ = EXTERNAL.set(opt("--target").map(|t| {
         External {
@@ -1340,6 +1465,14 @@ fn main() {
                 )
                 .await
             }
+            "mam" => {
+                mam_latency(
+                    arg(&args, "--messages", 1_000_000),
+                    arg(&args, "--contacts", 100) as usize,
+                    arg(&args, "--rounds", 20) as usize,
+                )
+                .await
+            }
             "seek" => {
                 seek_latency(
                     arg(&args, "--total", 10_000_000),
@@ -1354,7 +1487,9 @@ fn main() {
                      messages [--sessions N] [--seconds S] [--window W | --rate R [--echo]]\n  \
                      pubsub-fanout [--subscribers N] [--publishes P]\n  publish [--publishers N] [--seconds S] [--window W]\n  \
                      report | report-encrypted [--sessions N] [--seconds S] [--window W] [--rounds R]\n  \
-                     seek [--total N] [--mine M] [--rounds R]"
+                     seek [--total N] [--mine M] [--rounds R]\n  \
+                     mam [--messages N] [--contacts C] [--rounds R]\n\
+                     any scenario: --disable MODULE[,MODULE] (the host goes without them)"
                 );
                 std::process::exit(2);
             }

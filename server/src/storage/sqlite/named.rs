@@ -215,40 +215,92 @@ const OWNER: &str = "(SELECT id FROM archive_owners WHERE host = ?1 AND store = 
 /// holds). Each condition names its own parameter `$`.
 fn selection(owner_cond: &str, mut args: Vec<Value>, q: &ArchiveQuery) -> (String, Vec<Value>) {
     let mut sql = format!("owner {owner_cond}");
-    let mut push = |sql: &mut String, cond: &str, v: Value| {
-        args.push(v);
-        sql.push_str(&cond.replace('$', &format!("?{}", args.len())));
+    // Appends `cond`, each `$` in it taking the next of `values`.
+    let mut push = |sql: &mut String, cond: &str, values: Vec<Value>| {
+        let mut parts = cond.split('$');
+        sql.push_str(parts.next().unwrap_or(""));
+        for (part, v) in parts.zip(values) {
+            args.push(v);
+            sql.push_str(&format!("?{}", args.len()));
+            sql.push_str(part);
+        }
     };
-    if let Some(t) = q.start_ms {
-        push(&mut sql, " AND at_ms >= $", Value::Integer(t));
-    }
-    if let Some(t) = q.end_ms {
-        push(&mut sql, " AND at_ms <= $", Value::Integer(t));
+    // A column of the owner's item with the id `$`: NULL for an id of another owner, or
+    // none, which every comparison with it fails (an unknown id matches nothing).
+    let of_id = |cols: &str| {
+        format!("(SELECT {cols} FROM archive_items AS o WHERE o.owner {owner_cond} AND o.id = $)")
+    };
+    let text = |s: &String| Value::Text(s.clone());
+    if q.by_time {
+        // Ordered by (time, append order): `after` and `before` are positions in that
+        // order, and the bounds by time they imply are put together with `start` and
+        // `end` so that the index by time is entered at the right place, not scanned from
+        // `start` to it (what a client catching up page by page since a time asks).
+        match (q.start_ms, &q.after) {
+            (Some(t), Some(id)) => push(
+                &mut sql,
+                &format!(" AND at_ms >= max($, {})", of_id("at_ms")),
+                vec![Value::Integer(t), text(id)],
+            ),
+            (Some(t), None) => push(&mut sql, " AND at_ms >= $", vec![Value::Integer(t)]),
+            (None, Some(id)) => push(
+                &mut sql,
+                &format!(" AND at_ms >= {}", of_id("at_ms")),
+                vec![text(id)],
+            ),
+            (None, None) => {}
+        }
+        match (q.end_ms, &q.before) {
+            (Some(t), Some(id)) => push(
+                &mut sql,
+                &format!(" AND at_ms <= min($, {})", of_id("at_ms")),
+                vec![Value::Integer(t), text(id)],
+            ),
+            (Some(t), None) => push(&mut sql, " AND at_ms <= $", vec![Value::Integer(t)]),
+            (None, Some(id)) => push(
+                &mut sql,
+                &format!(" AND at_ms <= {}", of_id("at_ms")),
+                vec![text(id)],
+            ),
+            (None, None) => {}
+        }
+        if let Some(id) = &q.after {
+            let cond = format!(" AND (at_ms, seq) > {}", of_id("at_ms, seq"));
+            push(&mut sql, &cond, vec![text(id)]);
+        }
+        if let Some(id) = &q.before {
+            let cond = format!(" AND (at_ms, seq) < {}", of_id("at_ms, seq"));
+            push(&mut sql, &cond, vec![text(id)]);
+        }
+    } else {
+        if let Some(t) = q.start_ms {
+            push(&mut sql, " AND at_ms >= $", vec![Value::Integer(t)]);
+        }
+        if let Some(t) = q.end_ms {
+            push(&mut sql, " AND at_ms <= $", vec![Value::Integer(t)]);
+        }
+        if let Some(id) = &q.after {
+            push(
+                &mut sql,
+                &format!(" AND seq > {}", of_id("seq")),
+                vec![text(id)],
+            );
+        }
+        if let Some(id) = &q.before {
+            push(
+                &mut sql,
+                &format!(" AND seq < {}", of_id("seq")),
+                vec![text(id)],
+            );
+        }
     }
     if let Some(w) = &q.with {
-        push(&mut sql, " AND with_jid = $", Value::Text(w.clone()));
+        push(&mut sql, " AND with_jid = $", vec![text(w)]);
     }
     if q.named_only {
         // Lets SQLite use the partial indexes `archive_items_by_with` and
         // `archive_items_named` (it cannot infer that the items are named).
         sql.push_str(" AND id IS NOT NULL");
-    }
-    // An id of another owner, or none, gives NULL: the comparison matches nothing.
-    let of_id =
-        format!(" (SELECT seq FROM archive_items AS o WHERE o.owner {owner_cond} AND o.id = $)");
-    if let Some(id) = &q.after {
-        push(
-            &mut sql,
-            &format!(" AND seq >{of_id}"),
-            Value::Text(id.clone()),
-        );
-    }
-    if let Some(id) = &q.before {
-        push(
-            &mut sql,
-            &format!(" AND seq <{of_id}"),
-            Value::Text(id.clone()),
-        );
     }
     if let Some(ids) = &q.ids {
         sql.push_str(" AND id IN (");
@@ -256,7 +308,7 @@ fn selection(owner_cond: &str, mut args: Vec<Value>, q: &ArchiveQuery) -> (Strin
             if i > 0 {
                 sql.push_str(", ");
             }
-            push(&mut sql, "$", Value::Text(id.clone()));
+            push(&mut sql, "$", vec![Value::Text(id.clone())]);
         }
         sql.push(')');
     }
@@ -416,6 +468,28 @@ impl ArchiveStore for Archive {
             .read(move |c| {
                 c.query_row(&sql, params_from_iter(args), |r| r.get::<_, i64>(0))
                     .map(|n| n as u64)
+                    .map_err(backend)
+            })
+            .await
+            .map_err(Into::into)
+    }
+
+    async fn count_at_most(
+        &self,
+        owner: &str,
+        query: &ArchiveQuery,
+        cap: u64,
+    ) -> Result<Option<u64>, StorageFailure> {
+        let (cond, args) = self.0.of_owner(owner, query);
+        let probe = cap.saturating_add(1).min(i64::MAX as u64);
+        let sql = format!(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM archive_items WHERE {cond} LIMIT {probe})"
+        );
+        self.0
+            .db
+            .read(move |c| {
+                c.query_row(&sql, params_from_iter(args), |r| r.get::<_, i64>(0))
+                    .map(|n| (n as u64 <= cap).then_some(n as u64))
                     .map_err(backend)
             })
             .await

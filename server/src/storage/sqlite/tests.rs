@@ -327,6 +327,18 @@ async fn archives_query_by_time_jid_and_id_page_and_truncate() {
         ["m1", "m3", "m4"]
     );
     assert_eq!(mam.count(owner, &by_bob).await.unwrap(), 3);
+    // Counting at most so many: exact up to the cap, nothing above it; the named-only
+    // condition (all of these are named) changes nothing but the index.
+    assert_eq!(mam.count_at_most(owner, &by_bob, 3).await.unwrap(), Some(3));
+    assert_eq!(mam.count_at_most(owner, &by_bob, 2).await.unwrap(), None);
+    let named_bob = q(|q| {
+        q.with = Some("bob@b.example".into());
+        q.named_only = true;
+    });
+    assert_eq!(
+        ids(mam.find(owner, &named_bob).await.unwrap()),
+        ["m1", "m3", "m4"]
+    );
     let window = q(|q| {
         q.start_ms = Some(2_000);
         q.end_ms = Some(3_000);
@@ -732,4 +744,72 @@ async fn module_data_of_schema_10_moves_into_the_named_stores() {
         .unwrap();
     assert_eq!(offline.len(), 1);
     assert_eq!(offline[0].stanza, "<message/>");
+}
+
+#[tokio::test]
+async fn archives_by_time_page_by_position_in_time_and_named_only_leaves_unnamed_items_out() {
+    use openspimed_module_api::{ArchiveQuery, ArchivedItem};
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(&dir.path().join("db.sqlite")).unwrap();
+    let a = s.archive("a.example", "archive");
+    let item = |id: &str, at_ms: i64| ArchivedItem {
+        id: id.into(),
+        at_ms,
+        with: "bob@b.example".into(),
+        value: id.as_bytes().to_vec(),
+    };
+    // Appended out of time order (a clock that went back): by time n2, n3, n4, n1.
+    for (id, at) in [("n1", 5_000), ("n2", 1_000), ("n3", 3_000), ("n4", 3_000)] {
+        a.append("o", &item(id, at)).await.unwrap();
+    }
+    a.append("o", &item("", 2_000)).await.unwrap();
+    let ids = |items: Vec<ArchivedItem>| items.into_iter().map(|i| i.id).collect::<Vec<_>>();
+    let q = |f: &dyn Fn(&mut ArchiveQuery)| {
+        let mut q = ArchiveQuery {
+            by_time: true,
+            named_only: true,
+            ..ArchiveQuery::default()
+        };
+        f(&mut q);
+        q
+    };
+    let find = |q: ArchiveQuery| {
+        let a = a.clone();
+        async move { ids(a.find("o", &q).await.unwrap()) }
+    };
+    assert_eq!(find(q(&|_| {})).await, ["n2", "n3", "n4", "n1"]);
+    assert_eq!(
+        find(q(&|q| q.after = Some("n3".into()))).await,
+        ["n4", "n1"]
+    );
+    let last_before_n1 = q(&|q| {
+        q.before = Some("n1".into());
+        q.reverse = true;
+        q.limit = Some(2);
+    });
+    assert_eq!(find(last_before_n1).await, ["n4", "n3"]);
+    // A time bound and a position together: both hold, whichever is tighter.
+    let since_and_after = q(&|q| {
+        q.start_ms = Some(2_000);
+        q.after = Some("n2".into());
+    });
+    assert_eq!(find(since_and_after).await, ["n3", "n4", "n1"]);
+    let tighter_start = q(&|q| {
+        q.start_ms = Some(3_500);
+        q.after = Some("n3".into());
+    });
+    assert_eq!(find(tighter_start).await, ["n1"]);
+    let until_and_before = q(&|q| {
+        q.end_ms = Some(3_000);
+        q.before = Some("n4".into());
+    });
+    assert_eq!(find(until_and_before).await, ["n2", "n3"]);
+    assert!(find(q(&|q| q.after = Some("nope".into()))).await.is_empty());
+    // Without named_only the unnamed item is there; with it, not.
+    let everything = ArchiveQuery {
+        by_time: true,
+        ..ArchiveQuery::default()
+    };
+    assert_eq!(find(everything).await, ["n2", "", "n3", "n4", "n1"]);
+    assert_eq!(a.count("o", &q(&|_| {})).await.unwrap(), 4);
 }
