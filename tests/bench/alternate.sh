@@ -13,6 +13,10 @@
 # the new schema, set OLD_BENCH to the old worktree's openspimed-bench (build it there with
 # -p openspimed-tests) and check that tests/src/bin/openspimed-bench.rs is the same in both.
 #
+# OLD_EXTRA and NEW_EXTRA are extra generator arguments for each side: one binary with a
+# module and without it (OLD_EXTRA="--disable mam", both binaries the same) measures what
+# the module costs.
+#
 # PIN=1 puts the server on CPU 0 and the load generator on CPU 1 (taskset): on the 2-core
 # VM, unpinned runs of one binary spread by ±15%; pinned they compare within a few percent
 # of each other when alternated over eight pairs.
@@ -27,14 +31,16 @@ trap 'rm -rf "$WORK"' EXIT
 cd "$WORK"
 for _ in $(seq "$PAIRS"); do
     for which in old new; do
-        bin=$OLD; bench=$OLD_BENCH
-        [ "$which" = new ] && { bin=$NEW; bench=$BENCH; }
+        bin=$OLD; bench=$OLD_BENCH; extra=${OLD_EXTRA:-}
+        [ "$which" = new ] && { bin=$NEW; bench=$BENCH; extra=${NEW_EXTRA:-}; }
         if [ "${PIN:-0}" = 1 ]; then
             printf '#!/bin/sh\nexec taskset -c 0 %s "$@"\n' "$bin" > "$WORK/server"
             chmod +x "$WORK/server"
-            OPENSPIMED_BIN="$WORK/server" taskset -c 1 "$bench" "$@" > /dev/null 2>&1
+            # shellcheck disable=SC2086 # the extra arguments are words
+            OPENSPIMED_BIN="$WORK/server" taskset -c 1 "$bench" "$@" $extra > /dev/null 2>&1
         else
-            OPENSPIMED_BIN=$bin "$bench" "$@" > /dev/null 2>&1
+            # shellcheck disable=SC2086
+            OPENSPIMED_BIN=$bin "$bench" "$@" $extra > /dev/null 2>&1
         fi
         printf '%s %s\n' "$which" "$(cat "$(ls -t bench-*.json | head -1)")" | tee -a runs.txt
     done

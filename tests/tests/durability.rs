@@ -26,7 +26,9 @@ fn main() -> ExitCode {
     println!("test reports_answered_before_sigkill_are_stored ... ok");
     rt.block_on(offline_messages_and_roster_changes_survive_sigkill());
     println!("test offline_messages_and_roster_changes_survive_sigkill ... ok");
-    println!("2 passed, 0 failed");
+    rt.block_on(acknowledged_messages_are_in_both_archives_after_sigkill());
+    println!("test acknowledged_messages_are_in_both_archives_after_sigkill ... ok");
+    println!("3 passed, 0 failed");
     ExitCode::SUCCESS
 }
 
@@ -185,6 +187,99 @@ async fn offline_messages_and_roster_changes_survive_sigkill() {
     for i in 0..n {
         let m = bob.stanza("message").await;
         assert_eq!(m.attr("id"), Some(format!("m{i}").as_str()), "{m}");
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// The answer to a XEP-0313 query of `s`'s own archive: the bodies of the results, in
+/// order, up to the `<fin/>`.
+async fn archived_bodies<S>(s: &mut Raw<S>, id: &str) -> Vec<String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    s.send(&format!(
+        "<iq type='set' id='{id}'><query xmlns='urn:xmpp:mam:2' queryid='{id}'>\
+         <set xmlns='http://jabber.org/protocol/rsm'><max>50</max></set></query></iq>"
+    ))
+    .await;
+    let mut bodies = Vec::new();
+    loop {
+        let el = s.element().await;
+        match el.name() {
+            "message" => {
+                let text = el.to_string();
+                let b = text
+                    .split("<body>")
+                    .nth(1)
+                    .and_then(|t| t.split("</body>").next());
+                bodies.push(b.unwrap_or_default().to_owned());
+            }
+            "iq" => {
+                assert_eq!(el.attr("type"), Some("result"), "{el}");
+                return bodies;
+            }
+            _ => {}
+        }
+    }
+}
+
+async fn acknowledged_messages_are_in_both_archives_after_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = openspimed_certs::DevCa::new("durability CA").unwrap();
+    let (cert, key) = ca.issue(&["localhost"]).unwrap();
+    std::fs::write(dir.path().join("c.pem"), cert).unwrap();
+    std::fs::write(dir.path().join("k.pem"), key).unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("openspimed.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{}\"\n[metrics]\nenabled = false\n[listeners]\nc2s = [\"127.0.0.1:0\"]\nc2s_direct_tls = []\n\
+             [hosts.localhost]\ncertificate = \"c.pem\"\nkey = \"k.pem\"\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    {
+        let store = SqliteStore::open(&data.join("openspimed.sqlite")).unwrap();
+        let creds = openspimed::sasl::derive_credentials("pw", 4096);
+        for u in ["alice", "bob"] {
+            assert!(store.create_account(u, "localhost", &creds).await.unwrap());
+        }
+    }
+    let (mut child, addr) = start_child(&config);
+    let tls = client_tls_config(&ca.cert_pem, None);
+    let (mut alice, _) = Raw::login_at(addr, tls.clone(), "localhost", "alice", "pw", "r").await;
+    let (mut bob, _) = Raw::login_at(addr, tls.clone(), "localhost", "bob", "pw", "r").await;
+    // XEP-0198 on alice's stream: the server's <a h='n'/> acknowledges n stanzas.
+    alice.send("<enable xmlns='urn:xmpp:sm:3'/>").await;
+    let enabled = alice.element().await;
+    assert_eq!(enabled.name(), "enabled", "{enabled}");
+    let n = 10;
+    let mut burst = String::new();
+    for i in 0..n {
+        burst.push_str(&format!(
+            "<message to='bob@localhost/r' type='chat' id='m{i}'><body>b{i}</body></message>"
+        ));
+    }
+    burst.push_str("<r xmlns='urn:xmpp:sm:3'/>");
+    alice.send(&burst).await;
+    let ack = alice.stanza("a").await;
+    assert_eq!(ack.attr("h"), Some(n.to_string().as_str()), "{ack}");
+    // bob's client is cut off in the middle: it read some, not all.
+    for _ in 0..3 {
+        bob.stanza("message").await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop((alice, bob));
+
+    let (mut child, addr) = start_child(&config);
+    let want: Vec<String> = (0..n).map(|i| format!("b{i}")).collect();
+    for user in ["alice", "bob"] {
+        let (mut s, _) = Raw::login_at(addr, tls.clone(), "localhost", user, "pw", "r2").await;
+        assert_eq!(archived_bodies(&mut s, "q").await, want, "{user}'s archive");
     }
     child.kill().unwrap();
     child.wait().unwrap();

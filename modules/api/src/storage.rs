@@ -82,8 +82,8 @@ pub struct ArchiveQuery {
     /// offline and reported later); `after` and `before` are then positions in that order.
     pub by_time: bool,
     /// Only items with an id. A message archive's items all have one; saying so lets a
-    /// store use the indexes it keeps over named items only (by JID, by append order),
-    /// which leave unnamed items (readings, written at a high rate) out.
+    /// store use the index it keeps over named items only (by JID, in time order), which
+    /// leaves unnamed items (readings, written at a high rate) out.
     pub named_only: bool,
 }
 

@@ -86,12 +86,15 @@ pub fn add_id(message: &mut Element, by: &str, id: &str) {
     );
 }
 
-/// A new archive id: 96 random bits, hex (ids only need to be unique per archive and
-/// unguessable enough not to tell how many messages there are).
+/// A new archive id: the time in milliseconds (48 bits) then 48 random bits, in hex. The
+/// time first makes ids of one archive sort in the order they were made, so the store's
+/// index by id grows at its end as messages come (random ids put every insert on another
+/// page of it: one more page written per message and commit); the random half keeps them
+/// unguessable (XEP-0359 §6), as Prosody's random ids are and ejabberd's timestamps are not.
 pub fn new_id() -> String {
-    let a: u64 = rand::random();
-    let b: u32 = rand::random();
-    format!("{a:016x}{b:08x}")
+    let ms = openspimed_module_api::datetime::now_ms().max(0) as u64 & 0xffff_ffff_ffff;
+    let r: u64 = rand::random::<u64>() & 0xffff_ffff_ffff;
+    format!("{ms:012x}{r:012x}")
 }
 
 #[cfg(test)]

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use openspimed_module_api::jid::Jid;
 use openspimed_module_api::rsm;
 use openspimed_module_api::{
-    AccountTarget, ClientSession, Condition, Element, ErrorType, Flow, FromClientHook, Hooks,
-    IqType, Kinds, ServerHandle, StanzaError, StanzaKind, ToAccountHook, async_trait, iq_result,
+    AccountHook, AccountTarget, ClientSession, Condition, Element, ErrorType, Flow, FromClientHook,
+    Hooks, IqType, Kinds, ServerHandle, StanzaError, StanzaKind, ToAccountHook, async_trait,
+    iq_result,
 };
 
 use crate::archivable::{add_id, archivable, strip_ids_by};
@@ -46,7 +47,8 @@ pub fn install(mam: Arc<Mam>, hooks: &dyn Hooks) {
     hooks.on_to_account(RECEIVED, Kinds::MESSAGE, Arc::new(Received(mam.clone())));
     hooks.on_from_client(SENT, Kinds::MESSAGE, Arc::new(Sent(mam.clone())));
     hooks.on_from_client(STRIP, Kinds::MESSAGE, Arc::new(StripOwnIds));
-    hooks.on_from_client(OWN_IQS, Kinds::IQ, Arc::new(OwnIqs(mam)));
+    hooks.on_from_client(OWN_IQS, Kinds::IQ, Arc::new(OwnIqs(mam.clone())));
+    hooks.on_account(Arc::new(Accounts(mam)));
     // XEP-0313 §7 and XEP-0359 §4: discovered at the account's bare JID.
     hooks.add_bare_jid_features(&[NS, crate::NS_EXTENDED, openspimed_module_api::ns::SID]);
 }
@@ -96,6 +98,20 @@ fn bare_of(jid: &str) -> String {
     match Jid::new(jid) {
         Ok(j) => j.to_bare().to_string(),
         Err(_) => jid.split_once('/').map_or(jid, |(b, _)| b).to_owned(),
+    }
+}
+
+/// A deleted account's archive goes with it (the server removes every module's data of
+/// an account); what is cached of it goes here.
+struct Accounts(Arc<Mam>);
+
+#[async_trait]
+impl AccountHook for Accounts {
+    async fn created(&self, bare: &str) {
+        self.0.archive.forget(bare);
+    }
+    async fn deleted(&self, bare: &str) {
+        self.0.archive.forget(bare);
     }
 }
 

@@ -52,8 +52,14 @@ impl Query {
     /// a client may ask).
     pub fn parse(query: &Element, default_max: u64, max_max: u64) -> Result<Query, StanzaError> {
         let bad = |text: String| StanzaError::new(Condition::BadRequest).with_text(text);
+        // Read in time order, which is what XEP-0313 §4.1 orders results by: the store
+        // enters its index by time (or by JID and time) at `start`, at the item of
+        // `after-id`, or at the end, so a page costs the page whatever the archive holds.
+        // Items are appended as they arrive: time order is append order unless the clock
+        // went back.
         let mut filter = ArchiveQuery {
             named_only: true,
+            by_time: true,
             ..ArchiveQuery::default()
         };
         if let Some(f) = Form::find(query) {
@@ -84,10 +90,7 @@ impl Query {
             };
             filter.start_ms = time("start")?;
             filter.end_ms = time("end")?;
-            // A query by time is read in time order: the store enters its index by time
-            // at `start` instead of sorting everything after it. Items are appended as
-            // they arrive, so the two orders differ only if the clock went back.
-            filter.by_time = filter.start_ms.is_some() || filter.end_ms.is_some();
+
             filter.before = f
                 .value("before-id")
                 .filter(|v| !v.is_empty())

@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use dashmap::DashMap;
+
 use openspimed_module_api::{
     ArchiveQuery, ArchiveStore, ArchivedItem, Element, KvStore, StorageFailure,
 };
@@ -95,6 +97,10 @@ pub struct MessageArchive {
     prefs: Arc<dyn KvStore>,
     /// The preference of an account that set none (`[modules.mam] default`).
     default: prefs::Default,
+    /// Preferences read so far, by account: every message asks them on both sides, and
+    /// a read through the store per message costs more than the archiving itself. Only
+    /// this module writes them, through [`MessageArchive::set_prefs`], which updates it.
+    cache: Arc<DashMap<String, Arc<Prefs>>>,
 }
 
 impl MessageArchive {
@@ -108,6 +114,7 @@ impl MessageArchive {
             items,
             prefs,
             default,
+            cache: Arc::default(),
         }
     }
 
@@ -135,17 +142,31 @@ impl MessageArchive {
     }
 
     /// The preferences of `owner`.
-    pub async fn prefs(&self, owner: &str) -> Result<Prefs, StorageFailure> {
+    pub async fn prefs(&self, owner: &str) -> Result<Arc<Prefs>, StorageFailure> {
+        if let Some(p) = self.cache.get(owner) {
+            return Ok(p.clone());
+        }
         let stored = self.prefs.get(owner, "").await?;
-        Ok(stored
-            .and_then(|v| serde_json::from_slice(&v).ok())
-            .unwrap_or_else(|| Prefs::with_default(self.default)))
+        let prefs = Arc::new(
+            stored
+                .and_then(|v| serde_json::from_slice(&v).ok())
+                .unwrap_or_else(|| Prefs::with_default(self.default)),
+        );
+        self.cache.insert(owner.to_owned(), prefs.clone());
+        Ok(prefs)
     }
 
     /// Replaces the preferences of `owner`.
     pub async fn set_prefs(&self, owner: &str, prefs: &Prefs) -> Result<(), StorageFailure> {
         let json = serde_json::to_vec(prefs).map_err(|e| StorageFailure(e.to_string()))?;
-        self.prefs.set(owner, "", &json).await
+        self.prefs.set(owner, "", &json).await?;
+        self.cache.insert(owner.to_owned(), Arc::new(prefs.clone()));
+        Ok(())
+    }
+
+    /// Forgets what is cached of `owner` (an account that was deleted).
+    pub fn forget(&self, owner: &str) {
+        self.cache.remove(owner);
     }
 
     /// Deletes every account's messages archived before `before_ms`; returns how many.

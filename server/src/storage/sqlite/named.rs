@@ -298,8 +298,8 @@ fn selection(owner_cond: &str, mut args: Vec<Value>, q: &ArchiveQuery) -> (Strin
         push(&mut sql, " AND with_jid = $", vec![text(w)]);
     }
     if q.named_only {
-        // Lets SQLite use the partial indexes `archive_items_by_with` and
-        // `archive_items_named` (it cannot infer that the items are named).
+        // Lets SQLite use the partial index `archive_items_by_with` (it cannot infer
+        // that the items are named).
         sql.push_str(" AND id IS NOT NULL");
     }
     if let Some(ids) = &q.ids {
