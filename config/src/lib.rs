@@ -364,6 +364,7 @@ impl Default for HostConfig {
                 "version".into(),
                 "mam".into(),
                 "carbons".into(),
+                "private".into(),
                 "certsvc".into(),
                 "pubsub".into(),
                 "scopenode".into(),
