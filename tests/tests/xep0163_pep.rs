@@ -258,3 +258,108 @@ async fn pep_notifies_contacts_that_want_the_node() {
         "{forbidden}"
     );
 }
+
+/// XEP-0402 §3 (and OMEMO's XEP-0384 §5.3.2) publish with publish-options the node must
+/// meet: the first publish creates the node with them, later ones with the same options
+/// succeed, other ones fail with precondition-not-met; a whitelist node is the owner's
+/// alone; the node's configuration shows what the options set.
+#[tokio::test]
+async fn bookmarks_publish_options_create_and_hold_the_node_configuration() {
+    let server = TestServer::start().await;
+    server.add_user("alice", "pw").await;
+    server.add_user("bob", "pw").await;
+    let (mut alice, _) = Raw::login(&server, "alice", "pw", "phone").await;
+    let bookmarks = "urn:xmpp:bookmarks:1";
+    let options = |access: &str| {
+        format!(
+            "<publish-options><x xmlns='jabber:x:data' type='submit'>\
+             <field var='FORM_TYPE' type='hidden'><value>http://jabber.org/protocol/pubsub#publish-options</value></field>\
+             <field var='pubsub#persist_items'><value>true</value></field>\
+             <field var='pubsub#max_items'><value>max</value></field>\
+             <field var='pubsub#send_last_published_item'><value>never</value></field>\
+             <field var='pubsub#access_model'><value>{access}</value></field></x></publish-options>"
+        )
+    };
+    let publish = |room: &str, access: &str| {
+        format!(
+            "<pubsub xmlns='{PUBSUB}'><publish node='{bookmarks}'><item id='{room}'>\
+             <conference xmlns='{bookmarks}' name='Room' autojoin='true'><nick>alice</nick></conference>\
+             </item></publish>{}</pubsub>",
+            options(access)
+        )
+    };
+    for (i, room) in ["one@conference.localhost", "two@conference.localhost"]
+        .iter()
+        .enumerate()
+    {
+        let r = ask(
+            &mut alice,
+            &format!("p{i}"),
+            None,
+            "set",
+            &publish(room, "whitelist"),
+        )
+        .await;
+        assert_eq!(r.attr("type"), Some("result"), "{r}");
+    }
+    // max_items = max: both bookmarks are kept.
+    let items = ask(
+        &mut alice,
+        "get",
+        None,
+        "get",
+        &format!("<pubsub xmlns='{PUBSUB}'><items node='{bookmarks}'/></pubsub>"),
+    )
+    .await;
+    assert_eq!(
+        items.to_string().matches("<conference").count(),
+        2,
+        "{items}"
+    );
+    // Options the node does not have: precondition-not-met, nothing published.
+    let r = ask(
+        &mut alice,
+        "bad",
+        None,
+        "set",
+        &publish("three@conference.localhost", "open"),
+    )
+    .await;
+    assert_eq!(error_condition(&r).as_deref(), Some("conflict"), "{r}");
+    assert!(r.to_string().contains("precondition-not-met"), "{r}");
+    // Whitelist: another account cannot read them.
+    let (mut bob, _) = Raw::login(&server, "bob", "pw", "desk").await;
+    let r = ask(
+        &mut bob,
+        "peek",
+        Some("alice@localhost"),
+        "get",
+        &format!("<pubsub xmlns='{PUBSUB}'><items node='{bookmarks}'/></pubsub>"),
+    )
+    .await;
+    assert_eq!(r.attr("type"), Some("error"), "{r}");
+    // The configuration shows what the options set.
+    let config = ask(
+        &mut alice,
+        "conf",
+        None,
+        "get",
+        &format!("<pubsub xmlns='{PUBSUB}#owner'><configure node='{bookmarks}'/></pubsub>"),
+    )
+    .await
+    .to_string();
+    for (var, value) in [
+        ("pubsub#max_items", "max"),
+        ("pubsub#send_last_published_item", "never"),
+        ("pubsub#access_model", "whitelist"),
+    ] {
+        let at = config
+            .find(&format!("var='{var}'"))
+            .unwrap_or_else(|| panic!("{var} in {config}"));
+        let field = &config[at..at + config[at..].find("</field>").unwrap()];
+        assert!(
+            field.contains(&format!("<value>{value}</value>")),
+            "{var}: {field}"
+        );
+    }
+}

@@ -31,6 +31,27 @@ pub enum PublishModel {
     Open,
 }
 
+/// When the node's last item is sent without being asked (XEP-0060 §16.4
+/// `pubsub#send_last_published_item`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendLast {
+    /// Never: bookmarks (XEP-0402 §3) publish with it.
+    Never,
+    /// When an entity subscribes.
+    OnSub,
+    /// When it subscribes, and to a PEP contact's resource that comes online (XEP-0163
+    /// §4.3.4; PEP's default).
+    OnSubAndPresence,
+}
+
+fn send_last_str(s: SendLast) -> &'static str {
+    match s {
+        SendLast::Never => "never",
+        SendLast::OnSub => "on_sub",
+        SendLast::OnSubAndPresence => "on_sub_and_presence",
+    }
+}
+
 /// A node's configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeConfig {
@@ -50,6 +71,8 @@ pub struct NodeConfig {
     pub access_model: AccessModel,
     /// Publishing policy.
     pub publish_model: PublishModel,
+    /// When the last item goes out unasked.
+    pub send_last: SendLast,
     /// If not empty, only entities of these domains may publish (openspimed extension, set
     /// from the configuration file; the `spimeseek` node uses it).
     pub publish_domains: Vec<String>,
@@ -68,6 +91,7 @@ impl Default for NodeConfig {
             max_items: Some(256),
             access_model: AccessModel::Open,
             publish_model: PublishModel::Publishers,
+            send_last: SendLast::OnSubAndPresence,
             publish_domains: Vec::new(),
             subscribe_domains: Vec::new(),
         }
@@ -137,6 +161,14 @@ impl NodeConfig {
                     other => return Err(format!("publish model {other:?} is not supported")),
                 }
             }
+            "pubsub#send_last_published_item" => {
+                self.send_last = match one {
+                    "never" => SendLast::Never,
+                    "on_sub" => SendLast::OnSub,
+                    "on_sub_and_presence" => SendLast::OnSubAndPresence,
+                    other => return Err(format!("send_last_published_item {other:?} is not one")),
+                }
+            }
             other => return Err(format!("{other} is not a supported node option")),
         }
         Ok(())
@@ -156,6 +188,7 @@ impl NodeConfig {
                 .unwrap_or_else(|| "max".into()),
             "pubsub#access_model" => access_str(self.access_model).into(),
             "pubsub#publish_model" => publish_str(self.publish_model).into(),
+            "pubsub#send_last_published_item" => send_last_str(self.send_last).into(),
             _ => return None,
         })
     }
@@ -173,7 +206,7 @@ impl NodeConfig {
     /// The configuration as a `form` data form (XEP-0060 §8.2.1).
     pub fn to_form(&self) -> Element {
         let mut f = forms::form("form", "http://jabber.org/protocol/pubsub#node_config");
-        let fields: [(&str, &str, &[&str]); 8] = [
+        let fields: [(&str, &str, &[&str]); 9] = [
             ("pubsub#title", "text-single", &[]),
             ("pubsub#deliver_payloads", "boolean", &[]),
             ("pubsub#notify_retract", "boolean", &[]),
@@ -189,6 +222,11 @@ impl NodeConfig {
                 "pubsub#publish_model",
                 "list-single",
                 &["publishers", "subscribers", "open"],
+            ),
+            (
+                "pubsub#send_last_published_item",
+                "list-single",
+                &["never", "on_sub", "on_sub_and_presence"],
             ),
         ];
         for (var, kind, options) in fields {
@@ -214,6 +252,7 @@ impl NodeConfig {
             "pubsub#max_items",
             "pubsub#access_model",
             "pubsub#publish_model",
+            "pubsub#send_last_published_item",
         ] {
             out.push_str(&format!(
                 "{var}={}\n",
@@ -271,6 +310,7 @@ mod tests {
             max_items: None,
             access_model: AccessModel::Whitelist,
             publish_model: PublishModel::Open,
+            send_last: SendLast::Never,
             publish_domains: vec!["a.example".into(), "b.example".into()],
             ..NodeConfig::default()
         };

@@ -106,6 +106,8 @@ impl NodeOptions {
             },
             access_model: self.access_model.unwrap_or(d.access_model),
             publish_model: self.publish_model.unwrap_or(d.publish_model),
+            // Not an option of the file: preconfigured nodes keep XEP-0060's default.
+            send_last: d.send_last,
             publish_domains: self.publish_domains.clone(),
             subscribe_domains: self.subscribe_domains.clone(),
         }

@@ -68,6 +68,9 @@ pub(crate) async fn send_last_items(
             continue;
         };
         for (name, node) in svc.snapshot().await {
+            if node.config.send_last != crate::config::SendLast::OnSubAndPresence {
+                continue;
+            }
             let visible = source == bare
                 || matches!(
                     node.config.access_model,
