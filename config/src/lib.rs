@@ -365,6 +365,7 @@ impl Default for HostConfig {
                 "mam".into(),
                 "carbons".into(),
                 "private".into(),
+                "bookmarks".into(),
                 "certsvc".into(),
                 "pubsub".into(),
                 "scopenode".into(),
