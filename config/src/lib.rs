@@ -366,6 +366,7 @@ impl Default for HostConfig {
                 "carbons".into(),
                 "private".into(),
                 "bookmarks".into(),
+                "muc".into(),
                 "certsvc".into(),
                 "pubsub".into(),
                 "scopenode".into(),

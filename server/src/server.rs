@@ -33,6 +33,7 @@ pub fn builtin_modules() -> Vec<Box<dyn ModuleFactory>> {
         Box::new(openspimed_mod_carbons::Factory),
         Box::new(openspimed_mod_private::Factory),
         Box::new(openspimed_mod_bookmarks::Factory),
+        Box::new(openspimed_mod_muc::Factory),
         Box::new(openspimed_mod_certsvc::Factory),
         Box::new(openspimed_mod_pubsub::Factory),
         Box::new(openspimed_mod_scopenode::Factory),

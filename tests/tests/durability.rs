@@ -28,7 +28,9 @@ fn main() -> ExitCode {
     println!("test offline_messages_and_roster_changes_survive_sigkill ... ok");
     rt.block_on(acknowledged_messages_are_in_both_archives_after_sigkill());
     println!("test acknowledged_messages_are_in_both_archives_after_sigkill ... ok");
-    println!("3 passed, 0 failed");
+    rt.block_on(acknowledged_room_messages_are_in_the_room_history_after_sigkill());
+    println!("test acknowledged_room_messages_are_in_the_room_history_after_sigkill ... ok");
+    println!("4 passed, 0 failed");
     ExitCode::SUCCESS
 }
 
@@ -281,6 +283,98 @@ async fn acknowledged_messages_are_in_both_archives_after_sigkill() {
         let (mut s, _) = Raw::login_at(addr, tls.clone(), "localhost", user, "pw", "r2").await;
         assert_eq!(archived_bodies(&mut s, "q").await, want, "{user}'s archive");
     }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+async fn acknowledged_room_messages_are_in_the_room_history_after_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = openspimed_certs::DevCa::new("durability CA").unwrap();
+    let (cert, key) = ca.issue(&["localhost", "conference.localhost"]).unwrap();
+    std::fs::write(dir.path().join("c.pem"), cert).unwrap();
+    std::fs::write(dir.path().join("k.pem"), key).unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("openspimed.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{}\"\n[metrics]\nenabled = false\n[listeners]\nc2s = [\"127.0.0.1:0\"]\nc2s_direct_tls = []\n\
+             [hosts.localhost]\ncertificate = \"c.pem\"\nkey = \"k.pem\"\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    {
+        let store = SqliteStore::open(&data.join("openspimed.sqlite")).unwrap();
+        let creds = openspimed::sasl::derive_credentials("pw", 4096);
+        for u in ["alice", "bob"] {
+            assert!(store.create_account(u, "localhost", &creds).await.unwrap());
+        }
+    }
+    let room = "durable@conference.localhost";
+    let (mut child, addr) = start_child(&config);
+    let tls = client_tls_config(&ca.cert_pem, None);
+    let (mut alice, _) = Raw::login_at(addr, tls.clone(), "localhost", "alice", "pw", "r").await;
+    // A persistent room, configured by its creator.
+    alice
+        .send(&format!(
+            "<presence to='{room}/alice'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
+        ))
+        .await;
+    alice.stanza("message").await; // the subject ends the entering
+    alice
+        .send(&format!(
+            "<iq type='set' id='cfg' to='{room}'><query xmlns='http://jabber.org/protocol/muc#owner'>\
+             <x xmlns='jabber:x:data' type='submit'><field var='muc#roomconfig_persistentroom'><value>1</value></field></x>\
+             </query></iq>"
+        ))
+        .await;
+    let r = alice.stanza("iq").await;
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+    alice.send("<enable xmlns='urn:xmpp:sm:3'/>").await;
+    assert_eq!(alice.element().await.name(), "enabled");
+    let n = 8;
+    let mut burst = String::new();
+    for i in 0..n {
+        burst.push_str(&format!(
+            "<message to='{room}' type='groupchat' id='g{i}'><body>r{i}</body></message>"
+        ));
+    }
+    burst.push_str("<r xmlns='urn:xmpp:sm:3'/>");
+    alice.send(&burst).await;
+    let ack = alice.stanza("a").await;
+    // The messages, counted from <enable/>.
+    assert_eq!(ack.attr("h"), Some(n.to_string().as_str()), "{ack}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(alice);
+
+    let (mut child, addr) = start_child(&config);
+    let (mut bob, _) = Raw::login_at(addr, tls, "localhost", "bob", "pw", "r").await;
+    bob.send(&format!(
+        "<presence to='{room}/bob'><x xmlns='http://jabber.org/protocol/muc'><history maxstanzas='20'/></x></presence>"
+    ))
+    .await;
+    let mut bodies = Vec::new();
+    loop {
+        let e = bob.element().await;
+        if e.name() != "message" {
+            continue;
+        }
+        if e.get_child("subject", "jabber:client").is_some() {
+            break;
+        }
+        let text = e.to_string();
+        if let Some(b) = text
+            .split("<body>")
+            .nth(1)
+            .and_then(|t| t.split("</body>").next())
+        {
+            bodies.push(b.to_owned());
+        }
+    }
+    let want: Vec<String> = (0..n).map(|i| format!("r{i}")).collect();
+    assert_eq!(bodies, want, "the room's history after the kill");
     child.kill().unwrap();
     child.wait().unwrap();
 }

@@ -27,7 +27,7 @@ pub use module::{
 };
 pub use openspimed_stanza::{
     Condition, Element, ErrorType, IqType, MessageType, Node, Ns, ParseError, PresenceType,
-    StanzaError, StanzaKind, TreeBuilder, datetime, element, error, form, jid, kind, ns, rsm,
+    StanzaError, StanzaKind, TreeBuilder, datetime, element, error, form, jid, kind, ns, rsm, sid,
     stanza,
 };
 pub use openspimed_stanza::{iq_payload, iq_result, reply_skeleton};

@@ -179,6 +179,16 @@ impl Compat {
     }
 }
 
+/// `iq` with the bookmarks taken out of its private-storage query.
+fn without_storage(mut iq: Element) -> Element {
+    for q in iq.children_mut() {
+        if q.is("query", PRIVATE) {
+            q.retain_children(|e| !e.is("storage", NS_LEGACY));
+        }
+    }
+    iq
+}
+
 /// XEP-0402 §3: the node's configuration, as publish-options.
 fn publish_options() -> Element {
     let mut x = openspimed_module_api::form::form(
@@ -214,17 +224,22 @@ impl FromClientHook for Compat {
         let own = stanza
             .attr("to")
             .is_none_or(|t| t.eq_ignore_ascii_case(from.bare));
-        let storage = stanza.get_child("query", PRIVATE).and_then(|q| {
-            let mut children = q.children();
-            match (children.next(), children.next()) {
-                (Some(only), None) if only.is("storage", NS_LEGACY) => Some(only.clone()),
-                _ => None,
-            }
-        });
+        let Some(query) = stanza.get_child("query", PRIVATE) else {
+            return Flow::Pass(stanza);
+        };
+        let storage = query.get_child("storage", NS_LEGACY).cloned();
+        let others = query
+            .children()
+            .filter(|c| !c.is("storage", NS_LEGACY))
+            .count();
         let (Some(storage), true, true) = (storage, own, kind.is_request()) else {
             return Flow::Pass(stanza);
         };
         let answer = if kind == IqType::Get {
+            if others > 0 {
+                // One namespace per get (XEP-0049 §2.3): private storage refuses it.
+                return Flow::Pass(stanza);
+            }
             match self.read(from.bare).await {
                 None => return Flow::Pass(stanza),
                 Some(Ok(marks)) => Ok(iq_result(&stanza).with_child(
@@ -238,6 +253,9 @@ impl FromClientHook for Compat {
                 .await
             {
                 None => return Flow::Pass(stanza),
+                // Stored with other fragments: the bookmarks are in PEP now, the rest is
+                // private storage's, which answers.
+                Some(Ok(())) if others > 0 => return Flow::Pass(without_storage(stanza)),
                 Some(Ok(())) => Ok(iq_result(&stanza)),
                 Some(Err(e)) => Err(e),
             }

@@ -243,17 +243,7 @@ impl ToAccountHook for Received {
 
 /// `message` without its `<private/>` element.
 fn without_private(mut message: Element) -> Element {
-    let kept: Vec<_> = message
-        .take_nodes()
-        .into_iter()
-        .filter(|n| !matches!(n, openspimed_module_api::Node::Element(e) if e.is("private", NS)))
-        .collect();
-    for n in kept {
-        match n {
-            openspimed_module_api::Node::Element(e) => message.push_child(e),
-            openspimed_module_api::Node::Text(t) => message.push_text(t),
-        }
-    }
+    message.retain_children(|e| !e.is("private", NS));
     message
 }
 

@@ -255,6 +255,14 @@ pub async fn broadcast(
     let stored = available.then(|| presence.clone());
     let was_available = server.set_presence(bare, session_id, stored);
     if !available && !was_available {
+        // Directed presence sent while unavailable (a client that enters a room without a
+        // broadcast presence first, as bots do) ends with it all the same (§4.6.3): or the
+        // room keeps an occupant that is gone.
+        for t in extra {
+            let mut p = presence.clone();
+            p.set_attr("to", t.clone());
+            server.route(p).await;
+        }
         return;
     }
     let roster = match im.data.roster(bare).await {

@@ -1,7 +1,7 @@
 //! What goes into an account's archive (XEP-0313 §5.1.1, with Prosody's reading of it) and
 //! the stanza ids that tell clients where (XEP-0359).
 
-use openspimed_module_api::{Element, MessageType, Node, ns};
+use openspimed_module_api::{Element, MessageType, ns};
 
 /// XEP-0085 chat states: never worth keeping (Prosody's `dont_archive_namespaces`
 /// default); a message of nothing else is not archived.
@@ -32,59 +32,11 @@ pub fn archivable(message: &Element) -> bool {
 /// (those a client is told are added when it is read back).
 pub fn for_storage(message: &Element) -> Element {
     let mut copy = message.clone();
-    let kept: Vec<Node> = copy
-        .take_nodes()
-        .into_iter()
-        .filter(|n| match n {
-            Node::Element(e) => e.ns() != CHATSTATES && !e.is("stanza-id", ns::SID),
-            Node::Text(_) => true,
-        })
-        .collect();
-    for n in kept {
-        match n {
-            Node::Element(e) => copy.push_child(e),
-            Node::Text(t) => copy.push_text(t),
-        }
-    }
+    copy.retain_children(|e| e.ns() != CHATSTATES && !e.is("stanza-id", ns::SID));
     copy
 }
 
-/// Removes every `<stanza-id/>` whose `by` is `by` (XEP-0359 §3: an entity MUST remove
-/// those claiming to be its own before it adds one, or a sender could forge them).
-pub fn strip_ids_by(message: &mut Element, by: &str) {
-    let has = message.children().any(|c| {
-        c.is("stanza-id", ns::SID) && c.attr("by").is_some_and(|b| b.eq_ignore_ascii_case(by))
-    });
-    if !has {
-        return;
-    }
-    let kept: Vec<Node> = message
-        .take_nodes()
-        .into_iter()
-        .filter(|n| match n {
-            Node::Element(e) => {
-                !(e.is("stanza-id", ns::SID)
-                    && e.attr("by").is_some_and(|b| b.eq_ignore_ascii_case(by)))
-            }
-            Node::Text(_) => true,
-        })
-        .collect();
-    for n in kept {
-        match n {
-            Node::Element(e) => message.push_child(e),
-            Node::Text(t) => message.push_text(t),
-        }
-    }
-}
-
-/// Adds `<stanza-id xmlns='urn:xmpp:sid:0' by='by' id='id'/>`.
-pub fn add_id(message: &mut Element, by: &str, id: &str) {
-    message.push_child(
-        Element::new("stanza-id", ns::SID)
-            .with_attr("by", by)
-            .with_attr("id", id),
-    );
-}
+pub use openspimed_module_api::sid::{add as add_id, strip_by as strip_ids_by};
 
 /// A new archive id: the time in milliseconds (48 bits) then 48 random bits, in hex. The
 /// time first makes ids of one archive sort in the order they were made, so the store's

@@ -148,6 +148,15 @@ impl Element {
         std::mem::take(&mut self.children)
     }
 
+    /// Keeps the child elements `keep` says yes to (and all text): what removing a
+    /// payload from a stanza takes (a forged stanza id, a client's hint).
+    pub fn retain_children(&mut self, mut keep: impl FnMut(&Element) -> bool) {
+        self.children.retain(|n| match n {
+            Node::Element(e) => keep(e),
+            Node::Text(_) => true,
+        });
+    }
+
     /// Child elements, skipping text.
     pub fn children(&self) -> impl Iterator<Item = &Element> {
         self.children.iter().filter_map(|n| match n {

@@ -13,6 +13,7 @@ pub mod form;
 pub mod kind;
 pub mod ns;
 pub mod rsm;
+pub mod sid;
 pub mod stanza;
 
 pub use element::{Element, Node, Ns, ParseError, TreeBuilder};

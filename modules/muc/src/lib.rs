@@ -1,0 +1,527 @@
+//! XEP-0045 Multi-User Chat on a conference service (`conference.HOST` by default), as
+//! Prosody's `muc` component and ejabberd's `mod_muc` serve it: rooms are made by entering
+//! them, locked until their owner configures them (an instant room with an empty form),
+//! persistent ones kept with their configuration, affiliations and subject; entering sends
+//! who is there, the newcomer with its status codes, the history asked for and the subject;
+//! nick changes, leaving, group messages with the room's XEP-0359 stanza ids, private
+//! messages between occupants, and service discovery of the service and its rooms.
+//!
+//! The room logic is sans I/O ([`room`]): it returns the stanzas to send, which the module
+//! routes in order while it holds the room, so every occupant sees one order.
+
+pub mod config;
+pub mod room;
+pub mod store;
+
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use openspimed_module_api::form::Form;
+use openspimed_module_api::jid::Jid;
+use openspimed_module_api::{
+    Condition, Context, Element, Identity, IqType, MessageType, Module, ModuleError, ModuleFactory,
+    Outcome, PresenceType, Route, StanzaError, StanzaKind, async_trait, datetime, iq_result, ns,
+    options, toml,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+use room::{Affiliation, Limits, Room};
+use store::RoomStore;
+
+pub use openspimed_module_api::sid::strip_by as strip_ids_by;
+
+/// The name operators enable it under.
+pub const NAME: &str = "muc";
+/// XEP-0045's base namespace (the client's `<x/>` when entering, the feature).
+pub const NS_MUC: &str = "http://jabber.org/protocol/muc";
+/// `muc#user`: what occupants are told.
+pub const NS_USER: &str = "http://jabber.org/protocol/muc#user";
+/// `muc#owner`: room configuration.
+pub const NS_OWNER: &str = "http://jabber.org/protocol/muc#owner";
+
+/// `[modules.muc]`, named after Prosody's and ejabberd's options where they have one.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Options {
+    /// The service's address; `{host}` is the virtual host's name.
+    pub service: String,
+    /// Rooms one account may own (ejabberd's `max_rooms_per_user`... 0: no limit).
+    pub max_rooms_per_user: usize,
+    /// Occupants per room (ejabberd's `max_users`).
+    pub max_occupants: usize,
+    /// Messages of history a room keeps for those who enter (Prosody's
+    /// `max_history_messages`).
+    pub max_history: usize,
+    /// Only accounts of the virtual host create rooms (Prosody's `restrict_room_creation
+    /// = "local"`); others may still enter.
+    pub local_creators_only: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            service: "conference.{host}".into(),
+            max_rooms_per_user: 100,
+            max_occupants: 1000,
+            max_history: 50,
+            local_creators_only: true,
+        }
+    }
+}
+
+/// Registers the `muc` module.
+pub struct Factory;
+
+impl ModuleFactory for Factory {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+    fn build(&self, host: &str, table: &toml::Table) -> Result<Arc<dyn Module>, ModuleError> {
+        let options: Options = options::parse(NAME, table)?;
+        let service = options.service.replace("{host}", host).to_lowercase();
+        if Jid::new(&service)
+            .map(|j| j.node().is_some() || j.resource().is_some())
+            .unwrap_or(true)
+        {
+            return Err(ModuleError::Config {
+                module: NAME,
+                key: "service".into(),
+                reason: format!("{service:?} is not a domain"),
+            });
+        }
+        Ok(Arc::new(Muc {
+            host: host.to_owned(),
+            service,
+            limits: Limits {
+                max_occupants: options.max_occupants.max(1),
+                max_history: options.max_history,
+            },
+            options,
+            rooms: DashMap::new(),
+        }))
+    }
+    fn option_keys(&self) -> Vec<String> {
+        options::keys(&Options::default())
+    }
+}
+
+/// The conference service of one host.
+pub struct Muc {
+    /// The virtual host.
+    host: String,
+    /// The service's domain.
+    service: String,
+    /// `[modules.muc]`.
+    options: Options,
+    /// The limits rooms get.
+    limits: Limits,
+    /// Rooms in memory (with occupants, or loaded), by their bare JID.
+    rooms: DashMap<String, Arc<Mutex<Room>>>,
+}
+
+#[async_trait]
+impl Module for Muc {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+    fn routes(&self) -> Vec<Route> {
+        vec![Route::Domain(self.service.clone())]
+    }
+    fn identities(&self) -> Vec<Identity> {
+        Vec::new()
+    }
+    async fn handle(&self, cx: &Context, stanza: Element) -> Result<Outcome, ModuleError> {
+        let to = stanza.attr("to").and_then(|t| Jid::new(t).ok());
+        let Some(to) = to else {
+            return Ok(Outcome::Error(Condition::JidMalformed.into()));
+        };
+        let Some(from) = stanza.attr("from").map(str::to_owned) else {
+            return Ok(Outcome::Error(Condition::BadRequest.into()));
+        };
+        let store = RoomStore::new(cx, &self.service);
+        match to.node() {
+            None => self.service_stanza(&store, &stanza).await,
+            Some(node) => {
+                let room_jid = format!("{}@{}", node.as_str().to_lowercase(), self.service);
+                let nick = to.resource().map(|r| r.as_str().to_owned());
+                self.room_stanza(cx, &store, &room_jid, nick, &from, stanza)
+                    .await
+            }
+        }
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> ModuleError {
+    ModuleError::Internal(e.to_string())
+}
+
+impl Muc {
+    /// Stanzas to the service itself: its disco (XEP-0045 §6.1, §6.3).
+    async fn service_stanza(
+        &self,
+        store: &RoomStore,
+        stanza: &Element,
+    ) -> Result<Outcome, ModuleError> {
+        let Some(StanzaKind::Iq(Some(IqType::Get))) = StanzaKind::of(stanza) else {
+            return Ok(match StanzaKind::of(stanza) {
+                Some(k) if k.is_request() => Outcome::Error(Condition::ServiceUnavailable.into()),
+                _ => Outcome::Handled,
+            });
+        };
+        let Some(q) = stanza.first_child() else {
+            return Ok(Outcome::Error(Condition::BadRequest.into()));
+        };
+        if q.is("query", ns::DISCO_INFO) && q.attr("node").is_none() {
+            let mut info = Element::new("query", ns::DISCO_INFO).with_child(
+                Element::new("identity", ns::DISCO_INFO)
+                    .with_attr("category", "conference")
+                    .with_attr("type", "text")
+                    .with_attr("name", "Chatrooms"),
+            );
+            for f in [
+                ns::DISCO_INFO,
+                ns::DISCO_ITEMS,
+                NS_MUC,
+                openspimed_module_api::ns::SID,
+            ] {
+                info.push_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", f));
+            }
+            return Ok(Outcome::Reply(iq_result(stanza).with_child(info)));
+        }
+        if q.is("query", ns::DISCO_ITEMS) && q.attr("node").is_none() {
+            // §6.3: the public rooms; hidden ones are not listed.
+            let mut items = Element::new("query", ns::DISCO_ITEMS);
+            for (jid, stored) in store.all().await.map_err(internal)? {
+                if stored.config.public {
+                    let mut item =
+                        Element::new("item", ns::DISCO_ITEMS).with_attr("jid", jid.clone());
+                    if !stored.config.name.is_empty() {
+                        item.set_attr("name", stored.config.name.clone());
+                    }
+                    items.push_child(item);
+                }
+            }
+            for entry in self.rooms.iter() {
+                let room = entry.value().lock().await;
+                if !room.stored.config.persistent && room.stored.config.public && !room.locked {
+                    items.push_child(
+                        Element::new("item", ns::DISCO_ITEMS).with_attr("jid", room.jid.clone()),
+                    );
+                }
+            }
+            return Ok(Outcome::Reply(iq_result(stanza).with_child(items)));
+        }
+        Ok(Outcome::Error(Condition::FeatureNotImplemented.into()))
+    }
+
+    /// The room `jid` in memory, loaded from the store if it is kept there; `None` if it
+    /// does not exist.
+    async fn room(
+        &self,
+        store: &RoomStore,
+        jid: &str,
+    ) -> Result<Option<Arc<Mutex<Room>>>, ModuleError> {
+        if let Some(r) = self.rooms.get(jid) {
+            return Ok(Some(r.clone()));
+        }
+        let Some(stored) = store.get(jid).await.map_err(internal)? else {
+            return Ok(None);
+        };
+        let mut room = Room::new(jid.to_owned(), stored, false);
+        room.history = store
+            .history(jid, self.limits.max_history)
+            .await
+            .map_err(internal)?;
+        let room = Arc::new(Mutex::new(room));
+        Ok(Some(
+            self.rooms.entry(jid.to_owned()).or_insert(room).clone(),
+        ))
+    }
+
+    async fn room_stanza(
+        &self,
+        cx: &Context,
+        store: &RoomStore,
+        room_jid: &str,
+        nick: Option<String>,
+        from: &str,
+        stanza: Element,
+    ) -> Result<Outcome, ModuleError> {
+        let kind = StanzaKind::of(&stanza);
+        let from_bare = Jid::new(from)
+            .map(|j| j.to_bare().to_string())
+            .unwrap_or_default();
+        let now = datetime::now_ms();
+        let existing = self.room(store, room_jid).await?;
+        // Entering a room that does not exist creates it (§10.1.1).
+        let entering = matches!(
+            kind,
+            Some(StanzaKind::Presence(Some(PresenceType::Available)))
+        ) && nick.is_some();
+        let (room, created) = match existing {
+            Some(r) => (r, false),
+            None if entering => {
+                if let Some(err) = self.may_create(store, &from_bare).await? {
+                    return Ok(Outcome::Error(err));
+                }
+                let mut stored = room::Stored::default();
+                stored
+                    .affiliations
+                    .insert(from_bare.to_lowercase(), Affiliation::Owner);
+                let room = Arc::new(Mutex::new(Room::new(room_jid.to_owned(), stored, true)));
+                (
+                    self.rooms
+                        .entry(room_jid.to_owned())
+                        .or_insert(room)
+                        .clone(),
+                    true,
+                )
+            }
+            None => {
+                return Ok(match kind {
+                    Some(k) if k.is_request() || matches!(k, StanzaKind::Message(_)) => {
+                        Outcome::Error(
+                            StanzaError::new(Condition::ItemNotFound).with_text("no such room"),
+                        )
+                    }
+                    _ => Outcome::Handled,
+                });
+            }
+        };
+        let mut r = room.lock().await;
+        let outcome = match (kind, nick) {
+            (Some(StanzaKind::Presence(Some(PresenceType::Available))), Some(nick)) => {
+                let who = room::Entering {
+                    full: from,
+                    bare: &from_bare,
+                    nick: &nick,
+                    presence: &stanza,
+                    created,
+                };
+                match r.enter(who, now, self.limits) {
+                    Ok(o) => {
+                        self.send_all(cx, o.out).await;
+                        Outcome::Handled
+                    }
+                    Err(e) => {
+                        if created {
+                            self.rooms.remove(room_jid);
+                        }
+                        Outcome::Error(e)
+                    }
+                }
+            }
+            (Some(StanzaKind::Presence(Some(PresenceType::Unavailable))), _) => {
+                let o = r.leave(from, Some(&stanza));
+                self.send_all(cx, o.out).await;
+                Outcome::Handled
+            }
+            (Some(StanzaKind::Presence(_)), _) => Outcome::Handled,
+            (Some(StanzaKind::Message(MessageType::Groupchat)), None) => {
+                let id = new_id();
+                match r.groupchat(from, &stanza, &id, now, self.limits) {
+                    Ok((out, archived, changed)) => {
+                        if let Some(past) = archived
+                            && r.stored.config.archived
+                        {
+                            // Durable before anyone is told (what an acknowledged message
+                            // needs to survive a crash).
+                            store.archive(room_jid, &past).await.map_err(internal)?;
+                        }
+                        if changed && r.stored.config.persistent {
+                            store.put(room_jid, &r.stored).await.map_err(internal)?;
+                        }
+                        self.send_all(cx, out).await;
+                        Outcome::Handled
+                    }
+                    Err(e) => Outcome::Error(e),
+                }
+            }
+            (Some(StanzaKind::Message(MessageType::Groupchat)), Some(_)) => {
+                // §7.5: group messages go to the room, not to an occupant.
+                Outcome::Error(
+                    StanzaError::new(Condition::BadRequest)
+                        .with_text("send group messages to the room"),
+                )
+            }
+            (Some(StanzaKind::Message(MessageType::Error)), _) => Outcome::Handled,
+            (Some(StanzaKind::Message(_)), Some(nick)) => match r.private(from, &nick, &stanza) {
+                Ok(out) => {
+                    self.send_all(cx, out).await;
+                    Outcome::Handled
+                }
+                Err(e) => Outcome::Error(e),
+            },
+            (Some(StanzaKind::Message(_)), None) => Outcome::Error(
+                StanzaError::new(Condition::FeatureNotImplemented)
+                    .with_text("invitations are not served yet"),
+            ),
+            (Some(StanzaKind::Iq(Some(t))), None) if t.is_request() => {
+                self.room_iq(&mut r, store, from, &from_bare, &stanza, t)
+                    .await?
+            }
+            (Some(StanzaKind::Iq(Some(t))), Some(_)) if t.is_request() => {
+                Outcome::Error(StanzaError::new(Condition::FeatureNotImplemented))
+            }
+            _ => Outcome::Handled,
+        };
+        // A temporary room goes with its last occupant (§10.9's implicit destruction).
+        if r.is_empty() && !r.stored.config.persistent && !created {
+            drop(r);
+            self.rooms.remove(room_jid);
+        }
+        Ok(outcome)
+    }
+
+    /// Iqs to the room: its disco (§6.4) and its configuration (§10.1–10.2).
+    async fn room_iq(
+        &self,
+        r: &mut Room,
+        store: &RoomStore,
+        from: &str,
+        from_bare: &str,
+        iq: &Element,
+        kind: IqType,
+    ) -> Result<Outcome, ModuleError> {
+        let Some(q) = iq.first_child() else {
+            return Ok(Outcome::Error(Condition::BadRequest.into()));
+        };
+        let owner = r.affiliation(from_bare) == Affiliation::Owner;
+        if q.is("query", ns::DISCO_INFO) && kind == IqType::Get {
+            if r.locked && !owner {
+                return Ok(Outcome::Error(Condition::ItemNotFound.into()));
+            }
+            let c = &r.stored.config;
+            let mut info = Element::new("query", ns::DISCO_INFO).with_child(
+                Element::new("identity", ns::DISCO_INFO)
+                    .with_attr("category", "conference")
+                    .with_attr("type", "text")
+                    .with_attr(
+                        "name",
+                        if c.name.is_empty() {
+                            r.jid.clone()
+                        } else {
+                            c.name.clone()
+                        },
+                    ),
+            );
+            let mut features = c.features();
+            features.push(openspimed_module_api::ns::SID);
+            for f in features {
+                info.push_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", f));
+            }
+            return Ok(Outcome::Reply(iq_result(iq).with_child(info)));
+        }
+        if q.is("query", ns::DISCO_ITEMS) && kind == IqType::Get {
+            // §6.5: occupants are not listed to those outside (the room may be anonymous).
+            return Ok(Outcome::Reply(
+                iq_result(iq).with_child(Element::new("query", ns::DISCO_ITEMS)),
+            ));
+        }
+        if q.is("query", NS_OWNER) {
+            if !owner {
+                return Ok(Outcome::Error(
+                    StanzaError::new(Condition::Forbidden).with_text("owners only"),
+                ));
+            }
+            if kind == IqType::Get {
+                let form = r.stored.config.to_form();
+                return Ok(Outcome::Reply(
+                    iq_result(iq).with_child(Element::new("query", NS_OWNER).with_child(form)),
+                ));
+            }
+            let Some(f) = Form::find(q) else {
+                return Ok(Outcome::Error(
+                    StanzaError::new(Condition::FeatureNotImplemented)
+                        .with_text("room destruction is not served yet"),
+                ));
+            };
+            if f.kind == "cancel" {
+                // §10.1.3: a cancelled initial configuration destroys the new room.
+                if r.locked {
+                    r.occupants.clear();
+                }
+                return Ok(Outcome::Reply(iq_result(iq)));
+            }
+            if f.form_type
+                .as_deref()
+                .is_some_and(|t| t != config::FORM_TYPE)
+            {
+                return Ok(Outcome::Error(
+                    StanzaError::new(Condition::BadRequest)
+                        .with_text("not a room configuration form"),
+                ));
+            }
+            match r.stored.config.with_form(&f) {
+                Ok(c) => {
+                    let was_persistent = r.stored.config.persistent;
+                    r.stored.config = c;
+                    r.locked = false;
+                    if r.stored.config.persistent {
+                        store.put(&r.jid, &r.stored).await.map_err(internal)?;
+                    } else if was_persistent {
+                        store.remove(&r.jid).await.map_err(internal)?;
+                    }
+                    let _ = from;
+                    return Ok(Outcome::Reply(iq_result(iq)));
+                }
+                Err(e) => {
+                    return Ok(Outcome::Error(
+                        StanzaError::new(Condition::NotAcceptable).with_text(e),
+                    ));
+                }
+            }
+        }
+        Ok(Outcome::Error(Condition::FeatureNotImplemented.into()))
+    }
+
+    /// Why `bare` may not create a room here, if it may not.
+    async fn may_create(
+        &self,
+        store: &RoomStore,
+        bare: &str,
+    ) -> Result<Option<StanzaError>, ModuleError> {
+        let local = bare
+            .rsplit_once('@')
+            .is_some_and(|(_, d)| d.eq_ignore_ascii_case(&self.host));
+        if self.options.local_creators_only && !local {
+            return Ok(Some(
+                StanzaError::new(Condition::NotAllowed)
+                    .with_text("only local accounts create rooms here"),
+            ));
+        }
+        if self.options.max_rooms_per_user > 0 {
+            let owned = store
+                .all()
+                .await
+                .map_err(internal)?
+                .iter()
+                .filter(|(_, s)| {
+                    s.affiliations.get(&bare.to_lowercase()) == Some(&Affiliation::Owner)
+                })
+                .count();
+            if owned >= self.options.max_rooms_per_user {
+                return Ok(Some(
+                    StanzaError::new(Condition::NotAllowed)
+                        .with_text("you own as many rooms as you may"),
+                ));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Routes `out` in order.
+    async fn send_all(&self, cx: &Context, out: Vec<Element>) {
+        for s in out {
+            cx.server.route(s).await;
+        }
+    }
+}
+
+/// A room archive id: time first, then random (as the account archives' ids).
+fn new_id() -> String {
+    let ms = datetime::now_ms().max(0) as u64 & 0xffff_ffff_ffff;
+    let r: u64 = rand::random::<u64>() & 0xffff_ffff_ffff;
+    format!("{ms:012x}{r:012x}")
+}

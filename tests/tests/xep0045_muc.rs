@@ -1,0 +1,383 @@
+//! XEP-0045 multi-user chat on `conference.localhost`, raw clients over real TLS: creating
+//! a room (locked until configured), entering it in the order §7.2 gives, group and
+//! private messages, history, subject, nick changes, leaving, persistence and the errors
+//! of entering.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use openspimed_module_api::Element;
+use openspimed_tests::{Raw, TestServer, error_condition};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+type Client = Raw<TlsStream<TcpStream>>;
+const MUC: &str = "http://jabber.org/protocol/muc";
+const USER: &str = "http://jabber.org/protocol/muc#user";
+const ROOM: &str = "council@conference.localhost";
+
+/// The status codes of a MUC presence.
+fn codes(p: &Element) -> Vec<String> {
+    p.get_child("x", USER)
+        .map(|x| {
+            x.children()
+                .filter(|c| c.name() == "status")
+                .filter_map(|c| c.attr("code").map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The next stanza that is not an iq result of something else.
+async fn next(c: &mut Client) -> Element {
+    c.element().await
+}
+
+async fn join(c: &mut Client, nick: &str, extra: &str) {
+    c.send(&format!(
+        "<presence to='{ROOM}/{nick}'><x xmlns='{MUC}'>{extra}</x></presence>"
+    ))
+    .await;
+}
+
+/// Enters the room as `nick` and returns what came, up to and including the subject.
+async fn enter(c: &mut Client, nick: &str, extra: &str) -> Vec<Element> {
+    join(c, nick, extra).await;
+    let mut got = Vec::new();
+    loop {
+        let e = next(c).await;
+        let done = e.name() == "message" && e.get_child("subject", "jabber:client").is_some();
+        assert_ne!(e.attr("type"), Some("error"), "entering failed: {e}");
+        got.push(e);
+        if done {
+            return got;
+        }
+    }
+}
+
+async fn iq(c: &mut Client, id: &str, to: &str, kind: &str, payload: &str) -> Element {
+    c.send(&format!(
+        "<iq type='{kind}' id='{id}' to='{to}'>{payload}</iq>"
+    ))
+    .await;
+    loop {
+        let e = c.stanza("iq").await;
+        if e.attr("id") == Some(id) {
+            return e;
+        }
+    }
+}
+
+async fn instant(c: &mut Client) {
+    let r = iq(
+        c,
+        "cfg",
+        ROOM,
+        "set",
+        "<query xmlns='http://jabber.org/protocol/muc#owner'><x xmlns='jabber:x:data' type='submit'/></query>",
+    )
+    .await;
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+}
+
+fn from(e: &Element) -> &str {
+    e.attr("from").unwrap_or("")
+}
+
+fn body(e: &Element) -> String {
+    e.get_child("body", "jabber:client")
+        .map(Element::text)
+        .unwrap_or_default()
+}
+
+async fn users(server: &TestServer) -> (Client, Client, Client) {
+    for u in ["alice", "bob", "carol"] {
+        server.add_user(u, "pw").await;
+    }
+    let (a, _) = Raw::login(server, "alice", "pw", "a").await;
+    let (b, _) = Raw::login(server, "bob", "pw", "b").await;
+    let (c, _) = Raw::login(server, "carol", "pw", "c").await;
+    (a, b, c)
+}
+
+#[tokio::test]
+async fn a_room_is_created_entered_talked_in_and_left() {
+    let server = TestServer::start().await;
+    let (mut alice, mut bob, mut carol) = users(&server).await;
+
+    // The first to enter creates it (201) and owns it; it is locked until configured.
+    let got = enter(&mut alice, "alice", "").await;
+    let own = &got[0];
+    assert_eq!(from(own), format!("{ROOM}/alice"));
+    let c = codes(own);
+    assert!(
+        c.contains(&"110".into()) && c.contains(&"201".into()),
+        "{own}"
+    );
+    let item = own
+        .get_child("x", USER)
+        .unwrap()
+        .get_child("item", USER)
+        .unwrap();
+    assert_eq!(
+        (item.attr("affiliation"), item.attr("role")),
+        (Some("owner"), Some("moderator"))
+    );
+    join(&mut bob, "bob", "").await;
+    let locked = bob.stanza("presence").await;
+    assert_eq!(
+        error_condition(&locked).as_deref(),
+        Some("item-not-found"),
+        "{locked}"
+    );
+    instant(&mut alice).await;
+
+    // bob enters: alice's presence first, then his own (110), then the subject.
+    let got = enter(&mut bob, "bob", "").await;
+    assert_eq!(from(&got[0]), format!("{ROOM}/alice"));
+    assert!(codes(&got[0]).is_empty(), "{}", got[0]);
+    assert_eq!(from(&got[1]), format!("{ROOM}/bob"));
+    assert!(codes(&got[1]).contains(&"110".into()));
+    assert_eq!(got.len(), 3, "{got:?}");
+    let seen = alice.stanza("presence").await;
+    assert_eq!(from(&seen), format!("{ROOM}/bob"));
+    // Semi-anonymous: alice (moderator) sees bob's real JID.
+    let item = seen
+        .get_child("x", USER)
+        .unwrap()
+        .get_child("item", USER)
+        .unwrap();
+    assert_eq!(item.attr("jid"), Some("bob@localhost/b"));
+
+    // A group message reaches both, from the sender's room JID, with the room's id.
+    alice
+        .send(&format!(
+            "<message to='{ROOM}' type='groupchat' id='g1'><body>hello</body></message>"
+        ))
+        .await;
+    for c in [&mut alice, &mut bob] {
+        let m = c.stanza("message").await;
+        assert_eq!(
+            (from(&m), body(&m).as_str()),
+            (format!("{ROOM}/alice").as_str(), "hello")
+        );
+        let sid = m
+            .get_child("stanza-id", "urn:xmpp:sid:0")
+            .expect("the room's stanza id");
+        assert_eq!(sid.attr("by"), Some(ROOM));
+    }
+    bob.send(&format!(
+        "<message to='{ROOM}' type='groupchat'><body>second</body></message>"
+    ))
+    .await;
+    for c in [&mut alice, &mut bob] {
+        assert_eq!(body(&c.stanza("message").await), "second");
+    }
+
+    // carol asks for one message of history: presences, herself, the last message
+    // (delayed, from the room), the subject.
+    let got = enter(&mut carol, "carol", "<history maxstanzas='1'/>").await;
+    let history: Vec<&Element> = got
+        .iter()
+        .filter(|e| e.name() == "message" && !body(e).is_empty())
+        .collect();
+    assert_eq!(history.len(), 1, "{got:?}");
+    assert_eq!(body(history[0]), "second");
+    assert!(history[0].get_child("delay", "urn:xmpp:delay").is_some());
+    assert_eq!(got.iter().filter(|e| e.name() == "presence").count(), 3);
+    for c in [&mut alice, &mut bob] {
+        assert_eq!(from(&c.stanza("presence").await), format!("{ROOM}/carol"));
+    }
+
+    // The subject: a participant may not change it here, a moderator may.
+    bob.send(&format!(
+        "<message to='{ROOM}' type='groupchat' id='s1'><subject>mine</subject></message>"
+    ))
+    .await;
+    let refused = bob.stanza("message").await;
+    assert_eq!(
+        error_condition(&refused).as_deref(),
+        Some("forbidden"),
+        "{refused}"
+    );
+    alice
+        .send(&format!(
+            "<message to='{ROOM}' type='groupchat'><subject>Agenda</subject></message>"
+        ))
+        .await;
+    for c in [&mut alice, &mut bob, &mut carol] {
+        let m = c.stanza("message").await;
+        assert_eq!(
+            m.get_child("subject", "jabber:client")
+                .map(Element::text)
+                .as_deref(),
+            Some("Agenda")
+        );
+    }
+
+    // A nick in use is refused; a free one is taken: 303 from the old, then the new.
+    join(&mut carol, "alice", "").await;
+    let taken = carol.stanza("presence").await;
+    assert_eq!(
+        error_condition(&taken).as_deref(),
+        Some("conflict"),
+        "{taken}"
+    );
+    bob.send(&format!("<presence to='{ROOM}/robert'/>")).await;
+    for c in [&mut alice, &mut carol, &mut bob] {
+        let gone = c.stanza("presence").await;
+        assert_eq!(
+            (from(&gone), gone.attr("type")),
+            (format!("{ROOM}/bob").as_str(), Some("unavailable"))
+        );
+        assert!(codes(&gone).contains(&"303".into()), "{gone}");
+        let item = gone
+            .get_child("x", USER)
+            .unwrap()
+            .get_child("item", USER)
+            .unwrap();
+        assert_eq!(item.attr("nick"), Some("robert"));
+        let back = c.stanza("presence").await;
+        assert_eq!(from(&back), format!("{ROOM}/robert"));
+    }
+
+    // A private message between occupants, through the room.
+    bob.send(&format!(
+        "<message to='{ROOM}/carol' type='chat'><body>psst</body></message>"
+    ))
+    .await;
+    let pm = carol.stanza("message").await;
+    assert_eq!(
+        (from(&pm), body(&pm).as_str()),
+        (format!("{ROOM}/robert").as_str(), "psst")
+    );
+    assert!(pm.get_child("x", USER).is_some());
+
+    // Leaving: 110 to the one who leaves, unavailable to the others.
+    bob.send(&format!(
+        "<presence to='{ROOM}/robert' type='unavailable'/>"
+    ))
+    .await;
+    let left = bob.stanza("presence").await;
+    assert_eq!(left.attr("type"), Some("unavailable"));
+    assert!(codes(&left).contains(&"110".into()));
+    for c in [&mut alice, &mut carol] {
+        let p = c.stanza("presence").await;
+        assert_eq!(
+            (from(&p), p.attr("type")),
+            (format!("{ROOM}/robert").as_str(), Some("unavailable"))
+        );
+    }
+    // Someone outside may not speak in the room.
+    bob.send(&format!(
+        "<message to='{ROOM}' type='groupchat' id='x'><body>from outside</body></message>"
+    ))
+    .await;
+    let refused = bob.stanza("message").await;
+    assert_eq!(
+        error_condition(&refused).as_deref(),
+        Some("not-acceptable"),
+        "{refused}"
+    );
+    // An occupant whose session ends leaves (its server sends the room its unavailable
+    // presence, RFC 6121 §4.6.3).
+    carol.send("</stream:stream>").await;
+    drop(carol);
+    let p = alice.stanza("presence").await;
+    assert_eq!(
+        (from(&p), p.attr("type")),
+        (format!("{ROOM}/carol").as_str(), Some("unavailable"))
+    );
+}
+
+#[tokio::test]
+async fn persistent_rooms_keep_configuration_and_history_across_a_restart() {
+    let mut server = TestServer::start().await;
+    let (mut alice, mut bob, _carol) = users(&server).await;
+    enter(&mut alice, "alice", "").await;
+    let form = "<query xmlns='http://jabber.org/protocol/muc#owner'><x xmlns='jabber:x:data' type='submit'>\
+        <field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#roomconfig</value></field>\
+        <field var='muc#roomconfig_roomname'><value>The Council</value></field>\
+        <field var='muc#roomconfig_persistentroom'><value>1</value></field>\
+        <field var='muc#roomconfig_membersonly'><value>0</value></field>\
+        <field var='muc#roomconfig_roomsecret'><value>sesame</value></field></x></query>";
+    let r = iq(&mut alice, "cfg", ROOM, "set", form).await;
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+    // The password is asked of everyone but admins and owners.
+    join(&mut bob, "bob", "").await;
+    let denied = bob.stanza("presence").await;
+    assert_eq!(
+        error_condition(&denied).as_deref(),
+        Some("not-authorized"),
+        "{denied}"
+    );
+    alice
+        .send(&format!(
+            "<message to='{ROOM}' type='groupchat'><body>kept</body></message>"
+        ))
+        .await;
+    alice.stanza("message").await;
+    drop((alice, bob));
+    server.restart().await;
+
+    let (mut alice, _) = Raw::login(&server, "alice", "pw", "a2").await;
+    let info = iq(
+        &mut alice,
+        "i",
+        ROOM,
+        "get",
+        "<query xmlns='http://jabber.org/protocol/disco#info'/>",
+    )
+    .await
+    .to_string();
+    for f in [
+        "muc_persistent",
+        "muc_passwordprotected",
+        "http://jabber.org/protocol/muc",
+    ] {
+        assert!(info.contains(&format!("var='{f}'")), "{info}");
+    }
+    assert!(info.contains("name='The Council'"), "{info}");
+    let items = iq(
+        &mut alice,
+        "it",
+        "conference.localhost",
+        "get",
+        "<query xmlns='http://jabber.org/protocol/disco#items'/>",
+    )
+    .await
+    .to_string();
+    assert!(items.contains(&format!("jid='{ROOM}'")), "{items}");
+    let (mut bob, _) = Raw::login(&server, "bob", "pw", "b2").await;
+    let got = enter(&mut bob, "bob", "<password>sesame</password>").await;
+    assert!(
+        got.iter().any(|e| body(e) == "kept"),
+        "history after the restart: {got:?}"
+    );
+    // The service and the server's disco.
+    let info = iq(
+        &mut bob,
+        "s",
+        "conference.localhost",
+        "get",
+        "<query xmlns='http://jabber.org/protocol/disco#info'/>",
+    )
+    .await
+    .to_string();
+    assert!(
+        info.contains("category='conference'") && info.contains(&format!("var='{MUC}'")),
+        "{info}"
+    );
+    let server_items = iq(
+        &mut bob,
+        "h",
+        "localhost",
+        "get",
+        "<query xmlns='http://jabber.org/protocol/disco#items'/>",
+    )
+    .await
+    .to_string();
+    assert!(
+        server_items.contains("jid='conference.localhost'"),
+        "{server_items}"
+    );
+}
