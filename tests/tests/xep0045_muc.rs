@@ -333,6 +333,7 @@ async fn persistent_rooms_keep_configuration_and_history_across_a_restart() {
         "muc_persistent",
         "muc_passwordprotected",
         "http://jabber.org/protocol/muc",
+        "urn:xmpp:mam:2",
     ] {
         assert!(info.contains(&format!("var='{f}'")), "{info}");
     }
@@ -352,6 +353,28 @@ async fn persistent_rooms_keep_configuration_and_history_across_a_restart() {
     assert!(
         got.iter().any(|e| body(e) == "kept"),
         "history after the restart: {got:?}"
+    );
+    // The room's archive (XEP-0313 §5.1.2): the message from the room, with its id.
+    bob.send(&format!(
+        "<iq type='set' id='mam' to='{ROOM}'><query xmlns='urn:xmpp:mam:2' queryid='q1'/></iq>"
+    ))
+    .await;
+    let mut results = Vec::new();
+    let fin = loop {
+        let e = bob.element().await;
+        match e.name() {
+            "message" if e.get_child("result", "urn:xmpp:mam:2").is_some() => results.push(e),
+            "iq" if e.attr("id") == Some("mam") => break e,
+            _ => {}
+        }
+    };
+    assert_eq!(fin.attr("type"), Some("result"), "{fin}");
+    assert_eq!(results.len(), 1, "{results:?}");
+    assert_eq!(from(&results[0]), ROOM);
+    let text = results[0].to_string();
+    assert!(
+        text.contains("<body>kept</body>") && text.contains("queryid='q1'"),
+        "{text}"
     );
     // The service and the server's disco.
     let info = iq(

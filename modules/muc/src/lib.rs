@@ -358,7 +358,7 @@ impl Muc {
                     .with_text("invitations are not served yet"),
             ),
             (Some(StanzaKind::Iq(Some(t))), None) if t.is_request() => {
-                self.room_iq(&mut r, store, from, &from_bare, &stanza, t)
+                self.room_iq(cx, &mut r, store, from, &from_bare, &stanza, t)
                     .await?
             }
             (Some(StanzaKind::Iq(Some(t))), Some(_)) if t.is_request() => {
@@ -375,8 +375,10 @@ impl Muc {
     }
 
     /// Iqs to the room: its disco (§6.4) and its configuration (§10.1–10.2).
+    #[allow(clippy::too_many_arguments)]
     async fn room_iq(
         &self,
+        cx: &Context,
         r: &mut Room,
         store: &RoomStore,
         from: &str,
@@ -408,6 +410,10 @@ impl Muc {
             );
             let mut features = c.features();
             features.push(openspimed_module_api::ns::SID);
+            if c.archived {
+                // XEP-0313 §5.1.2: the room's archive answers queries.
+                features.extend([openspimed_mod_mam::NS, openspimed_mod_mam::NS_EXTENDED]);
+            }
             for f in features {
                 info.push_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", f));
             }
@@ -418,6 +424,11 @@ impl Muc {
             return Ok(Outcome::Reply(
                 iq_result(iq).with_child(Element::new("query", ns::DISCO_ITEMS)),
             ));
+        }
+        if q.is("query", openspimed_mod_mam::NS) {
+            return self
+                .archive_query(cx, r, store, from, from_bare, iq, q, kind)
+                .await;
         }
         if q.is("query", NS_OWNER) {
             if !owner {
@@ -474,6 +485,85 @@ impl Muc {
             }
         }
         Ok(Outcome::Error(Condition::FeatureNotImplemented.into()))
+    }
+
+    /// XEP-0313 §5.1.2: a query of the room's archive, answered like an account's: the
+    /// results from the room's JID to the asking session, then the `<fin/>`. Anyone may
+    /// read the archive of an open room; a members-only room's is its members' (Prosody's
+    /// `mod_muc_mam` rule), never an outcast's.
+    #[allow(clippy::too_many_arguments)]
+    async fn archive_query(
+        &self,
+        cx: &Context,
+        r: &Room,
+        store: &RoomStore,
+        from: &str,
+        from_bare: &str,
+        iq: &Element,
+        query: &Element,
+        kind: IqType,
+    ) -> Result<Outcome, ModuleError> {
+        use openspimed_mod_mam::{query as mq, store as ms};
+        let affiliation = r.affiliation(from_bare);
+        let member = affiliation >= Affiliation::Member || r.occupant_of(from).is_some();
+        if affiliation == Affiliation::Outcast || (r.stored.config.members_only && !member) {
+            return Ok(Outcome::Error(
+                StanzaError::new(Condition::Forbidden).with_text("the archive is the members'"),
+            ));
+        }
+        if !r.stored.config.archived {
+            return Ok(Outcome::Error(
+                StanzaError::new(Condition::ServiceUnavailable)
+                    .with_text("the room keeps no archive"),
+            ));
+        }
+        if kind == IqType::Get {
+            return Ok(Outcome::Reply(iq_result(iq).with_child(mq::form())));
+        }
+        let q = match mq::Query::parse(query, 20, 50) {
+            Ok(q) => q,
+            Err(e) => return Ok(Outcome::Error(e)),
+        };
+        let found = match ms::page(store.log(), &r.jid, &q, 10_000).await {
+            Ok(p) => p,
+            Err(ms::PageError::UnknownId) => {
+                return Ok(Outcome::Error(
+                    StanzaError::new(Condition::ItemNotFound)
+                        .with_text("no message in the archive has that id"),
+                ));
+            }
+            Err(ms::PageError::Storage(e)) => return Err(internal(e)),
+        };
+        let (mut first, mut last) = (None, None);
+        for item in found.items {
+            let Ok(stanza) = std::str::from_utf8(&item.value)
+                .map_err(|_| ())
+                .and_then(|s| Element::parse(s).map_err(|_| ()))
+            else {
+                continue;
+            };
+            let m = mq::result_message(
+                q.queryid.as_deref(),
+                from,
+                Some(&r.jid),
+                &item.id,
+                item.at_ms,
+                stanza,
+            );
+            cx.server.route(m).await;
+            if first.is_none() {
+                first = Some((item.id.clone(), None));
+            }
+            last = Some(item.id);
+        }
+        let page = openspimed_module_api::rsm::Page {
+            first,
+            last,
+            count: found.count,
+        };
+        Ok(Outcome::Reply(
+            iq_result(iq).with_child(mq::fin(found.complete, &page)),
+        ))
     }
 
     /// Why `bare` may not create a room here, if it may not.

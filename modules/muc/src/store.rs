@@ -76,6 +76,11 @@ impl RoomStore {
         self.log.append(jid, &item).await
     }
 
+    /// The rooms' messages (what a room's XEP-0313 queries read).
+    pub fn log(&self) -> &dyn ArchiveStore {
+        self.log.as_ref()
+    }
+
     /// The last `n` messages of room `jid`, oldest first.
     pub async fn history(&self, jid: &str, n: usize) -> Result<VecDeque<Past>, StorageFailure> {
         let q = ArchiveQuery {
