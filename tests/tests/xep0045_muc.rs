@@ -404,3 +404,147 @@ async fn persistent_rooms_keep_configuration_and_history_across_a_restart() {
         "{server_items}"
     );
 }
+
+async fn admin(c: &mut Client, id: &str, kind: &str, items: &str) -> Element {
+    iq(
+        c,
+        id,
+        ROOM,
+        kind,
+        &format!("<query xmlns='http://jabber.org/protocol/muc#admin'>{items}</query>"),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn moderators_and_admins_kick_ban_silence_and_keep_member_lists() {
+    let server = TestServer::start().await;
+    let (mut alice, mut bob, mut carol) = users(&server).await;
+    server.add_user("dave", "pw").await;
+    enter(&mut alice, "alice", "").await;
+    instant(&mut alice).await;
+    enter(&mut bob, "bob", "").await;
+    alice.stanza("presence").await;
+    enter(&mut carol, "carol", "").await;
+    alice.stanza("presence").await;
+    bob.stanza("presence").await;
+
+    // A participant cannot kick.
+    let r = admin(&mut bob, "k0", "set", "<item nick='carol' role='none'/>").await;
+    assert_eq!(error_condition(&r).as_deref(), Some("forbidden"), "{r}");
+    // The owner (a moderator) kicks carol: 307 to all, with 110 to her.
+    let r = admin(
+        &mut alice,
+        "k1",
+        "set",
+        "<item nick='carol' role='none'><reason>enough</reason></item>",
+    )
+    .await;
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+    let gone = carol.stanza("presence").await;
+    assert_eq!(gone.attr("type"), Some("unavailable"));
+    let c = codes(&gone);
+    assert!(
+        c.contains(&"307".into()) && c.contains(&"110".into()),
+        "{gone}"
+    );
+    assert!(
+        gone.to_string().contains("<reason>enough</reason>"),
+        "{gone}"
+    );
+    let seen = bob.stanza("presence").await;
+    assert!(codes(&seen).contains(&"307".into()), "{seen}");
+
+    // Voice: bob made a visitor may not speak; the presence says so.
+    let r = admin(&mut alice, "v", "set", "<item nick='bob' role='visitor'/>").await;
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+    let p = bob.stanza("presence").await;
+    let item = p
+        .get_child("x", USER)
+        .unwrap()
+        .get_child("item", USER)
+        .unwrap();
+    assert_eq!(item.attr("role"), Some("visitor"), "{p}");
+    bob.send(&format!(
+        "<message to='{ROOM}' type='groupchat' id='m'><body>hi</body></message>"
+    ))
+    .await;
+    let refused = bob.stanza("message").await;
+    assert_eq!(
+        error_condition(&refused).as_deref(),
+        Some("forbidden"),
+        "{refused}"
+    );
+
+    // Ban: carol is an outcast and cannot come back.
+    let r = admin(
+        &mut alice,
+        "b",
+        "set",
+        "<item jid='carol@localhost' affiliation='outcast'/>",
+    )
+    .await;
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+    join(&mut carol, "carol", "").await;
+    let denied = carol.stanza("presence").await;
+    assert_eq!(
+        error_condition(&denied).as_deref(),
+        Some("forbidden"),
+        "{denied}"
+    );
+
+    // Members-only: dave becomes a member and enters; a stranger does not.
+    let r = admin(
+        &mut alice,
+        "m",
+        "set",
+        "<item jid='dave@localhost' affiliation='member'/>",
+    )
+    .await;
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+    let cfg = "<query xmlns='http://jabber.org/protocol/muc#owner'><x xmlns='jabber:x:data' type='submit'>\
+        <field var='muc#roomconfig_membersonly'><value>1</value></field></x></query>";
+    assert_eq!(
+        iq(&mut alice, "mo", ROOM, "set", cfg).await.attr("type"),
+        Some("result")
+    );
+    server.add_user("eve", "pw").await;
+    let (mut eve, _) = Raw::login(&server, "eve", "pw", "e").await;
+    join(&mut eve, "eve", "").await;
+    let denied = eve.stanza("presence").await;
+    assert_eq!(
+        error_condition(&denied).as_deref(),
+        Some("registration-required"),
+        "{denied}"
+    );
+    let (mut dave, _) = Raw::login(&server, "dave", "pw", "d").await;
+    enter(&mut dave, "dave", "").await;
+    // The lists, to an admin; not to a participant.
+    let members = admin(&mut alice, "l", "get", "<item affiliation='member'/>")
+        .await
+        .to_string();
+    assert!(members.contains("jid='dave@localhost'"), "{members}");
+    let outcasts = admin(&mut alice, "l2", "get", "<item affiliation='outcast'/>")
+        .await
+        .to_string();
+    assert!(outcasts.contains("jid='carol@localhost'"), "{outcasts}");
+    let r = admin(&mut dave, "l3", "get", "<item affiliation='member'/>").await;
+    assert_eq!(error_condition(&r).as_deref(), Some("forbidden"), "{r}");
+    // The last owner stays one.
+    let r = admin(
+        &mut alice,
+        "o",
+        "set",
+        "<item jid='alice@localhost' affiliation='member'/>",
+    )
+    .await;
+    assert_eq!(error_condition(&r).as_deref(), Some("conflict"), "{r}");
+    let r = admin(
+        &mut alice,
+        "bad",
+        "set",
+        "<item nick='dave' role='emperor'/>",
+    )
+    .await;
+    assert_eq!(error_condition(&r).as_deref(), Some("bad-request"), "{r}");
+}

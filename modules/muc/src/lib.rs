@@ -39,6 +39,8 @@ pub const NS_MUC: &str = "http://jabber.org/protocol/muc";
 pub const NS_USER: &str = "http://jabber.org/protocol/muc#user";
 /// `muc#owner`: room configuration.
 pub const NS_OWNER: &str = "http://jabber.org/protocol/muc#owner";
+/// `muc#admin`: roles and affiliations.
+pub const NS_ADMIN: &str = "http://jabber.org/protocol/muc#admin";
 
 /// `[modules.muc]`, named after Prosody's and ejabberd's options where they have one.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -425,6 +427,9 @@ impl Muc {
                 iq_result(iq).with_child(Element::new("query", ns::DISCO_ITEMS)),
             ));
         }
+        if q.is("query", NS_ADMIN) {
+            return self.admin(cx, r, store, from, from_bare, iq, q, kind).await;
+        }
         if q.is("query", openspimed_mod_mam::NS) {
             return self
                 .archive_query(cx, r, store, from, from_bare, iq, q, kind)
@@ -564,6 +569,89 @@ impl Muc {
         Ok(Outcome::Reply(
             iq_result(iq).with_child(mq::fin(found.complete, &page)),
         ))
+    }
+
+    /// §8–9: the admin iqs: a set changes roles or affiliations (each item in turn; the
+    /// first refused one stops the rest), a get lists them.
+    #[allow(clippy::too_many_arguments)]
+    async fn admin(
+        &self,
+        cx: &Context,
+        r: &mut Room,
+        store: &RoomStore,
+        from: &str,
+        from_bare: &str,
+        iq: &Element,
+        query: &Element,
+        kind: IqType,
+    ) -> Result<Outcome, ModuleError> {
+        let items: Vec<&Element> = query
+            .children()
+            .filter(|c| c.is("item", NS_ADMIN))
+            .collect();
+        let bad = |t: &str| {
+            Ok(Outcome::Error(
+                StanzaError::new(Condition::BadRequest).with_text(t.to_owned()),
+            ))
+        };
+        if items.is_empty() {
+            return bad("an item is needed");
+        }
+        if kind == IqType::Get {
+            let item = items[0];
+            let affiliation = item.attr("affiliation").and_then(room::affiliation_named);
+            let role = item.attr("role").and_then(room::role_named).flatten();
+            if affiliation.is_none() && role.is_none() {
+                return bad("ask for an affiliation or a role");
+            }
+            return Ok(match r.list(from, from_bare, affiliation, role) {
+                Ok(list) => {
+                    let mut q = Element::new("query", NS_ADMIN);
+                    for i in list {
+                        q.push_child(i);
+                    }
+                    Outcome::Reply(iq_result(iq).with_child(q))
+                }
+                Err(e) => Outcome::Error(e),
+            });
+        }
+        let mut changed = false;
+        for item in items {
+            let reason = item.get_child("reason", NS_ADMIN).map(Element::text);
+            let change = match (item.attr("role"), item.attr("affiliation")) {
+                (Some(role), None) => match (room::role_named(role), item.attr("nick")) {
+                    (Some(role), Some(nick)) => room::Change::Role {
+                        nick: nick.to_owned(),
+                        role,
+                    },
+                    _ => return bad("a role change names a nick and a role"),
+                },
+                (None, Some(a)) => {
+                    let jid = item
+                        .attr("jid")
+                        .and_then(|j| Jid::new(j).ok())
+                        .map(|j| j.to_bare().to_string());
+                    match (room::affiliation_named(a), jid) {
+                        (Some(affiliation), Some(jid)) => {
+                            room::Change::Affiliation { jid, affiliation }
+                        }
+                        _ => return bad("an affiliation change names a JID and an affiliation"),
+                    }
+                }
+                _ => return bad("an item changes a role or an affiliation"),
+            };
+            match r.apply(from, from_bare, &change, reason.as_deref()) {
+                Ok((out, c)) => {
+                    changed |= c;
+                    self.send_all(cx, out).await;
+                }
+                Err(e) => return Ok(Outcome::Error(e)),
+            }
+        }
+        if changed && r.stored.config.persistent {
+            store.put(&r.jid, &r.stored).await.map_err(internal)?;
+        }
+        Ok(Outcome::Reply(iq_result(iq)))
     }
 
     /// Why `bare` may not create a room here, if it may not.

@@ -318,13 +318,7 @@ impl Room {
                 }
             }
         }
-        let role = if affiliation >= Affiliation::Admin {
-            Role::Moderator
-        } else if c.moderated && affiliation < Affiliation::Member {
-            Role::Visitor
-        } else {
-            Role::Participant
-        };
+        let role = self.default_role(affiliation);
         let mut out = Vec::new();
         // 1. Who is there already, to the newcomer.
         for o in self.occupants.iter().filter(|o| o.nick != nick) {
@@ -638,6 +632,261 @@ impl Room {
             .map(|(f, _)| m.clone().with_attr("to", f.clone()))
             .collect())
     }
+}
+
+/// What an admin iq changes (XEP-0045 §8–9): a role by nick, or an affiliation by JID.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// `<item nick='…' role='…'/>`; `None` is `role='none'`: a kick.
+    Role {
+        /// The occupant.
+        nick: String,
+        /// The new role.
+        role: Option<Role>,
+    },
+    /// `<item jid='…' affiliation='…'/>`.
+    Affiliation {
+        /// The account (bare JID).
+        jid: String,
+        /// The new affiliation.
+        affiliation: Affiliation,
+    },
+}
+
+impl Room {
+    /// The removal of every session of occupant `i`, with `codes` (307 kicked, 301
+    /// banned, 321 no longer a member): its sessions learn it with 110 too.
+    fn remove(&mut self, i: usize, codes: &[u16], reason: Option<&str>) -> Vec<Element> {
+        let o = self.occupants.remove(i);
+        let affiliation = self.affiliation(&o.bare);
+        let mut out = Vec::new();
+        let mut targets: Vec<(String, bool, bool)> = o
+            .sessions
+            .iter()
+            .map(|(f, _)| (f.clone(), true, true))
+            .collect();
+        targets.extend(
+            self.sessions()
+                .into_iter()
+                .map(|(f, role)| (f, false, self.sees_jids(role))),
+        );
+        for (to, own, see) in targets {
+            let mut item = Element::new("item", NS_USER)
+                .with_attr("affiliation", affiliation.as_str())
+                .with_attr("role", "none");
+            if see && let Some((full, _)) = o.sessions.first() {
+                item.set_attr("jid", full.clone());
+            }
+            if let Some(r) = reason {
+                item.push_child(Element::new("reason", NS_USER).with_text(r));
+            }
+            let mut x = Element::new("x", NS_USER).with_child(item);
+            for c in codes {
+                x.push_child(status(*c));
+            }
+            if own {
+                x.push_child(status(110));
+            }
+            out.push(
+                Element::new("presence", ns::CLIENT)
+                    .with_attr("type", "unavailable")
+                    .with_attr("from", self.room_jid(&o.nick))
+                    .with_attr("to", to)
+                    .with_child(x),
+            );
+        }
+        out
+    }
+
+    /// The role an occupant of `affiliation` has by right.
+    fn default_role(&self, affiliation: Affiliation) -> Role {
+        if affiliation >= Affiliation::Admin {
+            Role::Moderator
+        } else if self.stored.config.moderated && affiliation < Affiliation::Member {
+            Role::Visitor
+        } else {
+            Role::Participant
+        }
+    }
+
+    /// §8–10: `actor` (a session in the room, or an account with an affiliation) changes
+    /// a role or an affiliation. Returns what to send and whether the stored room changed.
+    pub fn apply(
+        &mut self,
+        actor_full: &str,
+        actor_bare: &str,
+        change: &Change,
+        reason: Option<&str>,
+    ) -> Result<(Vec<Element>, bool), StanzaError> {
+        let mine = self.affiliation(actor_bare);
+        match change {
+            Change::Role { nick, role } => {
+                let moderator = self
+                    .occupant_of(actor_full)
+                    .is_some_and(|o| o.role == Role::Moderator);
+                if !moderator {
+                    return Err(deny(Condition::Forbidden, "only moderators change roles"));
+                }
+                let Some(i) = self.occupants.iter().position(|o| &o.nick == nick) else {
+                    return Err(deny(Condition::ItemNotFound, "nobody has that nick"));
+                };
+                let theirs = self.affiliation(&self.occupants[i].bare);
+                // §8.2, §8.6: nobody takes moderation or the room from an admin or owner;
+                // only admins and owners make moderators.
+                if theirs >= Affiliation::Admin && *role != Some(Role::Moderator) {
+                    return Err(deny(
+                        Condition::NotAllowed,
+                        "admins and owners keep their role",
+                    ));
+                }
+                if *role == Some(Role::Moderator) && mine < Affiliation::Admin {
+                    return Err(deny(
+                        Condition::Forbidden,
+                        "only admins and owners make moderators",
+                    ));
+                }
+                match role {
+                    None => Ok((self.remove(i, &[307], reason), false)),
+                    Some(r) => {
+                        self.occupants[i].role = *r;
+                        let nick = nick.clone();
+                        let mut out = Vec::new();
+                        self.broadcast_presence(&nick, &[], &mut out);
+                        Ok((out, false))
+                    }
+                }
+            }
+            Change::Affiliation { jid, affiliation } => {
+                let jid = jid.to_lowercase();
+                let theirs = self.affiliation(&jid);
+                let allowed = match mine {
+                    Affiliation::Owner => true,
+                    // §9: an admin manages members and outcasts below it.
+                    Affiliation::Admin => {
+                        theirs < Affiliation::Admin && *affiliation < Affiliation::Admin
+                    }
+                    _ => false,
+                };
+                if !allowed {
+                    return Err(deny(
+                        Condition::Forbidden,
+                        "you may not change that affiliation",
+                    ));
+                }
+                let owners = self
+                    .stored
+                    .affiliations
+                    .values()
+                    .filter(|a| **a == Affiliation::Owner)
+                    .count();
+                if theirs == Affiliation::Owner && *affiliation != Affiliation::Owner && owners == 1
+                {
+                    // §10.6: a room keeps an owner.
+                    return Err(deny(Condition::Conflict, "the room needs an owner"));
+                }
+                if *affiliation == Affiliation::None {
+                    self.stored.affiliations.remove(&jid);
+                } else {
+                    self.stored.affiliations.insert(jid.clone(), *affiliation);
+                }
+                let mut out = Vec::new();
+                let present: Vec<usize> = self
+                    .occupants
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, o)| o.bare == jid)
+                    .map(|(i, _)| i)
+                    .collect();
+                for i in present.into_iter().rev() {
+                    if *affiliation == Affiliation::Outcast {
+                        out.extend(self.remove(i, &[301], reason));
+                    } else if self.stored.config.members_only && *affiliation < Affiliation::Member
+                    {
+                        out.extend(self.remove(i, &[321], reason));
+                    } else {
+                        self.occupants[i].role = self.default_role(*affiliation);
+                        let nick = self.occupants[i].nick.clone();
+                        self.broadcast_presence(&nick, &[], &mut out);
+                    }
+                }
+                Ok((out, true))
+            }
+        }
+    }
+
+    /// §9.5, §8.5: the list of those with `affiliation` (admins and owners ask), or the
+    /// occupants with `role` (moderators ask), as admin items.
+    pub fn list(
+        &self,
+        actor_full: &str,
+        actor_bare: &str,
+        affiliation: Option<Affiliation>,
+        role: Option<Role>,
+    ) -> Result<Vec<Element>, StanzaError> {
+        if let Some(a) = affiliation {
+            if self.affiliation(actor_bare) < Affiliation::Admin {
+                return Err(deny(
+                    Condition::Forbidden,
+                    "admins and owners see the lists",
+                ));
+            }
+            return Ok(self
+                .stored
+                .affiliations
+                .iter()
+                .filter(|(_, v)| **v == a)
+                .map(|(jid, v)| {
+                    Element::new("item", crate::NS_ADMIN)
+                        .with_attr("affiliation", v.as_str())
+                        .with_attr("jid", jid.clone())
+                })
+                .collect());
+        }
+        let moderator = self
+            .occupant_of(actor_full)
+            .is_some_and(|o| o.role == Role::Moderator);
+        if !moderator {
+            return Err(deny(Condition::Forbidden, "moderators see the roles"));
+        }
+        Ok(self
+            .occupants
+            .iter()
+            .filter(|o| Some(o.role) == role)
+            .map(|o| {
+                let mut item = Element::new("item", crate::NS_ADMIN)
+                    .with_attr("affiliation", self.affiliation(&o.bare).as_str())
+                    .with_attr("role", o.role.as_str())
+                    .with_attr("nick", o.nick.clone());
+                if let Some((full, _)) = o.sessions.first() {
+                    item.set_attr("jid", full.clone());
+                }
+                item
+            })
+            .collect())
+    }
+}
+
+/// The affiliation named `s`.
+pub fn affiliation_named(s: &str) -> Option<Affiliation> {
+    Some(match s {
+        "owner" => Affiliation::Owner,
+        "admin" => Affiliation::Admin,
+        "member" => Affiliation::Member,
+        "none" => Affiliation::None,
+        "outcast" => Affiliation::Outcast,
+        _ => return None,
+    })
+}
+
+/// The role named `s` (`none`: `Some(None)`).
+pub fn role_named(s: &str) -> Option<Option<Role>> {
+    Some(match s {
+        "moderator" => Some(Role::Moderator),
+        "participant" => Some(Role::Participant),
+        "visitor" => Some(Role::Visitor),
+        "none" => None,
+        _ => return None,
+    })
 }
 
 /// Adds status codes to the muc#user payload of `p`.
