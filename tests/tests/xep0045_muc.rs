@@ -548,3 +548,89 @@ async fn moderators_and_admins_kick_ban_silence_and_keep_member_lists() {
     .await;
     assert_eq!(error_condition(&r).as_deref(), Some("bad-request"), "{r}");
 }
+
+#[tokio::test]
+async fn invitations_are_mediated_and_a_destroyed_room_sends_everyone_away() {
+    let server = TestServer::start().await;
+    let (mut alice, mut bob, mut carol) = users(&server).await;
+    enter(&mut alice, "alice", "").await;
+    let cfg = "<query xmlns='http://jabber.org/protocol/muc#owner'><x xmlns='jabber:x:data' type='submit'>\
+        <field var='muc#roomconfig_membersonly'><value>1</value></field>\
+        <field var='muc#roomconfig_persistentroom'><value>1</value></field></x></query>";
+    assert_eq!(
+        iq(&mut alice, "c", ROOM, "set", cfg).await.attr("type"),
+        Some("result")
+    );
+    // The owner invites bob: he hears it from the room, and may now enter (a member).
+    bob.send("<presence/>").await;
+    alice
+        .send(&format!(
+            "<message to='{ROOM}'><x xmlns='{USER}'><invite to='bob@localhost'><reason>join us</reason></invite></x></message>"
+        ))
+        .await;
+    let inv = bob.stanza("message").await;
+    assert_eq!(from(&inv), ROOM);
+    let invite = inv
+        .get_child("x", USER)
+        .unwrap()
+        .get_child("invite", USER)
+        .expect("an invite");
+    assert_eq!(invite.attr("from"), Some("alice@localhost/a"));
+    assert!(inv.to_string().contains("join us"), "{inv}");
+    enter(&mut bob, "bob", "").await;
+    alice.stanza("presence").await;
+    // bob (a member, invitations not allowed to occupants) may not invite; carol declines
+    // an invitation she never got, which goes to the one she names.
+    bob.send(&format!(
+        "<message to='{ROOM}' id='i2'><x xmlns='{USER}'><invite to='carol@localhost'/></x></message>"
+    ))
+    .await;
+    let refused = bob.stanza("message").await;
+    assert_eq!(
+        error_condition(&refused).as_deref(),
+        Some("forbidden"),
+        "{refused}"
+    );
+    carol
+        .send(&format!(
+            "<message to='{ROOM}'><x xmlns='{USER}'><decline to='alice@localhost/a'><reason>busy</reason></decline></x></message>"
+        ))
+        .await;
+    let declined = alice.stanza("message").await;
+    let d = declined
+        .get_child("x", USER)
+        .unwrap()
+        .get_child("decline", USER)
+        .expect("a decline");
+    assert_eq!(d.attr("from"), Some("carol@localhost"));
+
+    // Destroyed with an alternate venue: each occupant is told and is out.
+    let destroy = "<query xmlns='http://jabber.org/protocol/muc#owner'>\
+        <destroy jid='elsewhere@conference.localhost'><reason>moved</reason></destroy></query>";
+    let r = iq(&mut bob, "d0", ROOM, "set", destroy).await;
+    assert_eq!(error_condition(&r).as_deref(), Some("forbidden"), "{r}");
+    let r = iq(&mut alice, "d1", ROOM, "set", destroy).await;
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+    let gone = bob.stanza("presence").await;
+    assert_eq!(gone.attr("type"), Some("unavailable"));
+    let notice = gone
+        .get_child("x", USER)
+        .unwrap()
+        .get_child("destroy", USER)
+        .expect("destroy");
+    assert_eq!(notice.attr("jid"), Some("elsewhere@conference.localhost"));
+    // It is gone: its disco says so, and entering makes a new (locked) room.
+    let info = iq(
+        &mut carol,
+        "i",
+        ROOM,
+        "get",
+        "<query xmlns='http://jabber.org/protocol/disco#info'/>",
+    )
+    .await;
+    assert_eq!(
+        error_condition(&info).as_deref(),
+        Some("item-not-found"),
+        "{info}"
+    );
+}

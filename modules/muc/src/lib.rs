@@ -355,10 +355,22 @@ impl Muc {
                 }
                 Err(e) => Outcome::Error(e),
             },
-            (Some(StanzaKind::Message(_)), None) => Outcome::Error(
-                StanzaError::new(Condition::FeatureNotImplemented)
-                    .with_text("invitations are not served yet"),
-            ),
+            (Some(StanzaKind::Message(_)), None) => match stanza.get_child("x", NS_USER) {
+                Some(x) => match r.invite(from, &from_bare, x) {
+                    Ok((out, changed)) => {
+                        if changed && r.stored.config.persistent {
+                            store.put(room_jid, &r.stored).await.map_err(internal)?;
+                        }
+                        self.send_all(cx, out).await;
+                        Outcome::Handled
+                    }
+                    Err(e) => Outcome::Error(e),
+                },
+                None => Outcome::Error(
+                    StanzaError::new(Condition::BadRequest)
+                        .with_text("to the room: group messages, invitations, declines"),
+                ),
+            },
             (Some(StanzaKind::Iq(Some(t))), None) if t.is_request() => {
                 self.room_iq(cx, &mut r, store, from, &from_bare, &stanza, t)
                     .await?
@@ -447,10 +459,17 @@ impl Muc {
                     iq_result(iq).with_child(Element::new("query", NS_OWNER).with_child(form)),
                 ));
             }
+            if let Some(d) = q.get_child("destroy", NS_OWNER) {
+                let out = r.destroy(d);
+                self.send_all(cx, out).await;
+                self.rooms.remove(&r.jid);
+                store.remove(&r.jid).await.map_err(internal)?;
+                store.forget_log(&r.jid).await.map_err(internal)?;
+                return Ok(Outcome::Reply(iq_result(iq)));
+            }
             let Some(f) = Form::find(q) else {
                 return Ok(Outcome::Error(
-                    StanzaError::new(Condition::FeatureNotImplemented)
-                        .with_text("room destruction is not served yet"),
+                    StanzaError::new(Condition::BadRequest).with_text("a form or a destroy"),
                 ));
             };
             if f.kind == "cancel" {

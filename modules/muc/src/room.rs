@@ -866,6 +866,127 @@ impl Room {
     }
 }
 
+impl Room {
+    /// §7.8.2: mediated invitations in `x` (a muc#user payload) from `actor`, to each
+    /// invitee from the room; in a members-only room an admin's invitee becomes a member
+    /// (as Prosody and ejabberd do). Declines (§7.8.3) go back to the inviter named.
+    pub fn invite(
+        &mut self,
+        actor_full: &str,
+        actor_bare: &str,
+        x: &Element,
+    ) -> Result<(Vec<Element>, bool), StanzaError> {
+        let mine = self.affiliation(actor_bare);
+        let mut out = Vec::new();
+        let mut changed = false;
+        for d in x.children().filter(|c| c.is("decline", NS_USER)) {
+            let Some(to) = d.attr("to") else { continue };
+            let mut decline = Element::new("decline", NS_USER).with_attr("from", actor_bare);
+            if let Some(r) = d.get_child("reason", NS_USER) {
+                decline.push_child(r.clone());
+            }
+            out.push(
+                Element::new("message", ns::CLIENT)
+                    .with_attr("from", self.jid.clone())
+                    .with_attr("to", to)
+                    .with_child(Element::new("x", NS_USER).with_child(decline)),
+            );
+        }
+        let invites: Vec<&Element> = x.children().filter(|c| c.is("invite", NS_USER)).collect();
+        if invites.is_empty() {
+            return Ok((out, false));
+        }
+        if self.occupant_of(actor_full).is_none() {
+            return Err(deny(Condition::NotAcceptable, "only occupants invite"));
+        }
+        let may = mine >= Affiliation::Admin
+            || (self.stored.config.allow_invites
+                && (!self.stored.config.members_only || mine >= Affiliation::Member));
+        if !may {
+            return Err(deny(
+                Condition::Forbidden,
+                "you may not invite to this room",
+            ));
+        }
+        for inv in invites {
+            let Some(to) = inv
+                .attr("to")
+                .and_then(|t| openspimed_module_api::jid::Jid::new(t).ok())
+            else {
+                return Err(deny(
+                    Condition::JidMalformed,
+                    "an invitation names whom it invites",
+                ));
+            };
+            let invitee = to.to_bare().to_string();
+            if self.stored.config.members_only
+                && mine >= Affiliation::Admin
+                && self.affiliation(&invitee) < Affiliation::Member
+            {
+                self.stored
+                    .affiliations
+                    .insert(invitee.to_lowercase(), Affiliation::Member);
+                changed = true;
+            }
+            let mut invite = Element::new("invite", NS_USER).with_attr("from", actor_full);
+            if let Some(r) = inv.get_child("reason", NS_USER) {
+                invite.push_child(r.clone());
+            }
+            let mut payload = Element::new("x", NS_USER).with_child(invite);
+            if !self.stored.config.password.is_empty() {
+                payload.push_child(
+                    Element::new("password", NS_USER)
+                        .with_text(self.stored.config.password.clone()),
+                );
+            }
+            out.push(
+                Element::new("message", ns::CLIENT)
+                    .with_attr("from", self.jid.clone())
+                    .with_attr("to", to.to_string())
+                    .with_child(payload),
+            );
+        }
+        Ok((out, changed))
+    }
+
+    /// §10.9: the owner destroys the room; every occupant learns it (with the alternate
+    /// venue and reason `destroy` carries) and leaves.
+    pub fn destroy(&mut self, destroy: &Element) -> Vec<Element> {
+        let mut out = Vec::new();
+        let mut notice = Element::new("destroy", NS_USER);
+        if let Some(j) = destroy.attr("jid") {
+            notice.set_attr("jid", j);
+        }
+        for c in destroy
+            .children()
+            .filter(|c| c.name() == "reason" || c.name() == "password")
+        {
+            notice.push_child(Element::new(c.name(), NS_USER).with_text(c.text()));
+        }
+        for (to, _) in self.sessions() {
+            let Some(o) = self.occupant_of(&to) else {
+                continue;
+            };
+            let x = Element::new("x", NS_USER)
+                .with_child(
+                    Element::new("item", NS_USER)
+                        .with_attr("affiliation", "none")
+                        .with_attr("role", "none"),
+                )
+                .with_child(notice.clone());
+            out.push(
+                Element::new("presence", ns::CLIENT)
+                    .with_attr("type", "unavailable")
+                    .with_attr("from", self.room_jid(&o.nick))
+                    .with_attr("to", to.clone())
+                    .with_child(x),
+            );
+        }
+        self.occupants.clear();
+        out
+    }
+}
+
 /// The affiliation named `s`.
 pub fn affiliation_named(s: &str) -> Option<Affiliation> {
     Some(match s {

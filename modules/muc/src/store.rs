@@ -76,6 +76,14 @@ impl RoomStore {
         self.log.append(jid, &item).await
     }
 
+    /// Deletes the messages of room `jid` (it was destroyed).
+    pub async fn forget_log(&self, jid: &str) -> Result<(), StorageFailure> {
+        self.log
+            .delete(jid, &ArchiveQuery::default())
+            .await
+            .map(|_| ())
+    }
+
     /// The rooms' messages (what a room's XEP-0313 queries read).
     pub fn log(&self) -> &dyn ArchiveStore {
         self.log.as_ref()
