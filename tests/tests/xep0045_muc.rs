@@ -634,3 +634,74 @@ async fn invitations_are_mediated_and_a_destroyed_room_sends_everyone_away() {
         "{info}"
     );
 }
+
+#[tokio::test]
+async fn occupant_ids_are_stable_per_account_and_self_pings_are_answered() {
+    let server = TestServer::start().await;
+    let (mut alice, mut bob, mut carol) = users(&server).await;
+    const OID: &str = "urn:xmpp:occupant-id:0";
+    let oid = |e: &Element| {
+        e.get_child("occupant-id", OID)
+            .and_then(|o| o.attr("id"))
+            .map(str::to_owned)
+    };
+    let got = enter(&mut alice, "alice", "").await;
+    let alice_id = oid(&got[0]).expect("an occupant id on the self-presence");
+    instant(&mut alice).await;
+    // A forged id in what alice sends is replaced by hers.
+    alice
+        .send(&format!(
+            "<message to='{ROOM}' type='groupchat'><body>x</body><occupant-id xmlns='{OID}' id='forged'/></message>"
+        ))
+        .await;
+    let m = alice.stanza("message").await;
+    let ids: Vec<_> = m.children().filter(|c| c.is("occupant-id", OID)).collect();
+    assert_eq!(ids.len(), 1, "{m}");
+    assert_eq!(oid(&m).as_deref(), Some(alice_id.as_str()));
+    // Another nick, the same account: the same id; another account: another id.
+    alice.send(&format!("<presence to='{ROOM}/alicia'/>")).await;
+    alice.stanza("presence").await; // 303
+    let back = alice.stanza("presence").await;
+    assert_eq!(oid(&back).as_deref(), Some(alice_id.as_str()), "{back}");
+    let got = enter(&mut bob, "bob", "").await;
+    let bob_self = got
+        .iter()
+        .find(|e| from(e) == format!("{ROOM}/bob"))
+        .unwrap();
+    assert_ne!(oid(bob_self), Some(alice_id.clone()));
+    // XEP-0410: the room answers a ping to one's own occupant JID; outside, not-acceptable.
+    let r = iq(
+        &mut bob,
+        "p1",
+        &format!("{ROOM}/bob"),
+        "get",
+        "<ping xmlns='urn:xmpp:ping'/>",
+    )
+    .await;
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+    let r = iq(
+        &mut carol,
+        "p2",
+        &format!("{ROOM}/carol"),
+        "get",
+        "<ping xmlns='urn:xmpp:ping'/>",
+    )
+    .await;
+    assert_eq!(
+        error_condition(&r).as_deref(),
+        Some("not-acceptable"),
+        "{r}"
+    );
+    let info = iq(
+        &mut bob,
+        "i",
+        ROOM,
+        "get",
+        "<query xmlns='http://jabber.org/protocol/disco#info'/>",
+    )
+    .await
+    .to_string();
+    for f in [OID, "http://jabber.org/protocol/muc#self-ping-optimization"] {
+        assert!(info.contains(&format!("var='{f}'")), "{info}");
+    }
+}

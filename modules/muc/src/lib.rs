@@ -39,6 +39,8 @@ pub const NS_MUC: &str = "http://jabber.org/protocol/muc";
 pub const NS_USER: &str = "http://jabber.org/protocol/muc#user";
 /// `muc#owner`: room configuration.
 pub const NS_OWNER: &str = "http://jabber.org/protocol/muc#owner";
+/// XEP-0410: the room answers a ping to one's own occupant JID itself.
+pub const NS_SELF_PING: &str = "http://jabber.org/protocol/muc#self-ping-optimization";
 /// `muc#admin`: roles and affiliations.
 pub const NS_ADMIN: &str = "http://jabber.org/protocol/muc#admin";
 
@@ -186,6 +188,8 @@ impl Muc {
                 ns::DISCO_ITEMS,
                 NS_MUC,
                 openspimed_module_api::ns::SID,
+                room::NS_OCCUPANT_ID,
+                NS_SELF_PING,
             ] {
                 info.push_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", f));
             }
@@ -267,7 +271,10 @@ impl Muc {
                 if let Some(err) = self.may_create(store, &from_bare).await? {
                     return Ok(Outcome::Error(err));
                 }
-                let mut stored = room::Stored::default();
+                let mut stored = room::Stored {
+                    salt: format!("{:032x}", rand::random::<u128>()),
+                    ..room::Stored::default()
+                };
                 stored
                     .affiliations
                     .insert(from_bare.to_lowercase(), Affiliation::Owner);
@@ -375,8 +382,8 @@ impl Muc {
                 self.room_iq(cx, &mut r, store, from, &from_bare, &stanza, t)
                     .await?
             }
-            (Some(StanzaKind::Iq(Some(t))), Some(_)) if t.is_request() => {
-                Outcome::Error(StanzaError::new(Condition::FeatureNotImplemented))
+            (Some(StanzaKind::Iq(Some(t))), Some(nick)) if t.is_request() => {
+                self_ping(&r, from, &nick, &stanza)
             }
             _ => Outcome::Handled,
         };
@@ -423,7 +430,11 @@ impl Muc {
                     ),
             );
             let mut features = c.features();
-            features.push(openspimed_module_api::ns::SID);
+            features.extend([
+                openspimed_module_api::ns::SID,
+                room::NS_OCCUPANT_ID,
+                NS_SELF_PING,
+            ]);
             if c.archived {
                 // XEP-0313 §5.1.2: the room's archive answers queries.
                 features.extend([openspimed_mod_mam::NS, openspimed_mod_mam::NS_EXTENDED]);
@@ -713,6 +724,26 @@ impl Muc {
         for s in out {
             cx.server.route(s).await;
         }
+    }
+}
+
+/// XEP-0410: a ping to one's own occupant JID is answered by the room: a result while
+/// the session is in under that nick, `not-acceptable` when it is not. Iqs to other
+/// occupants are not relayed.
+fn self_ping(r: &Room, from: &str, nick: &str, iq: &Element) -> Outcome {
+    let ping = iq
+        .get_child("ping", openspimed_module_api::ns::PING)
+        .is_some();
+    let me = r.occupant_of(from);
+    match (ping, me) {
+        (true, Some(o)) if o.nick == nick => Outcome::Reply(iq_result(iq)),
+        (true, None) => Outcome::Error(
+            StanzaError::new(Condition::NotAcceptable).with_text("you are not in the room"),
+        ),
+        _ => Outcome::Error(
+            StanzaError::new(Condition::FeatureNotImplemented)
+                .with_text("iqs to occupants are not relayed"),
+        ),
     }
 }
 

@@ -103,6 +103,9 @@ pub struct Stored {
     pub affiliations: BTreeMap<String, Affiliation>,
     /// The subject.
     pub subject: Option<Subject>,
+    /// What occupant ids (XEP-0421) are made from besides the room and the account: random
+    /// per room, so that ids tell nothing across rooms, and kept, so that they stay.
+    pub salt: String,
 }
 
 /// A room.
@@ -152,6 +155,9 @@ pub struct Outcome {
     /// Whether the room's stored state changed (to be saved).
     pub changed: bool,
 }
+
+/// XEP-0421's namespace.
+pub const NS_OCCUPANT_ID: &str = "urn:xmpp:occupant-id:0";
 
 fn status(code: u16) -> Element {
     Element::new("status", NS_USER).with_attr("code", code.to_string())
@@ -203,6 +209,32 @@ impl Room {
         format!("{}/{nick}", self.jid)
     }
 
+    /// XEP-0421: the occupant id of the account `bare` in this room, the same whatever
+    /// its nick or client, unrelated to its id in any other room.
+    pub fn occupant_id(&self, bare: &str) -> String {
+        use base64::Engine;
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for part in [
+            self.stored.salt.as_str(),
+            self.jid.as_str(),
+            &bare.to_lowercase(),
+        ] {
+            h.update(part.as_bytes());
+            h.update([0]);
+        }
+        base64::engine::general_purpose::STANDARD.encode(&h.finalize()[..18])
+    }
+
+    /// `stanza` with the occupant id of `bare`, and none other (§4: the service removes
+    /// those a client put in, or anyone could pass for another).
+    fn with_occupant_id(&self, stanza: &mut Element, bare: &str) {
+        stanza.retain_children(|e| !e.is("occupant-id", NS_OCCUPANT_ID));
+        stanza.push_child(
+            Element::new("occupant-id", NS_OCCUPANT_ID).with_attr("id", self.occupant_id(bare)),
+        );
+    }
+
     /// The occupant's presence as `viewer` (a role) sees it: its last presence, from its
     /// room JID, with the muc#user item (the real JID to moderators, or to all in a
     /// non-anonymous room).
@@ -219,6 +251,7 @@ impl Room {
             item.set_attr("jid", full.clone());
         }
         p.push_child(Element::new("x", NS_USER).with_child(item));
+        self.with_occupant_id(&mut p, &o.bare);
         p
     }
 
@@ -579,6 +612,7 @@ impl Room {
         m.remove_attr("to");
         m.set_attr("from", self.room_jid(&o.nick));
         crate::strip_ids_by(&mut m, &self.jid);
+        self.with_occupant_id(&mut m, &o.bare);
         let archived = body.then(|| {
             m.push_child(
                 Element::new("stanza-id", ns::SID)
@@ -623,6 +657,7 @@ impl Room {
         };
         let mut m = message.clone();
         m.set_attr("from", self.room_jid(&from.nick));
+        self.with_occupant_id(&mut m, &from.bare);
         if m.get_child("x", NS_USER).is_none() {
             m.push_child(Element::new("x", NS_USER));
         }
