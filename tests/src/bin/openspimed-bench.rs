@@ -773,6 +773,109 @@ async fn pubsub_fanout(subscribers: usize, publishes: usize) -> serde_like::Json
     ])
 }
 
+/// XEP-0045 fan-out: one group message to a room of `occupants` (the sender among them;
+/// each its own session, a hundred per account, entering with no history), `messages`
+/// times; the time from the message sent to the last occupant having it.
+async fn muc_fanout(occupants: usize, messages: usize) -> serde_like::Json {
+    let room = "bench@conference.localhost";
+    let total = occupants;
+    let occupants = total.saturating_sub(1).max(1);
+    let server = start_server(occupants.div_ceil(100) + 1).await;
+    let sender_user = format!("u{}", occupants.div_ceil(100));
+    let mut sender = login(&server, &sender_user, "send").await;
+    sender
+        .send(&format!(
+            "<presence to='{room}/sender'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
+        ))
+        .await;
+    sender.stanza("message").await; // the subject ends the entering
+    let r = call(&mut sender, &format!(
+        "<iq type='set' id='cfg' to='{room}'><query xmlns='http://jabber.org/protocol/muc#owner'>\
+         <x xmlns='jabber:x:data' type='submit'><field var='muc#roomconfig_maxusers'><value>0</value></field></x></query></iq>"
+    )).await;
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
+    let mut readers = Vec::new();
+    let start_join = Instant::now();
+    for i in 0..occupants {
+        let user = format!("u{}", i / 100);
+        let mut s = login(&server, &user, &format!("r{i}")).await;
+        s.send(&format!(
+            "<presence to='{room}/n{i}'><x xmlns='http://jabber.org/protocol/muc'><history maxstanzas='0'/></x></presence>"
+        ))
+        .await;
+        loop {
+            let m = s.stanza("message").await;
+            if m.get_child("subject", ns::CLIENT).is_some() {
+                break;
+            }
+        }
+        // From here on a reader drains what the room sends (the presences of those who
+        // enter after) and reports each benchmark message.
+        let tx = tx.clone();
+        readers.push(tokio::spawn(async move {
+            let mut seen = 0;
+            while seen < messages {
+                let m = s.stanza("message").await;
+                let Some(n) = m.get_child("body", ns::CLIENT).and_then(|b| {
+                    b.text()
+                        .strip_prefix("fan")
+                        .and_then(|n| n.parse::<usize>().ok())
+                }) else {
+                    continue;
+                };
+                seen += 1;
+                let _ = tx.send((n, Instant::now()));
+            }
+        }));
+    }
+    println!(
+        "{occupants} occupants entered in {:.1?}",
+        start_join.elapsed()
+    );
+    // The sender's own copies come back too; it reads them off its socket.
+    let mut latencies = Vec::new();
+    for n in 0..messages {
+        let start = Instant::now();
+        sender
+            .send(&format!(
+                "<message to='{room}' type='groupchat' id='f{n}'><body>fan{n}</body></message>"
+            ))
+            .await;
+        let mut got = 0;
+        let mut last = start;
+        while got < occupants {
+            let (k, at) = rx.recv().await.expect("readers alive");
+            if k == n {
+                got += 1;
+                last = last.max(at);
+            }
+        }
+        loop {
+            let m = sender.stanza("message").await;
+            if m.get_child("body", ns::CLIENT)
+                .is_some_and(|b| b.text() == format!("fan{n}"))
+            {
+                break;
+            }
+        }
+        latencies.push((last - start).as_secs_f64() * 1000.0);
+    }
+    for r in readers {
+        let _ = r.await;
+    }
+    latencies.sort_by(f64::total_cmp);
+    let (p50, max) = (percentile(&latencies, 0.5), percentile(&latencies, 1.0));
+    println!("muc-fanout: one group message to a room of {total} occupants, {messages} messages");
+    println!("time until the last occupant has it: p50 {p50:.1} ms, max {max:.1} ms");
+    serde_like::Json::obj(&[
+        ("scenario", "\"muc-fanout\"".into()),
+        ("occupants", total.to_string()),
+        ("fanout_p50_ms", format!("{p50:.2}")),
+        ("fanout_max_ms", format!("{max:.2}")),
+    ])
+}
+
 /// Durable publishes per second to a node with one subscriber, `window` in flight per
 /// publisher session.
 async fn publish_rate(publishers: usize, seconds: u64, window: usize) -> serde_like::Json {
@@ -1447,6 +1550,13 @@ fn main() {
                 )
                 .await
             }
+            "muc-fanout" => {
+                muc_fanout(
+                    arg(&args, "--occupants", 1000) as usize,
+                    arg(&args, "--messages", 20) as usize,
+                )
+                .await
+            }
             "publish" => {
                 publish_rate(
                     arg(&args, "--publishers", 4) as usize,
@@ -1485,7 +1595,7 @@ fn main() {
                 eprintln!(
                     "usage: openspimed-bench SCENARIO [options]\n  login [--count N] [--concurrency C]\n  idle [--sessions N]\n  \
                      messages [--sessions N] [--seconds S] [--window W | --rate R [--echo]]\n  \
-                     pubsub-fanout [--subscribers N] [--publishes P]\n  publish [--publishers N] [--seconds S] [--window W]\n  \
+                     pubsub-fanout [--subscribers N] [--publishes P]\n  muc-fanout [--occupants N] [--messages M]\n  publish [--publishers N] [--seconds S] [--window W]\n  \
                      report | report-encrypted [--sessions N] [--seconds S] [--window W] [--rounds R]\n  \
                      seek [--total N] [--mine M] [--rounds R]\n  \
                      mam [--messages N] [--contacts C] [--rounds R]\n\
