@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # slixmpp's plugins for the IM features (XEP-0313 archives, XEP-0280 carbons, XEP-0045
-# rooms) against a
-# release openspimed on 127.0.0.1, on its embedded modules; the clients are
-# tests/slixmpp-im.py. Not part of CI's default run: it installs slixmpp with pip when
+# rooms) against a release openspimed on 127.0.0.1, on its embedded modules; the clients
+# are tests/slixmpp-im.py. Not part of CI's default run: it installs slixmpp with pip when
 # missing.
 #
 #   tests/slixmpp-interop.sh
