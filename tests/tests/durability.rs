@@ -34,6 +34,55 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// A server's directory for one test: a CA and its certificate for `localhost`, the
+/// configuration (metrics on a free port when `metrics`, else off) and the accounts
+/// `users` (password "pw") in its database.
+struct Setup {
+    /// Holds the directory for as long as the test runs.
+    dir: tempfile::TempDir,
+    /// The CA the clients trust.
+    ca: openspimed_certs::DevCa,
+    /// The data directory.
+    data: std::path::PathBuf,
+    /// The configuration file.
+    config: std::path::PathBuf,
+}
+
+async fn setup(metrics: bool, users: &[&str]) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = openspimed_certs::DevCa::new("durability CA").unwrap();
+    let (cert, key) = ca.issue(&["localhost"]).unwrap();
+    std::fs::write(dir.path().join("c.pem"), cert).unwrap();
+    std::fs::write(dir.path().join("k.pem"), key).unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("openspimed.toml");
+    let metrics = if metrics {
+        "listen = \"127.0.0.1:0\""
+    } else {
+        "enabled = false"
+    };
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{}\"\n[metrics]\n{metrics}\n[listeners]\nc2s = [\"127.0.0.1:0\"]\nc2s_direct_tls = []\n\
+             [hosts.localhost]\ncertificate = \"c.pem\"\nkey = \"k.pem\"\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let store = SqliteStore::open(&data.join("openspimed.sqlite")).unwrap();
+    let creds = openspimed::sasl::derive_credentials("pw", 4096);
+    for u in users {
+        assert!(store.create_account(u, "localhost", &creds).await.unwrap());
+    }
+    Setup {
+        dir,
+        ca,
+        data,
+        config,
+    }
+}
+
 /// Starts the server child and returns it with its c2s address (read from its log).
 fn start_child(config: &std::path::Path) -> (Child, SocketAddr) {
     let mut cmd = server_command(config);
@@ -42,32 +91,12 @@ fn start_child(config: &std::path::Path) -> (Child, SocketAddr) {
 }
 
 async fn reports_answered_before_sigkill_are_stored() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = openspimed_certs::DevCa::new("durability CA").unwrap();
-    let (cert, key) = ca.issue(&["localhost"]).unwrap();
-    std::fs::write(dir.path().join("c.pem"), cert).unwrap();
-    std::fs::write(dir.path().join("k.pem"), key).unwrap();
-    let data = dir.path().join("data");
-    let config = dir.path().join("openspimed.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n[listeners]\nc2s = [\"127.0.0.1:0\"]\nc2s_direct_tls = []\n\
-             [hosts.localhost]\ncertificate = \"c.pem\"\nkey = \"k.pem\"\n",
-            data.display()
-        ),
-    )
-    .unwrap();
-    {
-        let store = SqliteStore::open(&data.join("openspimed.sqlite")).unwrap();
-        let creds = openspimed::sasl::derive_credentials("pw", 4096);
-        assert!(
-            store
-                .create_account("spime", "localhost", &creds)
-                .await
-                .unwrap()
-        );
-    }
+    let Setup {
+        dir: _dir,
+        ca,
+        data,
+        config,
+    } = setup(true, &["spime"]).await;
 
     let (mut child, addr) = start_child(&config);
     let tls = client_tls_config(&ca.cert_pem, None);
@@ -119,29 +148,12 @@ async fn reports_answered_before_sigkill_are_stored() {
 }
 
 async fn offline_messages_and_roster_changes_survive_sigkill() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = openspimed_certs::DevCa::new("durability CA").unwrap();
-    let (cert, key) = ca.issue(&["localhost"]).unwrap();
-    std::fs::write(dir.path().join("c.pem"), cert).unwrap();
-    std::fs::write(dir.path().join("k.pem"), key).unwrap();
-    let data = dir.path().join("data");
-    let config = dir.path().join("openspimed.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = \"{}\"\n[metrics]\nenabled = false\n[listeners]\nc2s = [\"127.0.0.1:0\"]\nc2s_direct_tls = []\n\
-             [hosts.localhost]\ncertificate = \"c.pem\"\nkey = \"k.pem\"\n",
-            data.display()
-        ),
-    )
-    .unwrap();
-    {
-        let store = SqliteStore::open(&data.join("openspimed.sqlite")).unwrap();
-        let creds = openspimed::sasl::derive_credentials("pw", 4096);
-        for u in ["alice", "bob"] {
-            assert!(store.create_account(u, "localhost", &creds).await.unwrap());
-        }
-    }
+    let Setup {
+        dir: _dir,
+        ca,
+        data,
+        config,
+    } = setup(false, &["alice", "bob"]).await;
     let (mut child, addr) = start_child(&config);
     let tls = client_tls_config(&ca.cert_pem, None);
     let (mut alice, _) = Raw::login_at(addr, tls.clone(), "localhost", "alice", "pw", "r").await;
@@ -227,29 +239,12 @@ where
 }
 
 async fn acknowledged_messages_are_in_both_archives_after_sigkill() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = openspimed_certs::DevCa::new("durability CA").unwrap();
-    let (cert, key) = ca.issue(&["localhost"]).unwrap();
-    std::fs::write(dir.path().join("c.pem"), cert).unwrap();
-    std::fs::write(dir.path().join("k.pem"), key).unwrap();
-    let data = dir.path().join("data");
-    let config = dir.path().join("openspimed.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = \"{}\"\n[metrics]\nenabled = false\n[listeners]\nc2s = [\"127.0.0.1:0\"]\nc2s_direct_tls = []\n\
-             [hosts.localhost]\ncertificate = \"c.pem\"\nkey = \"k.pem\"\n",
-            data.display()
-        ),
-    )
-    .unwrap();
-    {
-        let store = SqliteStore::open(&data.join("openspimed.sqlite")).unwrap();
-        let creds = openspimed::sasl::derive_credentials("pw", 4096);
-        for u in ["alice", "bob"] {
-            assert!(store.create_account(u, "localhost", &creds).await.unwrap());
-        }
-    }
+    let Setup {
+        dir: _dir,
+        ca,
+        data: _,
+        config,
+    } = setup(false, &["alice", "bob"]).await;
     let (mut child, addr) = start_child(&config);
     let tls = client_tls_config(&ca.cert_pem, None);
     let (mut alice, _) = Raw::login_at(addr, tls.clone(), "localhost", "alice", "pw", "r").await;
@@ -288,29 +283,12 @@ async fn acknowledged_messages_are_in_both_archives_after_sigkill() {
 }
 
 async fn acknowledged_room_messages_are_in_the_room_history_after_sigkill() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = openspimed_certs::DevCa::new("durability CA").unwrap();
-    let (cert, key) = ca.issue(&["localhost", "conference.localhost"]).unwrap();
-    std::fs::write(dir.path().join("c.pem"), cert).unwrap();
-    std::fs::write(dir.path().join("k.pem"), key).unwrap();
-    let data = dir.path().join("data");
-    let config = dir.path().join("openspimed.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = \"{}\"\n[metrics]\nenabled = false\n[listeners]\nc2s = [\"127.0.0.1:0\"]\nc2s_direct_tls = []\n\
-             [hosts.localhost]\ncertificate = \"c.pem\"\nkey = \"k.pem\"\n",
-            data.display()
-        ),
-    )
-    .unwrap();
-    {
-        let store = SqliteStore::open(&data.join("openspimed.sqlite")).unwrap();
-        let creds = openspimed::sasl::derive_credentials("pw", 4096);
-        for u in ["alice", "bob"] {
-            assert!(store.create_account(u, "localhost", &creds).await.unwrap());
-        }
-    }
+    let Setup {
+        dir: _dir,
+        ca,
+        data: _,
+        config,
+    } = setup(false, &["alice", "bob"]).await;
     let room = "durable@conference.localhost";
     let (mut child, addr) = start_child(&config);
     let tls = client_tls_config(&ca.cert_pem, None);
