@@ -27,6 +27,12 @@ fn codes(p: &Element) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The condition of the error stanza of `kind` that comes next.
+async fn refusal(c: &mut Client, kind: &str) -> String {
+    let e = c.stanza(kind).await;
+    error_condition(&e).unwrap_or_else(|| panic!("not an error: {e}"))
+}
+
 /// The next stanza that is not an iq result of something else.
 async fn next(c: &mut Client) -> Element {
     c.element().await
@@ -123,12 +129,7 @@ async fn a_room_is_created_entered_talked_in_and_left() {
         (Some("owner"), Some("moderator"))
     );
     join(&mut bob, "bob", "").await;
-    let locked = bob.stanza("presence").await;
-    assert_eq!(
-        error_condition(&locked).as_deref(),
-        Some("item-not-found"),
-        "{locked}"
-    );
+    assert_eq!(refusal(&mut bob, "presence").await, "item-not-found");
     instant(&mut alice).await;
 
     // bob enters: alice's presence first, then his own (110), then the subject.
@@ -193,12 +194,7 @@ async fn a_room_is_created_entered_talked_in_and_left() {
         "<message to='{ROOM}' type='groupchat' id='s1'><subject>mine</subject></message>"
     ))
     .await;
-    let refused = bob.stanza("message").await;
-    assert_eq!(
-        error_condition(&refused).as_deref(),
-        Some("forbidden"),
-        "{refused}"
-    );
+    assert_eq!(refusal(&mut bob, "message").await, "forbidden");
     alice
         .send(&format!(
             "<message to='{ROOM}' type='groupchat'><subject>Agenda</subject></message>"
@@ -216,12 +212,7 @@ async fn a_room_is_created_entered_talked_in_and_left() {
 
     // A nick in use is refused; a free one is taken: 303 from the old, then the new.
     join(&mut carol, "alice", "").await;
-    let taken = carol.stanza("presence").await;
-    assert_eq!(
-        error_condition(&taken).as_deref(),
-        Some("conflict"),
-        "{taken}"
-    );
+    assert_eq!(refusal(&mut carol, "presence").await, "conflict");
     bob.send(&format!("<presence to='{ROOM}/robert'/>")).await;
     for c in [&mut alice, &mut carol, &mut bob] {
         let gone = c.stanza("presence").await;
@@ -272,12 +263,7 @@ async fn a_room_is_created_entered_talked_in_and_left() {
         "<message to='{ROOM}' type='groupchat' id='x'><body>from outside</body></message>"
     ))
     .await;
-    let refused = bob.stanza("message").await;
-    assert_eq!(
-        error_condition(&refused).as_deref(),
-        Some("not-acceptable"),
-        "{refused}"
-    );
+    assert_eq!(refusal(&mut bob, "message").await, "not-acceptable");
     // An occupant whose session ends leaves (its server sends the room its unavailable
     // presence, RFC 6121 §4.6.3).
     carol.send("</stream:stream>").await;
@@ -304,12 +290,7 @@ async fn persistent_rooms_keep_configuration_and_history_across_a_restart() {
     assert_eq!(r.attr("type"), Some("result"), "{r}");
     // The password is asked of everyone but admins and owners.
     join(&mut bob, "bob", "").await;
-    let denied = bob.stanza("presence").await;
-    assert_eq!(
-        error_condition(&denied).as_deref(),
-        Some("not-authorized"),
-        "{denied}"
-    );
+    assert_eq!(refusal(&mut bob, "presence").await, "not-authorized");
     alice
         .send(&format!(
             "<message to='{ROOM}' type='groupchat'><body>kept</body></message>"
@@ -469,12 +450,7 @@ async fn moderators_and_admins_kick_ban_silence_and_keep_member_lists() {
         "<message to='{ROOM}' type='groupchat' id='m'><body>hi</body></message>"
     ))
     .await;
-    let refused = bob.stanza("message").await;
-    assert_eq!(
-        error_condition(&refused).as_deref(),
-        Some("forbidden"),
-        "{refused}"
-    );
+    assert_eq!(refusal(&mut bob, "message").await, "forbidden");
 
     // Ban: carol is an outcast and cannot come back.
     let r = admin(
@@ -486,12 +462,7 @@ async fn moderators_and_admins_kick_ban_silence_and_keep_member_lists() {
     .await;
     assert_eq!(r.attr("type"), Some("result"), "{r}");
     join(&mut carol, "carol", "").await;
-    let denied = carol.stanza("presence").await;
-    assert_eq!(
-        error_condition(&denied).as_deref(),
-        Some("forbidden"),
-        "{denied}"
-    );
+    assert_eq!(refusal(&mut carol, "presence").await, "forbidden");
 
     // Members-only: dave becomes a member and enters; a stranger does not.
     let r = admin(
@@ -511,12 +482,7 @@ async fn moderators_and_admins_kick_ban_silence_and_keep_member_lists() {
     server.add_user("eve", "pw").await;
     let (mut eve, _) = Raw::login(&server, "eve", "pw", "e").await;
     join(&mut eve, "eve", "").await;
-    let denied = eve.stanza("presence").await;
-    assert_eq!(
-        error_condition(&denied).as_deref(),
-        Some("registration-required"),
-        "{denied}"
-    );
+    assert_eq!(refusal(&mut eve, "presence").await, "registration-required");
     let (mut dave, _) = Raw::login(&server, "dave", "pw", "d").await;
     enter(&mut dave, "dave", "").await;
     // The lists, to an admin; not to a participant.
@@ -585,12 +551,7 @@ async fn invitations_are_mediated_and_a_destroyed_room_sends_everyone_away() {
         "<message to='{ROOM}' id='i2'><x xmlns='{USER}'><invite to='carol@localhost'/></x></message>"
     ))
     .await;
-    let refused = bob.stanza("message").await;
-    assert_eq!(
-        error_condition(&refused).as_deref(),
-        Some("forbidden"),
-        "{refused}"
-    );
+    assert_eq!(refusal(&mut bob, "message").await, "forbidden");
     carol
         .send(&format!(
             "<message to='{ROOM}'><x xmlns='{USER}'><decline to='alice@localhost/a'><reason>busy</reason></decline></x></message>"
