@@ -850,6 +850,15 @@ async fn established(shared: Arc<Clients>, mut live: Box<Live>, fresh: bool) {
         tokio::select! {
             biased;
             _ = shared.shutdown.cancelled() => {
+                // What the server sent before it stopped (a room's 332) goes out first.
+                while let Ok(out) = s.rx.try_recv() {
+                    if let Outgoing::Stanza(el) | Outgoing::Unfiltered(el) = out {
+                        track(s, &el);
+                        conn.queue(&el);
+                    }
+                }
+                let flush = Box::pin(conn.flush_queued());
+                let _ = flush.await;
                 break End::Stream(stream_err(C::SystemShutdown, "server shutting down"));
             }
             out = s.rx.recv() => {

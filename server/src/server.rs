@@ -142,8 +142,12 @@ impl RunningServer {
         self.shared.shutdown.clone()
     }
 
-    /// Sends `system-shutdown` to every session and waits (at most `grace`) for them.
+    /// Tells the modules ([`openspimed_module_api::Module::stop`]), then sends
+    /// `system-shutdown` to every session and waits (at most `grace`) for them.
     pub async fn shutdown(self, grace: Duration) {
+        if !self.shared.shutdown.is_cancelled() {
+            self.shared.router.stop_modules().await;
+        }
         self.shared.shutdown.cancel();
         self.tracker.close();
         if tokio::time::timeout(grace, self.tracker.wait())

@@ -475,10 +475,23 @@ async fn moderators_and_admins_kick_ban_silence_and_keep_member_lists() {
     assert_eq!(r.attr("type"), Some("result"), "{r}");
     let cfg = "<query xmlns='http://jabber.org/protocol/muc#owner'><x xmlns='jabber:x:data' type='submit'>\
         <field var='muc#roomconfig_membersonly'><value>1</value></field></x></query>";
-    assert_eq!(
-        iq(&mut alice, "mo", ROOM, "set", cfg).await.attr("type"),
-        Some("result")
-    );
+    // Those who stay learn of the change (104) before the owner's answer; bob, not a
+    // member, is sent away (322).
+    alice
+        .send(&format!("<iq type='set' id='mo' to='{ROOM}'>{cfg}</iq>"))
+        .await;
+    let mut told = false;
+    loop {
+        let e = alice.element().await;
+        told |= e.name() == "message" && e.to_string().contains("code='104'");
+        if e.name() == "iq" && e.attr("id") == Some("mo") {
+            assert_eq!(e.attr("type"), Some("result"), "{e}");
+            break;
+        }
+    }
+    assert!(told, "no status 104");
+    let gone = bob.stanza("presence").await;
+    assert!(codes(&gone).contains(&"322".into()), "{gone}");
     server.add_user("eve", "pw").await;
     let (mut eve, _) = Raw::login(&server, "eve", "pw", "e").await;
     join(&mut eve, "eve", "").await;
@@ -665,4 +678,42 @@ async fn occupant_ids_are_stable_per_account_and_self_pings_are_answered() {
     for f in [OID, "http://jabber.org/protocol/muc#self-ping-optimization"] {
         assert!(info.contains(&format!("var='{f}'")), "{info}");
     }
+}
+
+#[tokio::test]
+async fn occupants_see_who_is_in_and_are_told_when_the_server_stops() {
+    let mut server = TestServer::start().await;
+    let (mut alice, mut bob, mut carol) = users(&server).await;
+    enter(&mut alice, "alice", "").await;
+    instant(&mut alice).await;
+    enter(&mut bob, "bob", "").await;
+    let items = |e: Element| -> Vec<String> {
+        let mut v: Vec<String> = e
+            .get_child("query", "http://jabber.org/protocol/disco#items")
+            .unwrap()
+            .children()
+            .filter_map(|i| i.attr("jid").map(str::to_owned))
+            .collect();
+        v.sort();
+        v
+    };
+    let q = "<query xmlns='http://jabber.org/protocol/disco#items'/>";
+    let inside = items(iq(&mut bob, "in", ROOM, "get", q).await);
+    assert_eq!(inside, [format!("{ROOM}/alice"), format!("{ROOM}/bob")]);
+    assert!(items(iq(&mut carol, "out", ROOM, "get", q).await).is_empty());
+    // The server stops: each occupant hears 332 before its stream ends.
+    let stop = tokio::spawn(async move {
+        server.stop().await;
+    });
+    for c in [&mut alice, &mut bob] {
+        // (alice has bob's entering presence to read first.)
+        let p = loop {
+            let p = c.stanza("presence").await;
+            if p.attr("type") == Some("unavailable") {
+                break p;
+            }
+        };
+        assert!(codes(&p).contains(&"332".into()), "{p}");
+    }
+    stop.await.unwrap();
 }

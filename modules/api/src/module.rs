@@ -292,6 +292,10 @@ pub trait Module: Send + Sync + 'static {
     async fn start(&self, _cx: &Context) -> Result<(), ModuleError> {
         Ok(())
     }
+    /// Runs once when the server shuts down, before the sessions close: what a module
+    /// tells those it serves (a conference service tells each occupant it is out, with
+    /// XEP-0045's status 332). Stanzas it routes here still reach local sessions.
+    async fn stop(&self, _cx: &Context) {}
 }
 
 /// Builds a module for one host from its configuration table.

@@ -135,6 +135,13 @@ impl Module for Muc {
     fn identities(&self) -> Vec<Identity> {
         Vec::new()
     }
+    async fn stop(&self, cx: &Context) {
+        let rooms: Vec<Arc<Mutex<Room>>> = self.rooms.iter().map(|e| e.value().clone()).collect();
+        for room in rooms {
+            let out = room.lock().await.shut_down();
+            self.send_all(cx, out).await;
+        }
+    }
     async fn handle(&self, cx: &Context, stanza: Element) -> Result<Outcome, ModuleError> {
         let to = stanza.attr("to").and_then(|t| Jid::new(t).ok());
         let Some(to) = to else {
@@ -445,10 +452,13 @@ impl Muc {
             return Ok(Outcome::Reply(iq_result(iq).with_child(info)));
         }
         if q.is("query", ns::DISCO_ITEMS) && kind == IqType::Get {
-            // §6.5: occupants are not listed to those outside (the room may be anonymous).
-            return Ok(Outcome::Reply(
-                iq_result(iq).with_child(Element::new("query", ns::DISCO_ITEMS)),
-            ));
+            // §6.5: occupants see who is in; those outside do not (the room may be
+            // anonymous).
+            let mut items = Element::new("query", ns::DISCO_ITEMS);
+            for i in r.occupant_items(from) {
+                items.push_child(i);
+            }
+            return Ok(Outcome::Reply(iq_result(iq).with_child(items)));
         }
         if q.is("query", NS_ADMIN) {
             return self.admin(cx, r, store, from, from_bare, iq, q, kind).await;
@@ -502,8 +512,14 @@ impl Muc {
             match r.stored.config.with_form(&f) {
                 Ok(c) => {
                     let was_persistent = r.stored.config.persistent;
+                    let was_members_only = r.stored.config.members_only;
+                    let first = r.locked;
                     r.stored.config = c;
                     r.locked = false;
+                    if !first {
+                        let out = r.reconfigured(was_members_only);
+                        self.send_all(cx, out).await;
+                    }
                     if r.stored.config.persistent {
                         store.put(&r.jid, &r.stored).await.map_err(internal)?;
                     } else if was_persistent {

@@ -984,6 +984,72 @@ impl Room {
         Ok((out, changed))
     }
 
+    /// §10.2: a new configuration: occupants learn of it (104), and a room that became
+    /// members-only sends those without membership away (322).
+    pub fn reconfigured(&mut self, was_members_only: bool) -> Vec<Element> {
+        let mut out = Vec::new();
+        if self.stored.config.members_only && !was_members_only {
+            while let Some(i) = self
+                .occupants
+                .iter()
+                .position(|o| self.affiliation(&o.bare) < Affiliation::Member)
+            {
+                out.extend(self.remove(i, &[322], None));
+            }
+        }
+        for (to, _) in self.sessions() {
+            out.push(
+                Element::new("message", ns::CLIENT)
+                    .with_attr("type", "groupchat")
+                    .with_attr("from", self.jid.clone())
+                    .with_attr("to", to)
+                    .with_child(Element::new("x", NS_USER).with_child(status(104))),
+            );
+        }
+        out
+    }
+
+    /// The server stops: every occupant is out, with 332 (§9.8's system shutdown).
+    pub fn shut_down(&mut self) -> Vec<Element> {
+        let mut out = Vec::new();
+        while !self.occupants.is_empty() {
+            let o = self.occupants.remove(0);
+            for (to, _) in &o.sessions {
+                out.push(
+                    Element::new("presence", ns::CLIENT)
+                        .with_attr("type", "unavailable")
+                        .with_attr("from", self.room_jid(&o.nick))
+                        .with_attr("to", to.clone())
+                        .with_child(
+                            Element::new("x", NS_USER)
+                                .with_child(
+                                    Element::new("item", NS_USER)
+                                        .with_attr(
+                                            "affiliation",
+                                            self.affiliation(&o.bare).as_str(),
+                                        )
+                                        .with_attr("role", "none"),
+                                )
+                                .with_child(status(332))
+                                .with_child(status(110)),
+                        ),
+                );
+            }
+        }
+        out
+    }
+
+    /// §6.5: the occupants' room JIDs, to an occupant (others learn nothing of them).
+    pub fn occupant_items(&self, asker: &str) -> Vec<Element> {
+        if self.occupant_of(asker).is_none() {
+            return Vec::new();
+        }
+        self.occupants
+            .iter()
+            .map(|o| Element::new("item", ns::DISCO_ITEMS).with_attr("jid", self.room_jid(&o.nick)))
+            .collect()
+    }
+
     /// §10.9: the owner destroys the room; every occupant learns it (with the alternate
     /// venue and reason `destroy` carries) and leaves.
     pub fn destroy(&mut self, destroy: &Element) -> Vec<Element> {

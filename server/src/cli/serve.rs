@@ -91,12 +91,15 @@ pub(super) async fn run(config: Config, path: Option<PathBuf>) -> ExitCode {
     #[cfg(not(unix))]
     drop(reloader);
     let token = server.shutdown_token();
+    let router = server.shared.router.clone();
     tokio::spawn(async move {
         #[cfg(unix)]
         wait_for_signal(term, int).await;
         #[cfg(not(unix))]
         wait_for_signal().await;
         tracing::info!("shutting down");
+        // The modules first (rooms tell their occupants), while sessions still write.
+        router.stop_modules().await;
         token.cancel();
     });
     server.wait(Duration::from_secs(5)).await;

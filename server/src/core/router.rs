@@ -357,6 +357,17 @@ impl Router {
         self.host(domain).map(|h| (h, now))
     }
 
+    /// Tells every module of every host that the server stops (`Module::stop`), in
+    /// configuration order, before the sessions are told.
+    pub async fn stop_modules(&self) {
+        let tables = self.tables();
+        for host in tables.hosts.values() {
+            for m in &host.modules {
+                m.module.stop(&host.cx).await;
+            }
+        }
+    }
+
     /// Hosts and module routes in force.
     fn tables(&self) -> Arc<Tables> {
         match self.tables.read() {
