@@ -717,3 +717,21 @@ async fn occupants_see_who_is_in_and_are_told_when_the_server_stops() {
     }
     stop.await.unwrap();
 }
+
+#[tokio::test]
+async fn rooms_per_user_count_temporary_rooms_too() {
+    let server = TestServer::start_with(|c| {
+        c.modules.insert(
+            "muc".into(),
+            openspimed_module_api::toml::from_str("max_rooms_per_user = 1").unwrap(),
+        );
+    })
+    .await;
+    let (mut alice, _bob, _carol) = users(&server).await;
+    enter(&mut alice, "alice", "").await;
+    instant(&mut alice).await;
+    alice
+        .send("<presence to='second@conference.localhost/alice'><x xmlns='http://jabber.org/protocol/muc'/></presence>")
+        .await;
+    assert_eq!(refusal(&mut alice, "presence").await, "not-allowed");
+}

@@ -716,16 +716,25 @@ impl Muc {
             ));
         }
         if self.options.max_rooms_per_user > 0 {
-            let owned = store
+            // Persistent rooms from the store, temporary ones from memory: both count.
+            let me = bare.to_lowercase();
+            let mut owned: std::collections::BTreeSet<String> = store
                 .all()
                 .await
                 .map_err(internal)?
-                .iter()
-                .filter(|(_, s)| {
-                    s.affiliations.get(&bare.to_lowercase()) == Some(&Affiliation::Owner)
-                })
-                .count();
-            if owned >= self.options.max_rooms_per_user {
+                .into_iter()
+                .filter(|(_, s)| s.affiliations.get(&me) == Some(&Affiliation::Owner))
+                .map(|(jid, _)| jid)
+                .collect();
+            let loaded: Vec<Arc<Mutex<Room>>> =
+                self.rooms.iter().map(|e| e.value().clone()).collect();
+            for room in loaded {
+                let r = room.lock().await;
+                if r.affiliation(&me) == Affiliation::Owner {
+                    owned.insert(r.jid.clone());
+                }
+            }
+            if owned.len() >= self.options.max_rooms_per_user {
                 return Ok(Some(
                     StanzaError::new(Condition::NotAllowed)
                         .with_text("you own as many rooms as you may"),
