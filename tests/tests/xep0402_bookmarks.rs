@@ -54,6 +54,32 @@ async fn pep_rooms(c: &mut Client) -> Vec<(String, String)> {
     rooms
 }
 
+/// The rooms of the legacy `storage:bookmarks` PEP node (XEP-0048 in PEP).
+async fn legacy_rooms(c: &mut Client) -> Vec<String> {
+    let r = ask(
+        c,
+        "legacy",
+        "get",
+        &format!("<pubsub xmlns='{PUBSUB}'><items node='storage:bookmarks'/></pubsub>"),
+    )
+    .await;
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+    let text = r.to_string();
+    let mut rooms: Vec<String> = text
+        .split("<conference ")
+        .skip(1)
+        .filter_map(|c| {
+            c.split("jid='")
+                .nth(1)?
+                .split('\'')
+                .next()
+                .map(str::to_owned)
+        })
+        .collect();
+    rooms.sort();
+    rooms
+}
+
 /// The rooms of the XEP-0048 bookmarks private storage answers with.
 async fn private_rooms(c: &mut Client) -> Vec<String> {
     let r = ask(
@@ -132,6 +158,15 @@ async fn private_storage_bookmarks_and_pep_bookmarks_are_one_list() {
             "lobby@conference.localhost"
         ]
     );
+    // The legacy PEP node follows the native one.
+    assert_eq!(
+        legacy_rooms(&mut old).await,
+        [
+            "council@conference.localhost",
+            "garden@conference.localhost",
+            "lobby@conference.localhost"
+        ]
+    );
     // The XEP-0048 client removes two by storing one: the node holds that one.
     let set = ask(
         &mut old,
@@ -148,6 +183,27 @@ async fn private_storage_bookmarks_and_pep_bookmarks_are_one_list() {
             "garden@conference.localhost".to_owned(),
             "Garden".to_owned()
         )]
+    );
+    assert_eq!(
+        legacy_rooms(&mut old).await,
+        ["garden@conference.localhost"]
+    );
+    // A client of XEP-0048 in PEP publishes the whole list there: the native node takes it.
+    let legacy = ask(
+        &mut old,
+        "lp",
+        "set",
+        &format!(
+            "<pubsub xmlns='{PUBSUB}'><publish node='storage:bookmarks'><item id='current'>\
+             <storage xmlns='storage:bookmarks'><conference jid='tower@conference.localhost' name='Tower'/></storage>\
+             </item></publish></pubsub>"
+        ),
+    )
+    .await;
+    assert_eq!(legacy.attr("type"), Some("result"), "{legacy}");
+    assert_eq!(
+        pep_rooms(&mut new).await,
+        [("tower@conference.localhost".to_owned(), "Tower".to_owned())]
     );
     // Other private data is private storage's as before; the account advertises #compat.
     let other = ask(

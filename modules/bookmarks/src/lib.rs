@@ -134,6 +134,19 @@ impl Compat {
     /// Makes the account's node hold exactly `marks`: each published (with the
     /// publish-options of XEP-0402 §3), the others retracted. `None` without PEP.
     async fn write(&self, owner: &str, marks: &[Bookmark]) -> Option<Result<(), StanzaError>> {
+        let done = self.write_native(owner, marks).await;
+        if matches!(done, Some(Ok(()))) {
+            self.publish_legacy(owner, marks).await;
+        }
+        done
+    }
+
+    /// [`Compat::write`] without the legacy node.
+    async fn write_native(
+        &self,
+        owner: &str,
+        marks: &[Bookmark],
+    ) -> Option<Result<(), StanzaError>> {
         let before = match self.read(owner).await? {
             Ok(b) => b,
             Err(e) => return Some(Err(e)),
@@ -177,6 +190,57 @@ impl Compat {
         }
         Some(Ok(()))
     }
+
+    /// XEP-0048 §3.3 in PEP (XEP-0223): the `storage:bookmarks` node holds the same list
+    /// as one `<storage/>`, for clients that read bookmarks there.
+    async fn publish_legacy(&self, owner: &str, marks: &[Bookmark]) {
+        let mut options = publish_options();
+        // The legacy node holds one item, the whole list.
+        for f in options.children_mut().flat_map(|x| x.children_mut()) {
+            if f.attr("var") == Some("pubsub#max_items") {
+                f.clear_children();
+                f.push_child(Element::new("value", openspimed_module_api::ns::DATA).with_text("1"));
+            }
+        }
+        let publish = Element::new("pubsub", PUBSUB)
+            .with_child(
+                Element::new("publish", PUBSUB)
+                    .with_attr("node", NS_LEGACY)
+                    .with_child(
+                        Element::new("item", PUBSUB)
+                            .with_attr("id", "current")
+                            .with_child(convert::to_storage(marks)),
+                    ),
+            )
+            .with_child(options);
+        match self.pep(owner, "set", publish).await {
+            Pep::Answer(a) if a.attr("type") == Some("result") => {}
+            Pep::Answer(a) => tracing::warn!(answer = %a, "bookmarks: the legacy node refused"),
+            Pep::Unavailable => {}
+        }
+    }
+
+    /// A client's publish or retraction on its own `urn:xmpp:bookmarks:1` node, passed to
+    /// PEP as its own and answered with PEP's answer; when it took, the legacy node is
+    /// brought in line.
+    async fn native_change(&self, from: ClientSession<'_>, iq: &Element) -> Option<Flow> {
+        let answer = self.0.send_iq(iq.clone(), PEP_TIMEOUT).await.ok()?;
+        if answer.attr("type") == Some("result")
+            && let Some(Ok(marks)) = self.read(from.bare).await
+        {
+            self.publish_legacy(from.bare, &marks).await;
+        }
+        Some(Flow::Reply(answer))
+    }
+}
+
+/// The node a pubsub publish or retract of `iq` is on, with the operation.
+fn pep_change(iq: &Element) -> Option<(&str, &Element)> {
+    let pubsub = iq.get_child("pubsub", PUBSUB)?;
+    let op = pubsub
+        .children()
+        .find(|c| c.is("publish", PUBSUB) || c.is("retract", PUBSUB))?;
+    Some((op.attr("node")?, op))
 }
 
 /// `iq` with the bookmarks taken out of its private-storage query.
@@ -224,6 +288,30 @@ impl FromClientHook for Compat {
         let own = stanza
             .attr("to")
             .is_none_or(|t| t.eq_ignore_ascii_case(from.bare));
+        if own && kind == IqType::Set {
+            match pep_change(&stanza) {
+                // A XEP-0402 client changed the list: the legacy node follows.
+                Some((NS, _)) => {
+                    if let Some(flow) = self.native_change(from, &stanza).await {
+                        return flow;
+                    }
+                    return Flow::Pass(stanza);
+                }
+                // A XEP-0048 client published the whole list to the legacy node: the
+                // native node takes it (the publish itself goes on to PEP).
+                Some((NS_LEGACY, op)) if op.is("publish", PUBSUB) => {
+                    let storage = op
+                        .get_child("item", PUBSUB)
+                        .and_then(|i| i.get_child("storage", NS_LEGACY));
+                    if let Some(storage) = storage {
+                        let marks = convert::from_storage(storage);
+                        let _ = self.write_native(from.bare, &marks).await;
+                    }
+                    return Flow::Pass(stanza);
+                }
+                _ => {}
+            }
+        }
         let Some(query) = stanza.get_child("query", PRIVATE) else {
             return Flow::Pass(stanza);
         };
