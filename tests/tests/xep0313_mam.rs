@@ -145,6 +145,21 @@ async fn each_account_archives_its_side_once_and_pages_through_it() {
         r.iter().map(|r| r.id.clone()).collect::<Vec<_>>(),
         bob_ids[3..]
     );
+    // flip-page (#extended): the same page, newest first; <first/> and <last/> still
+    // its oldest and newest, so paging on from them works as without it.
+    let mut flipped = mam_form("f", &[], page(2, None, Some("")));
+    flipped.flip_page = true;
+    let (r, fin) = mam_query(&mut bob, None, flipped).await;
+    assert_eq!(
+        r.iter().map(|r| r.id.clone()).collect::<Vec<_>>(),
+        [bob_ids[4].clone(), bob_ids[3].clone()]
+    );
+    let fin = fin.unwrap();
+    assert_eq!(
+        fin.set.first.as_ref().map(|f| f.item.as_str()),
+        Some(bob_ids[3].as_str())
+    );
+    assert_eq!(fin.set.last.as_deref(), Some(bob_ids[4].as_str()));
     // Before an id, and the extended fields.
     let (r, _) = mam_query(
         &mut bob,

@@ -250,8 +250,7 @@ async fn answer_query(mam: &Mam, from: ClientSession<'_>, iq: &Element, payload:
     };
     let queryid = query.queryid.as_deref();
     let archive_jid = iq.attr("to");
-    let mut first = None;
-    let mut last = None;
+
     for item in found.items {
         let Ok(stanza) = std::str::from_utf8(&item.value)
             .map_err(|_| ())
@@ -273,14 +272,10 @@ async fn answer_query(mam: &Mam, from: ClientSession<'_>, iq: &Element, payload:
             let err = StanzaError::new(Condition::ResourceConstraint).with_type(ErrorType::Wait);
             return reply(Err(err), iq);
         }
-        if first.is_none() {
-            first = Some((item.id.clone(), None));
-        }
-        last = Some(item.id);
     }
     let page = rsm::Page {
-        first,
-        last,
+        first: found.bounds.as_ref().map(|(f, _)| (f.clone(), None)),
+        last: found.bounds.map(|(_, l)| l),
         count: found.count,
     };
     let fin = iq_result(iq).with_child(query::fin(found.complete, &page));

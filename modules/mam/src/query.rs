@@ -36,6 +36,9 @@ pub struct Query {
     /// Whether the client pages backwards (`<before/>`): the page is the newest items
     /// that match, and `complete` means the oldest one was reached.
     pub backwards: bool,
+    /// `<flip-page/>` (XEP-0313 §4.3.2, part of `#extended`): the page's results come
+    /// newest first.
+    pub flip: bool,
 }
 
 /// The `<query/>` answer to an iq get: the form a client fills in (§4.1.5).
@@ -151,6 +154,7 @@ impl Query {
             page_before,
             max,
             backwards,
+            flip: query.get_child("flip-page", NS).is_some(),
         })
     }
 

@@ -21,8 +21,11 @@ pub const PREFS: &str = "archive_prefs";
 /// One page of an answer.
 #[derive(Debug, Default)]
 pub struct Page {
-    /// The page's items, oldest first.
+    /// The page's items, oldest first (newest first when the client flipped the page).
     pub items: Vec<ArchivedItem>,
+    /// The ids of the page's oldest and newest items: its XEP-0059 `<first/>` and
+    /// `<last/>`, what the next page is asked after or before, flipped or not.
+    pub bounds: Option<(String, String)>,
     /// Whether no item matching the query lies beyond the page, in the direction paged.
     pub complete: bool,
     /// How many items the query matches in all, when counted.
@@ -74,6 +77,13 @@ pub async fn page(
     if query.backwards {
         items.reverse();
     }
+    let bounds = match (items.first(), items.last()) {
+        (Some(a), Some(b)) => Some((a.id.clone(), b.id.clone())),
+        _ => None,
+    };
+    if query.flip {
+        items.reverse();
+    }
     let count = if count_up_to > 0 {
         archive
             .count_at_most(owner, &query.filter, count_up_to)
@@ -83,6 +93,7 @@ pub async fn page(
     };
     Ok(Page {
         items,
+        bounds,
         complete,
         count,
     })

@@ -585,7 +585,7 @@ impl Muc {
             }
             Err(ms::PageError::Storage(e)) => return Err(internal(e)),
         };
-        let (mut first, mut last) = (None, None);
+
         for item in found.items {
             let Ok(stanza) = std::str::from_utf8(&item.value)
                 .map_err(|_| ())
@@ -602,14 +602,10 @@ impl Muc {
                 stanza,
             );
             cx.server.route(m).await;
-            if first.is_none() {
-                first = Some((item.id.clone(), None));
-            }
-            last = Some(item.id);
         }
         let page = openspimed_module_api::rsm::Page {
-            first,
-            last,
+            first: found.bounds.as_ref().map(|(f, _)| (f.clone(), None)),
+            last: found.bounds.map(|(_, l)| l),
             count: found.count,
         };
         Ok(Outcome::Reply(
