@@ -735,3 +735,127 @@ async fn rooms_per_user_count_temporary_rooms_too() {
         .await;
     assert_eq!(refusal(&mut alice, "presence").await, "not-allowed");
 }
+
+#[tokio::test]
+async fn iqs_between_occupants_are_relayed_through_the_room() {
+    let server = TestServer::start().await;
+    let (mut alice, mut bob, mut carol) = users(&server).await;
+    enter(&mut alice, "alice", "").await;
+    instant(&mut alice).await;
+    enter(&mut bob, "bob", "").await;
+    // A vCard request goes to the occupant's account, which its server answers.
+    let set = iq(
+        &mut bob,
+        "own",
+        "bob@localhost",
+        "set",
+        "<vCard xmlns='vcard-temp'><FN>Bob</FN></vCard>",
+    )
+    .await;
+    assert_eq!(set.attr("type"), Some("result"), "{set}");
+    let got = iq(
+        &mut alice,
+        "vc",
+        &format!("{ROOM}/bob"),
+        "get",
+        "<vCard xmlns='vcard-temp'/>",
+    )
+    .await;
+    assert_eq!(
+        (got.attr("type"), from(&got)),
+        (Some("result"), format!("{ROOM}/bob").as_str()),
+        "{got}"
+    );
+    assert!(got.to_string().contains("<FN>Bob</FN>"), "{got}");
+    // Anything else goes to the occupant's session, from the asker's room JID, and its
+    // answer comes back with the asker's own id.
+    alice
+        .send(&format!(
+            "<iq type='get' id='ver' to='{ROOM}/bob'><query xmlns='jabber:iq:version'/></iq>"
+        ))
+        .await;
+    let relayed = bob.stanza("iq").await;
+    assert_eq!(from(&relayed), format!("{ROOM}/alice"));
+    assert_ne!(relayed.attr("id"), Some("ver"));
+    bob.send(&format!(
+        "<iq type='result' id='{}' to='{ROOM}/alice'><query xmlns='jabber:iq:version'><name>raw</name></query></iq>",
+        relayed.attr("id").unwrap()
+    ))
+    .await;
+    let answer = loop {
+        let e = alice.stanza("iq").await;
+        if e.attr("id") == Some("ver") {
+            break e;
+        }
+    };
+    assert_eq!(
+        (answer.attr("type"), from(&answer)),
+        (Some("result"), format!("{ROOM}/bob").as_str())
+    );
+    assert!(answer.to_string().contains("<name>raw</name>"), "{answer}");
+    // From outside the room, or to a nick nobody has: refused.
+    let r = iq(
+        &mut carol,
+        "x",
+        &format!("{ROOM}/bob"),
+        "get",
+        "<query xmlns='jabber:iq:version'/>",
+    )
+    .await;
+    assert_eq!(
+        error_condition(&r).as_deref(),
+        Some("not-acceptable"),
+        "{r}"
+    );
+    let r = iq(
+        &mut alice,
+        "y",
+        &format!("{ROOM}/nobody"),
+        "get",
+        "<query xmlns='jabber:iq:version'/>",
+    )
+    .await;
+    assert_eq!(
+        error_condition(&r).as_deref(),
+        Some("item-not-found"),
+        "{r}"
+    );
+}
+
+/// A stanza the room sends that comes straight back to it (here: bounced by an occupant
+/// who blocked the room) does not wait for the room that is sending it.
+#[tokio::test]
+async fn a_room_whose_stanzas_bounce_back_to_it_goes_on_working() {
+    let server = TestServer::start().await;
+    let (mut alice, mut bob, _carol) = users(&server).await;
+    enter(&mut alice, "alice", "").await;
+    instant(&mut alice).await;
+    enter(&mut bob, "bob", "").await;
+    alice.stanza("presence").await;
+    let r = iq(
+        &mut bob,
+        "blk",
+        "bob@localhost",
+        "set",
+        &format!("<block xmlns='urn:xmpp:blocking'><item jid='{ROOM}'/></block>"),
+    )
+    .await;
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+    for n in 0..3 {
+        alice
+            .send(&format!(
+                "<message to='{ROOM}' type='groupchat'><body>b{n}</body></message>"
+            ))
+            .await;
+        assert_eq!(body(&alice.stanza("message").await), format!("b{n}"));
+    }
+    let info = iq(
+        &mut alice,
+        "i",
+        ROOM,
+        "get",
+        "<query xmlns='http://jabber.org/protocol/disco#info'/>",
+    )
+    .await;
+    assert_eq!(info.attr("type"), Some("result"), "{info}");
+}

@@ -103,6 +103,8 @@ impl ModuleFactory for Factory {
             },
             options,
             rooms: DashMap::new(),
+            relayed: DashMap::new(),
+            outbox: std::sync::OnceLock::new(),
         }))
     }
     fn option_keys(&self) -> Vec<String> {
@@ -122,7 +124,16 @@ pub struct Muc {
     limits: Limits,
     /// Rooms in memory (with occupants, or loaded), by their bare JID.
     rooms: DashMap<String, Arc<Mutex<Room>>>,
+    /// Iqs relayed between occupants and not answered yet, by the id the room gave them:
+    /// (the asker's full JID, its id, the room JID the answer comes to).
+    relayed: DashMap<String, (String, String, String)>,
+    /// The outgoing queue ([`Muc::outbox`]).
+    outbox: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Out>>,
 }
+
+/// Relayed iqs waiting for their answer at most; more are refused (an occupant that
+/// never answers must not grow the table without bound).
+const MAX_RELAYED: usize = 10_000;
 
 #[async_trait]
 impl Module for Muc {
@@ -141,6 +152,8 @@ impl Module for Muc {
             let out = room.lock().await.shut_down();
             self.send_all(cx, out).await;
         }
+        // The sessions close after this returns: the 332s must be on their way.
+        self.flush(cx).await;
     }
     async fn handle(&self, cx: &Context, stanza: Element) -> Result<Outcome, ModuleError> {
         let to = stanza.attr("to").and_then(|t| Jid::new(t).ok());
@@ -151,15 +164,27 @@ impl Module for Muc {
             return Ok(Outcome::Error(Condition::BadRequest.into()));
         };
         let store = RoomStore::new(cx, &self.service);
-        match to.node() {
-            None => self.service_stanza(&store, &stanza).await,
+        let envelope = stanza.clone();
+        let outcome = match to.node() {
+            None => self.service_stanza(&store, &stanza).await?,
             Some(node) => {
                 let room_jid = format!("{}@{}", node.as_str().to_lowercase(), self.service);
                 let nick = to.resource().map(|r| r.as_str().to_owned());
                 self.room_stanza(cx, &store, &room_jid, nick, &from, stanza)
-                    .await
+                    .await?
             }
+        };
+        // Answers and errors queue behind what the room sent before them (a query's
+        // results before its <fin/>, a configuration's 104 before its result).
+        let answer = match outcome {
+            Outcome::Reply(r) => Some(r),
+            Outcome::Error(e) => e.reply_to(&envelope),
+            Outcome::Handled => None,
+        };
+        if let Some(a) = answer {
+            self.send_all(cx, vec![a]).await;
         }
+        Ok(Outcome::Handled)
     }
 }
 
@@ -390,7 +415,28 @@ impl Muc {
                     .await?
             }
             (Some(StanzaKind::Iq(Some(t))), Some(nick)) if t.is_request() => {
-                self_ping(&r, from, &nick, &stanza)
+                let ping = stanza
+                    .get_child("ping", openspimed_module_api::ns::PING)
+                    .is_some();
+                let own = r.occupant_of(from).is_some_and(|o| o.nick == nick);
+                if ping && (own || r.occupant_of(from).is_none()) {
+                    self_ping(&r, from, &nick, &stanza)
+                } else {
+                    match self.relay(&r, from, &nick, stanza) {
+                        Ok(out) => {
+                            self.send_all(cx, vec![out]).await;
+                            Outcome::Handled
+                        }
+                        Err(e) => Outcome::Error(e),
+                    }
+                }
+            }
+            (Some(StanzaKind::Iq(Some(_))), Some(nick)) => {
+                // An answer to a relayed iq: back to the asker, from the answerer's nick.
+                if let Some(answer) = self.relay_back(&r, &nick, from, stanza) {
+                    self.send_all(cx, vec![answer]).await;
+                }
+                Outcome::Handled
             }
             _ => Outcome::Handled,
         };
@@ -601,7 +647,7 @@ impl Muc {
                 item.at_ms,
                 stanza,
             );
-            cx.server.route(m).await;
+            self.send_all(cx, vec![m]).await;
         }
         let page = openspimed_module_api::rsm::Page {
             first: found.bounds.as_ref().map(|(f, _)| (f.clone(), None)),
@@ -742,9 +788,116 @@ impl Muc {
 
     /// Routes `out` in order.
     async fn send_all(&self, cx: &Context, out: Vec<Element>) {
+        let tx = self.outbox(cx);
         for s in out {
-            cx.server.route(s).await;
+            let _ = tx.send(Out::Stanza(s));
         }
+    }
+
+    /// The service's outgoing queue, made on first use. Everything the service sends goes
+    /// through it, in the order it was queued, routed by a task of its own: a room is
+    /// never held while its stanzas are routed, so one that comes straight back to it (a
+    /// bounce from an occupant who blocked the room, a vCard answered by an occupant's
+    /// server) cannot wait for the room that is waiting for it.
+    fn outbox(&self, cx: &Context) -> tokio::sync::mpsc::UnboundedSender<Out> {
+        self.outbox
+            .get_or_init(|| {
+                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Out>();
+                let server = cx.server.clone();
+                tokio::spawn(async move {
+                    while let Some(out) = rx.recv().await {
+                        match out {
+                            Out::Stanza(s) => server.route(s).await,
+                            Out::Flush(done) => {
+                                let _ = done.send(());
+                            }
+                        }
+                    }
+                });
+                tx
+            })
+            .clone()
+    }
+
+    /// Waits until everything queued so far was routed.
+    async fn flush(&self, cx: &Context) {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        if self.outbox(cx).send(Out::Flush(done)).is_ok() {
+            let _ = wait.await;
+        }
+    }
+}
+
+/// What the service's outgoing queue carries.
+enum Out {
+    /// A stanza to route.
+    Stanza(Element),
+    /// Answered once what was queued before has been routed.
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+impl Muc {
+    /// §7.x private iqs: an occupant's iq to another occupant's room JID, relayed from the
+    /// asker's room JID under an id of the room's; a vCard request goes to the occupant's
+    /// account (its server answers for it, as Prosody relays them), the rest to its
+    /// session.
+    fn relay(&self, r: &Room, from: &str, nick: &str, iq: Element) -> Result<Element, StanzaError> {
+        let Some(asker) = r.occupant_of(from) else {
+            return Err(
+                StanzaError::new(Condition::NotAcceptable).with_text("you are not in the room")
+            );
+        };
+        let Some(target) = r.by_nick(nick) else {
+            return Err(StanzaError::new(Condition::ItemNotFound).with_text("nobody has that nick"));
+        };
+        if self.relayed.len() >= MAX_RELAYED {
+            return Err(StanzaError::new(Condition::ResourceConstraint)
+                .with_type(openspimed_module_api::ErrorType::Wait));
+        }
+        let vcard = iq.get_child("vCard", "vcard-temp").is_some();
+        let to = if vcard {
+            target.bare.clone()
+        } else {
+            match target.sessions.first() {
+                Some((full, _)) => full.clone(),
+                None => return Err(Condition::ItemNotFound.into()),
+            }
+        };
+        let id = format!("muc{:016x}", rand::random::<u64>());
+        let original = iq.attr("id").unwrap_or("").to_owned();
+        let back_to = format!("{}/{}", r.jid, asker.nick);
+        self.relayed
+            .insert(id.clone(), (from.to_owned(), original, back_to.clone()));
+        let mut out = iq;
+        out.set_attr("from", back_to);
+        out.set_attr("to", to);
+        out.set_attr("id", id);
+        Ok(out)
+    }
+
+    /// The answer `iq` to a relayed iq, addressed to the asker's room JID `nick`: back to
+    /// the asker with its own id, from the answerer's room JID. `None` for an answer the
+    /// room did not ask for.
+    fn relay_back(&self, r: &Room, nick: &str, from: &str, iq: Element) -> Option<Element> {
+        let id = iq.attr("id")?.to_owned();
+        let (_, (asker, original, back_to)) = self.relayed.remove(&id)?;
+        if back_to != format!("{}/{nick}", r.jid) {
+            return None;
+        }
+        // From the answerer's nick: its session, or its account for a vCard.
+        let from_bare = Jid::new(from)
+            .map(|j| j.to_bare().to_string())
+            .unwrap_or_default();
+        let answerer = r.occupant_of(from).or_else(|| {
+            r.occupants
+                .iter()
+                .find(|o| o.bare.eq_ignore_ascii_case(&from_bare))
+        })?;
+        let mut out = iq;
+        out.set_attr("from", format!("{}/{}", r.jid, answerer.nick));
+        out.set_attr("to", asker);
+        out.set_attr("id", original);
+        Some(out)
     }
 }
 
