@@ -116,6 +116,9 @@ pub struct BoundSession {
     /// The last available presence it broadcast (RFC 6121 §4.2), `None` while it is
     /// unavailable: what the user's other resources and probes are answered with.
     pub presence: Option<Arc<Element>>,
+    /// The priority of that presence (RFC 6121 §4.7.2.3, as the registry read it: what
+    /// routing to the bare JID goes by), `None` while unavailable.
+    pub priority: Option<i8>,
     /// The [`Interest`]s it asked for, as bits.
     interests: u8,
 }
@@ -126,12 +129,14 @@ impl BoundSession {
         resource: String,
         id: u64,
         presence: Option<Arc<Element>>,
+        priority: Option<i8>,
         interests: u8,
     ) -> BoundSession {
         BoundSession {
             resource,
             id,
             presence,
+            priority,
             interests,
         }
     }

@@ -100,19 +100,18 @@ enum Direction {
 }
 
 impl State {
-    /// Sends a carbon of `message` to each session of `bare` that enabled carbons and is
-    /// not in `skip` (the sender, the addressed resource, or those routing already gives
-    /// the message to).
+    /// Sends a carbon of `message` to each of `sessions` (those of `bare`) that enabled
+    /// carbons and is not in `skip` (the sender, the addressed resource, or those routing
+    /// already gives the message to).
     fn copy(
         &self,
         bare: &str,
+        sessions: Vec<BoundSession>,
         message: &Element,
         way: Direction,
         skip: impl Fn(&BoundSession) -> bool,
     ) {
-        let mut targets = self
-            .server
-            .sessions(bare)
+        let mut targets = sessions
             .into_iter()
             .filter(|s| self.enabled.contains(&s.id) && !skip(s))
             .peekable();
@@ -172,16 +171,6 @@ fn should_copy(message: &Element, received_at: Option<&AccountTarget<'_>>) -> bo
     }
 }
 
-/// The priority a session's presence gives it, when available.
-fn priority(s: &BoundSession) -> Option<i32> {
-    let p = s.presence.as_ref()?;
-    Some(
-        p.get_child("priority", ns::CLIENT)
-            .and_then(|e| e.text().trim().parse().ok())
-            .unwrap_or(0),
-    )
-}
-
 /// Messages sent by one of the account's sessions.
 struct Sent(Arc<State>);
 
@@ -193,8 +182,11 @@ impl FromClientHook for Sent {
             if copy.attr("to").is_none() {
                 copy.set_attr("to", from.bare);
             }
+            let sessions = self.0.server.sessions(from.bare);
             self.0
-                .copy(from.bare, &copy, Direction::Sent, |s| s.id == from.id);
+                .copy(from.bare, sessions, &copy, Direction::Sent, |s| {
+                    s.id == from.id
+                });
         }
         // `<private/>` goes on with the message: the recipient's server must not copy it
         // either (§7); that server takes it off.
@@ -220,21 +212,26 @@ impl ToAccountHook for Received {
             // To one resource: every other one that asked gets a copy (if that resource is
             // gone the message goes to the bare JID's way instead, where carbons are not
             // needed by those who receive it anyway).
-            Some(res) => self
-                .0
-                .copy(to.bare, &stanza, Direction::Received, |s| s.resource == res),
+            Some(res) => {
+                let sessions = self.0.server.sessions(to.bare);
+                self.0
+                    .copy(to.bare, sessions, &stanza, Direction::Received, |s| {
+                        s.resource == res
+                    })
+            }
             // To the bare JID: the highest-priority resources receive it by routing
             // (RFC 6121 §8.5.2.1.1); the others that asked get a copy.
             None => {
                 let sessions = self.0.server.sessions(to.bare);
                 let top = sessions
                     .iter()
-                    .filter_map(priority)
+                    .filter_map(|s| s.priority)
                     .filter(|p| *p >= 0)
                     .max();
-                self.0.copy(to.bare, &stanza, Direction::Received, |s| {
-                    top.is_some() && priority(s) == top
-                });
+                self.0
+                    .copy(to.bare, sessions, &stanza, Direction::Received, |s| {
+                        top.is_some() && s.priority == top
+                    });
             }
         }
         Flow::Pass(stanza)

@@ -154,7 +154,13 @@ impl Registry {
             .map(|e| {
                 e.iter()
                     .map(|s| {
-                        BoundSession::new(s.resource.clone(), s.id, s.presence.clone(), s.interests)
+                        BoundSession::new(
+                            s.resource.clone(),
+                            s.id,
+                            s.presence.clone(),
+                            s.priority,
+                            s.interests,
+                        )
                     })
                     .collect()
             })
