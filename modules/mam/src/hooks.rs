@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use openspimed_module_api::jid::Jid;
-use openspimed_module_api::rsm;
 use openspimed_module_api::{
     AccountHook, AccountTarget, ClientSession, Condition, Element, ErrorType, Flow, FromClientHook,
     Hooks, IqType, Kinds, ServerHandle, StanzaError, StanzaKind, ToAccountHook, async_trait,
@@ -14,8 +13,8 @@ use openspimed_module_api::{
 
 use crate::archivable::{add_id, archivable, strip_ids_by};
 use crate::prefs::{Decision, Prefs};
-use crate::query::{self, Query};
-use crate::store::{MessageArchive, PageError, page};
+use crate::query;
+use crate::store::{AnswerError, MessageArchive, Sizes, answer};
 use crate::{NS, Options};
 
 /// From-client priorities: archiving a sent message runs after IM's blocking (100) and
@@ -234,51 +233,33 @@ async fn set_prefs(
 /// its queue so that they arrive in that order.
 async fn answer_query(mam: &Mam, from: ClientSession<'_>, iq: &Element, payload: &Element) -> Flow {
     let opts = &mam.options;
-    let query = match Query::parse(payload, opts.default_page.min(opts.max_page), opts.max_page) {
-        Ok(q) => q,
-        Err(e) => return reply(Err(e), iq),
+    let sizes = Sizes {
+        default_page: opts.default_page,
+        max_page: opts.max_page,
+        count_up_to: opts.count_up_to,
     };
-    let found = page(mam.archive.items(), from.bare, &query, opts.count_up_to).await;
-    let found = match found {
-        Ok(p) => p,
-        Err(PageError::UnknownId) => {
-            let err = StanzaError::new(Condition::ItemNotFound)
-                .with_text("no message in the archive has that id");
-            return reply(Err(err), iq);
-        }
-        Err(PageError::Storage(e)) => return reply(Err(storage_failure(&e)), iq),
-    };
-    let queryid = query.queryid.as_deref();
     let archive_jid = iq.attr("to");
-
-    for item in found.items {
-        let Ok(stanza) = std::str::from_utf8(&item.value)
-            .map_err(|_| ())
-            .and_then(|s| Element::parse(s).map_err(|_| ()))
-        else {
-            tracing::warn!(id = %item.id, "an archived message does not parse; left out");
-            continue;
-        };
-        let m = query::result_message(
-            queryid,
-            from.full,
-            archive_jid,
-            &item.id,
-            item.at_ms,
-            stanza,
-        );
+    let found = answer(
+        mam.archive.items(),
+        from.bare,
+        payload,
+        sizes,
+        from.full,
+        archive_jid,
+    );
+    let found = match found.await {
+        Ok(a) => a,
+        Err(AnswerError::Refused(e)) => return reply(Err(e), iq),
+        Err(AnswerError::Storage(e)) => return reply(Err(storage_failure(&e)), iq),
+    };
+    for m in found.results {
         if !mam.server.deliver(from.full, m) {
             tracing::warn!(jid = %from.full, "a session's queue is full; archive answer cut");
             let err = StanzaError::new(Condition::ResourceConstraint).with_type(ErrorType::Wait);
             return reply(Err(err), iq);
         }
     }
-    let page = rsm::Page {
-        first: found.bounds.as_ref().map(|(f, _)| (f.clone(), None)),
-        last: found.bounds.map(|(_, l)| l),
-        count: found.count,
-    };
-    let fin = iq_result(iq).with_child(query::fin(found.complete, &page));
+    let fin = iq_result(iq).with_child(found.fin);
     if !mam.server.deliver(from.full, fin) {
         tracing::warn!(jid = %from.full, "a session's queue is full; archive answer lost");
     }

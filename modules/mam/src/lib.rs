@@ -56,9 +56,9 @@ impl Default for Options {
         Options {
             expires_after: "1w".into(),
             default: prefs::Default::Always,
-            max_page: 50,
-            default_page: 20,
-            count_up_to: 10_000,
+            max_page: store::Sizes::default().max_page,
+            default_page: store::Sizes::default().default_page,
+            count_up_to: store::Sizes::default().count_up_to,
         }
     }
 }

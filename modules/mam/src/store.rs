@@ -7,7 +7,8 @@ use std::sync::Arc;
 use dashmap::DashMap;
 
 use openspimed_module_api::{
-    ArchiveQuery, ArchiveStore, ArchivedItem, Element, KvStore, StorageFailure,
+    ArchiveQuery, ArchiveStore, ArchivedItem, Condition, Element, KvStore, StanzaError,
+    StorageFailure, rsm,
 };
 
 use crate::prefs::{self, Prefs};
@@ -96,6 +97,95 @@ pub async fn page(
         bounds,
         complete,
         count,
+    })
+}
+
+/// The page sizes and the count limit an archive answers with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sizes {
+    /// The page when a client asks none.
+    pub default_page: u64,
+    /// The most one page holds.
+    pub max_page: u64,
+    /// Result sets up to this many are counted (0: none).
+    pub count_up_to: u64,
+}
+
+impl Default for Sizes {
+    /// Prosody's: 20 a page unless asked, 50 at most; counts up to 10,000.
+    fn default() -> Self {
+        Sizes {
+            default_page: 20,
+            max_page: 50,
+            count_up_to: 10_000,
+        }
+    }
+}
+
+/// What a query of an archive is answered with: the result messages, in the order they
+/// go out, then the `<fin/>` for the iq result.
+#[derive(Debug)]
+pub struct Answer {
+    /// `<message><result/></message>`s, addressed.
+    pub results: Vec<Element>,
+    /// The `<fin/>`.
+    pub fin: Element,
+}
+
+/// Why a query got no answer.
+#[derive(Debug)]
+pub enum AnswerError {
+    /// The query is refused with this error (bad form, unknown id).
+    Refused(StanzaError),
+    /// The store failed.
+    Storage(StorageFailure),
+}
+
+/// XEP-0313 §4: the answer to the `<query/>` `payload` of the archive of `owner`, for
+/// `to` (the asking session), the results `from` the archive's JID when it was
+/// addressed: what an account's archive and a room's both send.
+pub async fn answer(
+    archive: &dyn ArchiveStore,
+    owner: &str,
+    payload: &Element,
+    sizes: Sizes,
+    to: &str,
+    from: Option<&str>,
+) -> Result<Answer, AnswerError> {
+    let default = sizes.default_page.min(sizes.max_page);
+    let query = Query::parse(payload, default, sizes.max_page).map_err(AnswerError::Refused)?;
+    let found = match page(archive, owner, &query, sizes.count_up_to).await {
+        Ok(p) => p,
+        Err(PageError::UnknownId) => {
+            return Err(AnswerError::Refused(
+                StanzaError::new(Condition::ItemNotFound)
+                    .with_text("no message in the archive has that id"),
+            ));
+        }
+        Err(PageError::Storage(e)) => return Err(AnswerError::Storage(e)),
+    };
+    let queryid = query.queryid.as_deref();
+    let mut results = Vec::with_capacity(found.items.len());
+    for item in found.items {
+        let Ok(stanza) = std::str::from_utf8(&item.value)
+            .map_err(|_| ())
+            .and_then(|s| Element::parse(s).map_err(|_| ()))
+        else {
+            tracing::warn!(id = %item.id, "an archived message does not parse; left out");
+            continue;
+        };
+        results.push(crate::query::result_message(
+            queryid, to, from, &item.id, item.at_ms, stanza,
+        ));
+    }
+    let set = rsm::Page {
+        first: found.bounds.as_ref().map(|(f, _)| (f.clone(), None)),
+        last: found.bounds.map(|(_, l)| l),
+        count: found.count,
+    };
+    Ok(Answer {
+        results,
+        fin: crate::query::fin(found.complete, &set),
     })
 }
 

@@ -360,7 +360,7 @@ impl Muc {
             }
             (Some(StanzaKind::Presence(_)), _) => Outcome::Handled,
             (Some(StanzaKind::Message(MessageType::Groupchat)), None) => {
-                let id = new_id();
+                let id = openspimed_mod_mam::archivable::new_id();
                 match r.groupchat(from, &stanza, &id, now, self.limits) {
                     Ok((out, archived, changed)) => {
                         if let Some(past) = archived
@@ -617,46 +617,15 @@ impl Muc {
         if kind == IqType::Get {
             return Ok(Outcome::Reply(iq_result(iq).with_child(mq::form())));
         }
-        let q = match mq::Query::parse(query, 20, 50) {
-            Ok(q) => q,
-            Err(e) => return Ok(Outcome::Error(e)),
+        let sizes = ms::Sizes::default();
+        let found = ms::answer(store.log(), &r.jid, query, sizes, from, Some(&r.jid)).await;
+        let found = match found {
+            Ok(a) => a,
+            Err(ms::AnswerError::Refused(e)) => return Ok(Outcome::Error(e)),
+            Err(ms::AnswerError::Storage(e)) => return Err(internal(e)),
         };
-        let found = match ms::page(store.log(), &r.jid, &q, 10_000).await {
-            Ok(p) => p,
-            Err(ms::PageError::UnknownId) => {
-                return Ok(Outcome::Error(
-                    StanzaError::new(Condition::ItemNotFound)
-                        .with_text("no message in the archive has that id"),
-                ));
-            }
-            Err(ms::PageError::Storage(e)) => return Err(internal(e)),
-        };
-
-        for item in found.items {
-            let Ok(stanza) = std::str::from_utf8(&item.value)
-                .map_err(|_| ())
-                .and_then(|s| Element::parse(s).map_err(|_| ()))
-            else {
-                continue;
-            };
-            let m = mq::result_message(
-                q.queryid.as_deref(),
-                from,
-                Some(&r.jid),
-                &item.id,
-                item.at_ms,
-                stanza,
-            );
-            self.send_all(cx, vec![m]).await;
-        }
-        let page = openspimed_module_api::rsm::Page {
-            first: found.bounds.as_ref().map(|(f, _)| (f.clone(), None)),
-            last: found.bounds.map(|(_, l)| l),
-            count: found.count,
-        };
-        Ok(Outcome::Reply(
-            iq_result(iq).with_child(mq::fin(found.complete, &page)),
-        ))
+        self.send_all(cx, found.results).await;
+        Ok(Outcome::Reply(iq_result(iq).with_child(found.fin)))
     }
 
     /// §8–9: the admin iqs: a set changes roles or affiliations (each item in turn; the
@@ -919,11 +888,4 @@ fn self_ping(r: &Room, from: &str, nick: &str, iq: &Element) -> Outcome {
                 .with_text("iqs to occupants are not relayed"),
         ),
     }
-}
-
-/// A room archive id: time first, then random (as the account archives' ids).
-fn new_id() -> String {
-    let ms = datetime::now_ms().max(0) as u64 & 0xffff_ffff_ffff;
-    let r: u64 = rand::random::<u64>() & 0xffff_ffff_ffff;
-    format!("{ms:012x}{r:012x}")
 }
